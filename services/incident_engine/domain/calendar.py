@@ -1,0 +1,147 @@
+"""Business calendars: add business time to an instant and measure it between two, exact and fast.
+
+Both operations walk whole days (at most a few for SLA budgets), never minutes: each local date has
+one open window [open, close) converted to UTC once with zoneinfo, so a DST change is just a date
+whose window is computed from its own UTC offsets. Holidays come from the `holidays` package,
+computed once per year.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+import holidays
+
+ZERO = timedelta(0)
+Window = tuple[datetime, datetime] | None
+
+
+class Calendar(Protocol):
+    """Business time arithmetic on aware datetimes."""
+
+    def add(self, start: datetime, budget: timedelta) -> datetime:
+        """The first instant at which `budget` of business time has passed since `start`."""
+        ...
+
+    def elapsed(self, start: datetime, end: datetime) -> timedelta:
+        """Business time between `start` and `end` (zero when `end` <= `start`)."""
+        ...
+
+    def is_open(self, instant: datetime) -> bool:
+        """True when business time runs at `instant`."""
+        ...
+
+
+class AlwaysOpen:
+    """The 24x7 calendar: business time is real time."""
+
+    def add(self, start: datetime, budget: timedelta) -> datetime:
+        """`start + budget`."""
+        return start + budget
+
+    def elapsed(self, start: datetime, end: datetime) -> timedelta:
+        """`end - start`, never negative."""
+        return end - start if end > start else ZERO
+
+    def is_open(self, instant: datetime) -> bool:
+        """Always."""
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class HolidaySource:
+    """Which public holidays apply: a `holidays` country code and optional subdivision."""
+
+    country: str
+    subdiv: str | None = None
+
+    def dates(self, year: int) -> set[int]:
+        """Ordinals of the holidays (observed days included) of `year`."""
+        table = holidays.country_holidays(self.country, subdiv=self.subdiv, years=year)
+        return {d.toordinal() for d in table}
+
+
+@dataclass(slots=True)
+class BusinessCalendar:
+    """Working days with one daily window of local wall-clock time, minus public holidays."""
+
+    timezone: ZoneInfo
+    opens: time = time(8)
+    closes: time = time(20)
+    weekdays: frozenset[int] = frozenset(range(5))  # Monday = 0
+    holidays: HolidaySource | None = None
+    _windows: dict[int, Window] = field(default_factory=dict, repr=False)
+    _holiday_years: dict[int, set[int]] = field(default_factory=dict, repr=False)
+
+    def window(self, ordinal: int) -> Window:
+        """The UTC [open, close) window of a local date (by ordinal), or None when closed all day."""
+        try:
+            return self._windows[ordinal]
+        except KeyError:
+            pass
+        day = date.fromordinal(ordinal)
+        result: Window = None
+        if day.weekday() in self.weekdays and not self._is_holiday(day):
+            opens = datetime.combine(day, self.opens, self.timezone).astimezone(UTC)
+            closes = datetime.combine(day, self.closes, self.timezone).astimezone(UTC)
+            if closes > opens:
+                result = (opens, closes)
+        self._windows[ordinal] = result
+        return result
+
+    def _is_holiday(self, day: date) -> bool:
+        if self.holidays is None:
+            return False
+        year = self._holiday_years.get(day.year)
+        if year is None:
+            year = self._holiday_years[day.year] = self.holidays.dates(day.year)
+        return day.toordinal() in year
+
+    def _local_ordinal(self, instant: datetime) -> int:
+        return instant.astimezone(self.timezone).toordinal()
+
+    def add(self, start: datetime, budget: timedelta) -> datetime:
+        """The first instant at which `budget` of business time has passed since `start`."""
+        if budget <= ZERO:
+            return start
+        ordinal = self._local_ordinal(start)
+        remaining = budget
+        for _ in range(_MAX_DAYS):
+            window = self.window(ordinal)
+            if window is not None:
+                opens, closes = window
+                begin = start if start > opens else opens
+                if begin < closes:
+                    available = closes - begin
+                    if remaining <= available:
+                        return begin + remaining
+                    remaining -= available
+            ordinal += 1
+        raise ValueError(f"no business time within {_MAX_DAYS} days of {start.isoformat()}")
+
+    def elapsed(self, start: datetime, end: datetime) -> timedelta:
+        """Business time between `start` and `end` (zero when `end` <= `start`)."""
+        if end <= start:
+            return ZERO
+        total = ZERO
+        last = self._local_ordinal(end)
+        for ordinal in range(self._local_ordinal(start), last + 1):
+            window = self.window(ordinal)
+            if window is not None:
+                begin = max(start, window[0])
+                finish = min(end, window[1])
+                if finish > begin:
+                    total += finish - begin
+        return total
+
+    def is_open(self, instant: datetime) -> bool:
+        """True when `instant` lies inside its local date's window."""
+        window = self.window(self._local_ordinal(instant))
+        return window is not None and window[0] <= instant < window[1]
+
+
+# Guard against a calendar with no open day at all (e.g. every weekday a holiday): ten years.
+_MAX_DAYS = 3660

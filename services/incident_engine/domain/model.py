@@ -1,0 +1,170 @@
+"""The per-incident state: a small mutable record, JSON-able for the projection and the timers table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from incident_contracts.constants import CLOCKS
+from incident_contracts.envelope import OutputEvent, stable_id
+
+RUNNING: Final = "running"
+MET: Final = "met"
+BREACHED: Final = "breached"
+CANCELLED: Final = "cancelled"
+
+WARNING: Final = "warning"
+BREACH: Final = "breached"
+FAILOVER: Final = "failover"
+_KIND_RANK: Final = {WARNING: 0, BREACH: 1, FAILOVER: 2}
+_CLOCK_RANK: Final = {name: i for i, name in enumerate(CLOCKS)}
+
+
+@dataclass(slots=True)
+class ClockState:
+    """One SLA clock of an incident (its current cycle)."""
+
+    started_at: datetime
+    due_at: datetime
+    cycle: int = 1
+    stopped_at: datetime | None = None
+    status: str = RUNNING  # running | met | breached | cancelled
+
+    @property
+    def active(self) -> bool:
+        """True until the clock is stopped (a breached clock is still active until then)."""
+        return self.stopped_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "started_at": self.started_at.isoformat(),
+            "due_at": self.due_at.isoformat(),
+            "cycle": self.cycle,
+            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClockState:
+        """Inverse of to_json."""
+        stopped = d["stopped_at"]
+        return cls(
+            started_at=datetime.fromisoformat(d["started_at"]),
+            due_at=datetime.fromisoformat(d["due_at"]),
+            cycle=d["cycle"],
+            stopped_at=datetime.fromisoformat(stopped) if stopped else None,
+            status=d["status"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """One pending firing: a warning threshold, a breach, or a failover order of one clock cycle."""
+
+    incident_id: str
+    clock: str
+    kind: str  # warning | breached | failover
+    threshold: float | None
+    cycle: int
+    due_at: datetime
+
+    @property
+    def output_id(self) -> str:
+        """The deterministic id of the CloudEvent this timer emits (computed on demand: it costs)."""
+        suffix = f"/{self.threshold!r}" if self.kind == WARNING else ""
+        return stable_id(f"{self.incident_id}/{self.clock}/{self.cycle}/{self.kind}{suffix}")
+
+    @property
+    def sort_key(self) -> tuple[datetime, int, int, float]:
+        """Due first; at the same moment by clock, then warning < breach < failover, then threshold."""
+        return (self.due_at, _CLOCK_RANK[self.clock], _KIND_RANK[self.kind], self.threshold or 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "incident_id": self.incident_id,
+            "clock": self.clock,
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "cycle": self.cycle,
+            "due_at": self.due_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Timer:
+        """Inverse of to_json."""
+        return cls(
+            incident_id=d["incident_id"],
+            clock=d["clock"],
+            kind=d["kind"],
+            threshold=d["threshold"],
+            cycle=d["cycle"],
+            due_at=datetime.fromisoformat(d["due_at"]),
+        )
+
+
+@dataclass(slots=True)
+class Incident:
+    """The whole state of one incident. `handle`/`fire_due` update it in place and return it."""
+
+    id: str
+    state: str
+    policy: str
+    severity: str
+    region: str
+    reported_at: datetime
+    last_event_at: datetime  # watermark: late events never move clocks back
+    seq: int = 0  # accepted input events so far
+    clocks: dict[str, ClockState] = field(default_factory=dict)
+    timers: list[Timer] = field(default_factory=list)  # pending, sorted by Timer.sort_key
+
+    @property
+    def next_due(self) -> datetime | None:
+        """When the earliest pending timer is due, if any."""
+        return self.timers[0].due_at if self.timers else None
+
+    def copy(self) -> Incident:
+        """An independent copy (for a caller that must keep the state before a decision)."""
+        return Incident.from_json(self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (e.g. for a jsonb projection); from_json is its exact inverse."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "policy": self.policy,
+            "severity": self.severity,
+            "region": self.region,
+            "reported_at": self.reported_at.isoformat(),
+            "last_event_at": self.last_event_at.isoformat(),
+            "seq": self.seq,
+            "clocks": {name: clock.to_json() for name, clock in self.clocks.items()},
+            "timers": [timer.to_json() for timer in self.timers],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Incident:
+        """Inverse of to_json."""
+        return cls(
+            id=d["id"],
+            state=d["state"],
+            policy=d["policy"],
+            severity=d["severity"],
+            region=d["region"],
+            reported_at=datetime.fromisoformat(d["reported_at"]),
+            last_event_at=datetime.fromisoformat(d["last_event_at"]),
+            seq=d["seq"],
+            clocks={name: ClockState.from_json(c) for name, c in d["clocks"].items()},
+            timers=[Timer.from_json(t) for t in d["timers"]],
+        )
+
+
+@dataclass(slots=True)
+class Decision:
+    """The result of handling one input or firing timers."""
+
+    incident: Incident | None  # the new state; None for an unknown incident's rejected event
+    accepted: bool  # True when the input belongs in the event log
+    outputs: list[OutputEvent]  # in emission order

@@ -1,0 +1,104 @@
+"""Builders of the output CloudEvents, with their deterministic ids."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime
+
+from incident_contracts.constants import (
+    FAILOVER_REQUIRED,
+    INCIDENT_REJECTED,
+    SLA_BREACHED,
+    SLA_WARNING,
+    STATE_CHANGED,
+)
+from incident_contracts.envelope import OutputEvent, stable_id
+from incident_contracts.errors import InputError
+from incident_engine.domain.model import BREACH, FAILOVER, Incident, Timer
+
+
+def state_changed(incident: Incident, from_state: str | None, cause: str, now: datetime) -> OutputEvent:
+    """`incident.state.changed`; its id derives from (incident, cause event)."""
+    return OutputEvent(
+        id=stable_id(f"{incident.id}/state/{cause}"),
+        type=STATE_CHANGED,
+        subject=incident.id,
+        time=now,
+        data={
+            "from": from_state,
+            "to": incident.state,
+            "cause": cause,
+            "policy": incident.policy,
+            "severity": incident.severity,
+            "region": incident.region,
+        },
+    )
+
+
+def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
+    """The warning, breach or failover order of a due timer; `due_at` stays the true due moment."""
+    if timer.kind == FAILOVER:
+        event_type = FAILOVER_REQUIRED
+        data = {"due_at": timer.due_at, "policy": incident.policy, "region": incident.region}
+    else:
+        data = {"clock": timer.clock}
+        if timer.kind == BREACH:
+            event_type = SLA_BREACHED
+        else:
+            event_type = SLA_WARNING
+            data["threshold"] = timer.threshold
+        data.update(
+            due_at=timer.due_at, policy=incident.policy, severity=incident.severity, region=incident.region
+        )
+    return OutputEvent(id=timer.output_id, type=event_type, subject=incident.id, time=now, data=data)
+
+
+def rejected(
+    reason: str,
+    detail: str,
+    original: bytes | str,
+    now: datetime,
+    *,
+    subject: str | None,
+    origin: str | None = None,
+) -> OutputEvent:
+    """`incident.rejected`; its id derives from (origin, reason), origin defaulting to a hash of the bytes."""
+    raw = original.encode() if isinstance(original, str) else original
+    try:
+        text, encoding = raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode(), "base64"
+    origin = origin or "sha256:" + hashlib.sha256(raw).hexdigest()
+    return OutputEvent(
+        id=stable_id(f"{origin}/rejected/{reason}"),
+        type=INCIDENT_REJECTED,
+        subject=subject,
+        time=now,
+        data={"reason": reason, "detail": detail, "original": text, "original_encoding": encoding},
+    )
+
+
+def reject_input(
+    error: InputError,
+    raw: bytes,
+    now: datetime,
+    *,
+    key: bytes | str | None = None,
+    origin: str | None = None,
+) -> OutputEvent:
+    """The rejection of bytes that did not parse (DecodeError/SchemaError). The subject is the Kafka key
+    when there is one; `origin` (e.g. "topic/partition/offset") defaults to the event id, else a hash."""
+    if isinstance(key, bytes):
+        try:
+            key = key.decode()
+        except UnicodeDecodeError:
+            key = None
+    return rejected(
+        error.reason,
+        error.detail,
+        raw,
+        now,
+        subject=key or error.subject,
+        origin=origin or error.event_id,
+    )
