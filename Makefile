@@ -1,0 +1,55 @@
+# Two commands matter: `make run` and `make test`. Each sets up everything it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv run demo test test-unit test-integration lint fmt compose-check dev-up dev-down bench faults clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## virtualenv with the project and its dev dependencies
+
+run: venv ## local Kafka + PostgreSQL (started if needed), migrations, then the engine in the foreground
+	$(BIN)/incidents dev up >/dev/null
+	@eval "$$($(BIN)/incidents dev status 2>/dev/null)" && $(BIN)/incidents db migrate && exec $(BIN)/incidents serve
+
+demo: venv ## like `run`, plus a generator of realistic incidents and a live terminal view
+	$(BIN)/incidents dev up >/dev/null
+	@eval "$$($(BIN)/incidents dev status 2>/dev/null)" && $(BIN)/incidents db migrate && exec $(BIN)/incidents demo
+
+lint: venv ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff format --check services tests benchmarks
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff check --fix services tests benchmarks
+	$(BIN)/ruff format services tests benchmarks
+
+compose-check: ## validate docker-compose.yml offline (no Docker engine needed)
+	@bash deploy/local/compose-check.sh
+
+test: lint compose-check ## lint, then every test tier against real Kafka and PostgreSQL
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: venv
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+dev-up: venv
+	$(BIN)/incidents dev up
+
+dev-down: venv
+	$(BIN)/incidents dev down
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Adapters around the domain: Kafka, Postgres, telemetry, in-memory twins."""

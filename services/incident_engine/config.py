@@ -1,0 +1,35 @@
+"""Engine configuration from environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Every knob of the engine; names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/incidents"),
+        description="PostgreSQL DSN (asyncpg). Credentials are never logged.",
+    )
+    incidents_consumer_group: str = Field("incident-engine", description="Kafka consumer group.")
+    incidents_default_policy: str = Field("livepro-1", description="Policy for incidents that name none.")
+    incidents_policy_dir: Path = Field(REPO_ROOT / "policies", description="Folder of policy YAML files.")
+    incidents_http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server.")
+    incidents_http_port: int = Field(8080, description="Port of the HTTP server (probes, metrics, read API).")
+    incidents_api_token: SecretStr | None = Field(None, description="Bearer token of the read API.")
+    incidents_batch_max: int = Field(500, description="Most input messages processed in one transaction.")
+    incidents_batch_timeout_ms: int = Field(50, description="Longest wait to fill a batch.")
+    incidents_max_message_bytes: int = Field(
+        1_048_576, description="Input messages larger than this are dead-lettered."
+    )
+    incidents_topic_partitions: int = Field(6, description="Partitions when the engine creates its topics.")
+    incidents_log_level: str = Field("INFO", description="Log level.")

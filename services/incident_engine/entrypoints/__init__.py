@@ -1,0 +1,1 @@
+"""Entrypoints: composition root, consumer, timers, relay, HTTP."""

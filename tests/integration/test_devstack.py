@@ -1,0 +1,148 @@
+"""The local stack is real: Kafka round trips with consumer groups, broker restarts, PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from devstack.kafka import KafkaCluster
+from devstack.postgres import base_dir
+from devstack.process import free_port, pid_alive
+from devstack.stack import Service, _scratch
+
+pytestmark = pytest.mark.integration
+
+
+async def _create_topic(bootstrap: str, partitions: int = 3, replication: int = 1) -> str:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, replication)])
+    finally:
+        await admin.close()
+    return topic
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=value[-1:])
+    finally:
+        await producer.stop()
+
+
+async def _consume(bootstrap: str, topic: str, group: str, count: int, commit: bool = True) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    got: list[bytes] = []
+    try:
+        while len(got) < count:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                got.extend(r.value for r in records if r.value is not None)
+        if commit:
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_consumer_group_resumes_from_committed_offset(kafka: Service) -> None:
+    topic = await _create_topic(kafka.url)
+    first = [f"a{i}".encode() for i in range(30)]
+    await _produce(kafka.url, topic, first)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    assert sorted(await _consume(kafka.url, topic, group, 30)) == sorted(first)
+
+    second = [f"b{i}".encode() for i in range(20)]
+    await _produce(kafka.url, topic, second)
+    # A new consumer of the same group (the "restarted" one) sees only what came after the commit.
+    resumed = await _consume(kafka.url, topic, group, 20)
+    assert sorted(resumed) == sorted(second)
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.url)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    assert sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic) == 50
+
+
+async def test_postgres_table_round_trip(postgres: Service) -> None:
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        await conn.execute("CREATE TEMP TABLE probe (id int PRIMARY KEY, body jsonb NOT NULL)")
+        await conn.executemany(
+            "INSERT INTO probe VALUES ($1, $2)", [(i, f'{{"n": {i}}}') for i in range(100)]
+        )
+        total = await conn.fetchval("SELECT sum((body->>'n')::int) FROM probe")
+        version = await conn.fetchval("SHOW server_version_num")
+    finally:
+        await conn.close()
+    assert total == sum(range(100))
+    assert int(version) >= 150000
+
+
+@pytest.mark.slow
+async def test_broker_restart_in_three_node_cluster_loses_nothing() -> None:
+    cluster = KafkaCluster.create(_scratch("kafka3"), size=3)
+    cluster.heap = "384m"
+    await asyncio.to_thread(cluster.start)
+    try:
+        topic = await _create_topic(cluster.bootstrap_servers, partitions=3, replication=3)
+        before = [f"x{i}".encode() for i in range(200)]
+        await _produce(cluster.bootstrap_servers, topic, before)
+        await asyncio.to_thread(cluster.stop_node, 2)
+        during = [f"y{i}".encode() for i in range(200)]
+        await _produce(cluster.bootstrap_servers, topic, during)
+        await asyncio.to_thread(cluster.start_node, 2)
+        await asyncio.to_thread(cluster.stop_node, 1, True)  # crash another one: data lives on
+        got = await asyncio.wait_for(_consume(cluster.bootstrap_servers, topic, "g", 400), 60)
+        assert sorted(got) == sorted(before + during)
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+def test_dev_up_and_down_leave_no_process() -> None:
+    home = _scratch("devhome")
+    env = {**os.environ, "DEVSTACK_HOME": str(home)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    env.pop("DATABASE_URL", None)
+    cli = [sys.executable, "-m", "incident_engine.cli"]
+    kport, pport = free_port(), free_port()
+    up = subprocess.run([*cli, "dev", "up", "--kafka-port", str(kport), "--pg-port", str(pport)],
+                        env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kport}" in up.stdout
+    assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pport}/incidents" in up.stdout
+    status = subprocess.run([*cli, "dev", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    import json
+
+    state = json.loads((Path(home) / "state.json").read_text())
+    pids = [state["kafka"]["pid"], state["postgres"]["pid"]]
+    assert all(pid_alive(p) for p in pids)
+    down = subprocess.run(
+        [*cli, "dev", "down", "--purge"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert down.returncode == 0, down.stderr
+    assert not any(pid_alive(p) for p in pids)
+    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+    assert base_dir().exists()
