@@ -1,0 +1,345 @@
+"""OpenTelemetry for the engine: providers from OTEL_* variables, Kafka trace context, metrics.
+
+Pure library code: the composition root calls `setup_telemetry()` once, hands `telemetry.metrics`
+to the hot path and serves `metrics_text()` on `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = [
+    "DEFAULT_SAMPLE_RATIO",
+    "EngineMetrics",
+    "Observation",
+    "Telemetry",
+    "carrier_of",
+    "create_telemetry",
+    "extract_context",
+    "inject_headers",
+    "link_from_carrier",
+    "metrics_text",
+    "setup_telemetry",
+]
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = "incident-sla-engine"
+# Root spans (events that arrive without a sampled traceparent) are sampled at this ratio unless
+# OTEL_TRACES_SAMPLER says otherwise: a span per event at full rate costs throughput.
+DEFAULT_SAMPLE_RATIO: Final = 0.1
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+
+# --------------------------------------------------------------------------- trace context
+
+
+def inject_headers(
+    headers: list[tuple[str, bytes]] | None = None, context: Context | None = None
+) -> list[tuple[str, bytes]]:
+    """Kafka headers with the trace context of `context` (default: current) set, replacing old ones."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    kept = [(k, v) for k, v in headers or () if k.lower() not in carrier]
+    return kept + [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract_context(headers: Sequence[tuple[str, bytes | None]] | None) -> Context:
+    """The trace context carried by Kafka headers (an empty context when there is none)."""
+    carrier: dict[str, str] = {}
+    for key, value in headers or ():
+        # W3C names are case-insensitive; the first occurrence wins, as HTTP parsers do.
+        if value is not None:
+            carrier.setdefault(key.lower(), value.decode("latin-1"))
+    return propagate.extract(carrier)
+
+
+def carrier_of(span_context: SpanContext | None = None) -> dict[str, str]:
+    """`traceparent` (+ `tracestate`) of a span context (default: current span), to store in a row."""
+    if span_context is None:
+        span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _TRACE_CONTEXT.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span_context)))
+    return carrier
+
+
+def link_from_carrier(
+    carrier: Mapping[str, str] | None, attributes: Mapping[str, str] | None = None
+) -> Link | None:
+    """A span Link to the trace stored by `carrier_of`, or None when the carrier holds none."""
+    if not carrier:
+        return None
+    span_context = trace.get_current_span(_TRACE_CONTEXT.extract(dict(carrier))).get_span_context()
+    if not span_context.is_valid:
+        return None
+    return Link(span_context, dict(attributes or {}))
+
+
+# --------------------------------------------------------------------------- metrics
+
+# Timers fire late by milliseconds when healthy, by seconds or minutes after a rebalance or restart.
+LATENESS_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+BATCH_SECONDS_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GAUGES: Final = {
+    "incidents_timers_armed": ("{timer}", "SLA timers armed in memory on this replica."),
+    "incidents_outbox_backlog": ("{message}", "Outbox rows not yet relayed to Kafka."),
+    "incidents_consumer_lag": ("{message}", "Messages behind the end of each assigned partition."),
+}
+# Label values come partly from input (event types): cap distinct sets so a flood of junk types
+# cannot blow up the series count; the excess is counted under "other".
+MAX_LABEL_SETS: Final = 256
+GaugeSource = Callable[[], float | Iterable[Observation]]
+
+
+class _LabelCache:
+    """Pre-built attribute dicts per label tuple: no dict allocation on the hot path."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._sets: dict[tuple[str, ...], dict[str, str]] = {}
+        self._other = dict.fromkeys(names, "other")
+
+    def get(self, values: tuple[str, ...]) -> dict[str, str]:
+        found = self._sets.get(values)
+        if found is None:
+            if len(self._sets) >= MAX_LABEL_SETS:
+                return self._other
+            found = self._sets[values] = dict(zip(self._names, values, strict=True))
+        return found
+
+
+class EngineMetrics:
+    """The engine's instruments; every method is cheap enough for the per-event hot path."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._events = meter.create_counter(
+            "incidents_events_total", unit="{event}", description="Input events processed, by outcome."
+        )
+        self._rejections = meter.create_counter(
+            "incidents_rejections_total", unit="{event}", description="Input events dead-lettered."
+        )
+        self._sla_outputs = meter.create_counter(
+            "incidents_sla_outputs_total", unit="{event}", description="SLA warnings, breaches, failovers."
+        )
+        self._lateness = meter.create_histogram(
+            "incidents_timer_lateness_seconds",
+            unit="s",
+            description="How late SLA timers fired after their due moment.",
+            explicit_bucket_boundaries_advisory=LATENESS_BUCKETS,
+        )
+        self._batch_size = meter.create_histogram(
+            "incidents_batch_size",
+            unit="{message}",
+            description="Input messages per processed batch.",
+            explicit_bucket_boundaries_advisory=BATCH_SIZE_BUCKETS,
+        )
+        self._batch_seconds = meter.create_histogram(
+            "incidents_batch_duration_seconds",
+            unit="s",
+            description="Time to process one batch, transaction included.",
+            explicit_bucket_boundaries_advisory=BATCH_SECONDS_BUCKETS,
+        )
+        self._event_labels = _LabelCache(("type", "outcome"))
+        self._rejection_labels = _LabelCache(("reason",))
+        self._sla_labels = _LabelCache(("kind", "clock", "severity"))
+        self._sources: dict[str, GaugeSource] = {}
+        for name, (unit, description) in GAUGES.items():
+            meter.create_observable_gauge(
+                name, callbacks=[self._gauge_callback(name)], unit=unit, description=description
+            )
+
+    def event(self, type: str, outcome: str, count: int = 1) -> None:
+        """Count processed input events of `type` with `outcome` (accepted, rejected, duplicate...)."""
+        self._events.add(count, self._event_labels.get((type, outcome)))
+
+    def rejection(self, reason: str) -> None:
+        """Count one dead-lettered input event by reason."""
+        self._rejections.add(1, self._rejection_labels.get((reason,)))
+
+    def sla_output(self, kind: str, clock: str, severity: str) -> None:
+        """Count one SLA output; kind is warning, breached or failover."""
+        self._sla_outputs.add(1, self._sla_labels.get((kind, clock, severity)))
+
+    def timer_lateness(self, seconds: float) -> None:
+        """Record how late a timer fired (negative values, from clock skew, count as 0)."""
+        self._lateness.record(max(seconds, 0.0))
+
+    def batch(self, size: int, seconds: float) -> None:
+        """Record one processed batch: its message count and wall time."""
+        self._batch_size.record(size)
+        self._batch_seconds.record(seconds)
+
+    def observe(self, name: str, fn: GaugeSource) -> None:
+        """Feed gauge `name` from `fn` (a number or Observations); it runs on each scrape, keep it cheap."""
+        if name not in GAUGES:
+            raise ValueError(f"unknown gauge {name!r}; known: {', '.join(GAUGES)}")
+        self._sources[name] = fn
+
+    def _gauge_callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            source = self._sources.get(name)
+            if source is None:
+                return []
+            try:
+                value = source()
+            except Exception:  # a broken source must not break the whole scrape
+                _log.warning("gauge %s: source failed", name, exc_info=True)
+                return []
+            if isinstance(value, int | float):
+                return [Observation(value)]
+            return list(value)
+
+        return callback
+
+
+# --------------------------------------------------------------------------- providers
+
+
+@dataclass
+class Telemetry:
+    """The tracer and meter providers of one process, the engine's instruments and /metrics."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    registry: CollectorRegistry
+    metrics: EngineMetrics
+    tracer: trace.Tracer
+    enabled: bool = True
+    _closed: bool = field(default=False, repr=False)
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """Prometheus text exposition of every metric and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def shutdown(self) -> None:
+        """Flush pending spans and metrics, then stop the exporters (idempotent)."""
+        global _current
+        if self._closed:
+            return
+        self._closed = True
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+        with _lock:
+            if _current is self:
+                _current = None
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _sampler() -> Sampler | None:
+    """None lets the SDK honour OTEL_TRACES_SAMPLER itself; otherwise parent-based ratio sampling."""
+    if _env("OTEL_TRACES_SAMPLER"):
+        return None
+    try:
+        ratio = float(_env("OTEL_TRACES_SAMPLER_ARG") or DEFAULT_SAMPLE_RATIO)
+    except ValueError:
+        _log.warning("OTEL_TRACES_SAMPLER_ARG is not a number; using %s", DEFAULT_SAMPLE_RATIO)
+        ratio = DEFAULT_SAMPLE_RATIO
+    return ParentBased(TraceIdRatioBased(min(max(ratio, 0.0), 1.0)))
+
+
+def _exporters(signal: str, default: str) -> set[str]:
+    return {name.strip().lower() for name in (_env(f"OTEL_{signal}_EXPORTER") or default).split(",")}
+
+
+def _otlp_configured(signal: str) -> bool:
+    return bool(_env("OTEL_EXPORTER_OTLP_ENDPOINT") or _env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+
+
+def _span_exporters() -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    names = _exporters("TRACES", "otlp")
+    # Without an endpoint the OTLP exporter would retry against localhost:4318 forever.
+    if "otlp" in names and _otlp_configured("TRACES"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporters.append(OTLPSpanExporter())
+    if "console" in names:
+        exporters.append(ConsoleSpanExporter())
+    return exporters
+
+
+def _metric_readers(registry: CollectorRegistry) -> list[MetricReader]:
+    readers: list[MetricReader] = [
+        PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=registry)
+    ]
+    if "otlp" in _exporters("METRICS", "prometheus") and _otlp_configured("METRICS"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    return readers
+
+
+def create_telemetry(
+    service_name: str = SERVICE_NAME, *, span_exporters: Sequence[SpanExporter] | None = None
+) -> Telemetry:
+    """New providers from the OTEL_* variables, not installed globally (tests, tools)."""
+    enabled = _env("OTEL_SDK_DISABLED").lower() != "true"
+    attributes = {} if _env("OTEL_SERVICE_NAME") else {"service.name": service_name}
+    resource = Resource.create(attributes)
+    tracer_provider = TracerProvider(resource=resource, sampler=_sampler())
+    registry = CollectorRegistry(auto_describe=False)
+    readers = _metric_readers(registry) if enabled else []
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    if enabled:
+        for exporter in _span_exporters() if span_exporters is None else span_exporters:
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    meter = meter_provider.get_meter("incident_engine")
+    return Telemetry(
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        registry=registry,
+        metrics=EngineMetrics(meter),
+        tracer=tracer_provider.get_tracer("incident_engine"),
+        enabled=enabled,
+    )
+
+
+_lock = threading.Lock()
+_current: Telemetry | None = None
+_installed_globally = False
+
+
+def setup_telemetry(service_name: str = SERVICE_NAME) -> Telemetry:
+    """The process's telemetry, created and installed as the global providers on the first call."""
+    global _current, _installed_globally
+    with _lock:
+        if _current is None:
+            _current = create_telemetry(service_name)
+            # OTel lets the global providers be set once per process; later setups stay local.
+            if not _installed_globally:
+                trace.set_tracer_provider(_current.tracer_provider)
+                otel_metrics.set_meter_provider(_current.meter_provider)
+                _installed_globally = True
+        return _current
+
+
+def metrics_text() -> tuple[bytes, str]:
+    """Prometheus exposition of the process's telemetry (set up on first use) and its content type."""
+    return setup_telemetry().metrics_text()
