@@ -19,6 +19,7 @@ from incident_engine.domain.model import (
     ClockState,
     Incident,
     Timer,
+    timer_order,
 )
 from incident_engine.domain.outputs import timer_fired
 from incident_engine.domain.policy import ClockSpec
@@ -68,36 +69,59 @@ def apply_trigger(
 
 
 def start_clock(incident: Incident, spec: ClockSpec, at: datetime, cycle: int, calendar: Calendar) -> None:
-    """Start a cycle of a clock at `at`: its state, and a timer per warning threshold, breach, failover."""
+    """Start a cycle of a clock at `at`, with a timer for its first threshold (or its breach).
+
+    Only the next timer of each clock is pending: firing one schedules its successor, which keeps
+    starting and stopping clocks cheap (most stop before their first warning).
+    """
     due = calendar.add(at, spec.budget)
     incident.clocks[spec.name] = ClockState(started_at=at, due_at=due, cycle=cycle)
-    timers = incident.timers
-    key = _sort_key
-    for threshold, budget in spec.warning_budgets:
-        warn_at = calendar.add(at, budget)
-        insort(timers, Timer(incident.id, spec.name, WARNING, threshold, cycle, warn_at), key=key)
-    insort(timers, Timer(incident.id, spec.name, BREACH, None, cycle, due), key=key)
-    if spec.failover:
-        insort(timers, Timer(incident.id, spec.name, FAILOVER, None, cycle, due), key=key)
+    if spec.warning_budgets:
+        threshold, budget = spec.warning_budgets[0]
+        first = Timer(incident.id, spec.name, WARNING, threshold, cycle, calendar.add(at, budget))
+    else:
+        first = Timer(incident.id, spec.name, BREACH, None, cycle, due)
+    insort(incident.timers, first, key=timer_order)
 
 
 def stop_clock(incident: Incident, name: str, clock: ClockState, at: datetime) -> None:
-    """Stop a clock at `at` and cancel its pending timers."""
+    """Stop a clock at `at` and cancel its pending timer."""
     clock.stopped_at = at
     if clock.status != BREACHED:
         clock.status = MET
     incident.timers = [t for t in incident.timers if t.clock != name]
 
 
-def fire_timers(incident: Incident, until: datetime, now: datetime, outputs: list[OutputEvent]) -> None:
-    """Fire, in order, every pending timer due at or before `until`, emitting at `now`."""
+def fire_timers(
+    incident: Incident,
+    until: datetime,
+    now: datetime,
+    outputs: list[OutputEvent],
+    specs: dict[str, ClockSpec],
+    calendar: Calendar,
+) -> None:
+    """Fire, in order, every timer due at or before `until` (successors included), emitting at `now`."""
     timers = incident.timers
     while timers and timers[0].due_at <= until:
         timer = timers.pop(0)
+        clock = incident.clocks[timer.clock]
         if timer.kind == BREACH:
-            incident.clocks[timer.clock].status = BREACHED
+            clock.status = BREACHED
         outputs.append(timer_fired(incident, timer, now))
+        successor = next_timer(timer, clock, specs[timer.clock], calendar)
+        if successor is not None:
+            insort(timers, successor, key=timer_order)
 
 
-def _sort_key(timer: Timer) -> tuple[datetime, int, int, float]:
-    return timer.sort_key
+def next_timer(timer: Timer, clock: ClockState, spec: ClockSpec, calendar: Calendar) -> Timer | None:
+    """The timer of the same clock cycle that follows `timer`: next threshold, breach, failover, or none."""
+    if timer.kind == WARNING:
+        later = [(t, b) for t, b in spec.warning_budgets if t > (timer.threshold or 0.0)]
+        if later:
+            threshold, budget = later[0]
+            due = calendar.add(clock.started_at, budget)
+            return timer._replace(threshold=threshold, due_at=due)
+        return timer._replace(kind=BREACH, threshold=None, due_at=clock.due_at)
+    if timer.kind == BREACH and spec.failover:
+        return timer._replace(kind=FAILOVER)
+    return None

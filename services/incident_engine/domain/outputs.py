@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime
+from typing import Any
 
 from incident_contracts.constants import (
     FAILOVER_REQUIRED,
@@ -15,7 +16,7 @@ from incident_contracts.constants import (
 )
 from incident_contracts.envelope import OutputEvent, stable_id
 from incident_contracts.errors import InputError
-from incident_engine.domain.model import BREACH, FAILOVER, Incident, Timer
+from incident_engine.domain.model import BREACH, WARNING, Incident, Timer
 
 
 def state_changed(incident: Incident, from_state: str | None, cause: str, now: datetime) -> OutputEvent:
@@ -38,19 +39,30 @@ def state_changed(incident: Incident, from_state: str | None, cause: str, now: d
 
 def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
     """The warning, breach or failover order of a due timer; `due_at` stays the true due moment."""
-    if timer.kind == FAILOVER:
+    kind = timer.kind
+    data: dict[str, Any]
+    if kind == WARNING:
+        event_type = SLA_WARNING
+        data = {
+            "clock": timer.clock,
+            "threshold": timer.threshold,
+            "due_at": timer.due_at,
+            "policy": incident.policy,
+            "severity": incident.severity,
+            "region": incident.region,
+        }
+    elif kind == BREACH:
+        event_type = SLA_BREACHED
+        data = {
+            "clock": timer.clock,
+            "due_at": timer.due_at,
+            "policy": incident.policy,
+            "severity": incident.severity,
+            "region": incident.region,
+        }
+    else:
         event_type = FAILOVER_REQUIRED
         data = {"due_at": timer.due_at, "policy": incident.policy, "region": incident.region}
-    else:
-        data = {"clock": timer.clock}
-        if timer.kind == BREACH:
-            event_type = SLA_BREACHED
-        else:
-            event_type = SLA_WARNING
-            data["threshold"] = timer.threshold
-        data.update(
-            due_at=timer.due_at, policy=incident.policy, severity=incident.severity, region=incident.region
-        )
     return OutputEvent(id=timer.output_id, type=event_type, subject=incident.id, time=now, data=data)
 
 

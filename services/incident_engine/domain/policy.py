@@ -35,11 +35,13 @@ class ClockSpec:
     budget: timedelta
     thresholds: tuple[float, ...]
     failover: bool = False
+    warning_budgets: tuple[tuple[float, timedelta], ...] = ()  # (threshold, budget * threshold), lowest first
 
-    @property
-    def warning_budgets(self) -> tuple[tuple[float, timedelta], ...]:
-        """(threshold, business time until that threshold) pairs, lowest first."""
-        return tuple((t, self.budget * t) for t in self.thresholds)
+    @classmethod
+    def build(cls, name: str, budget: timedelta, thresholds: tuple[float, ...], failover: bool) -> ClockSpec:
+        """A spec with its warning budgets precomputed (they are needed at every clock start)."""
+        warnings = tuple((t, budget * t) for t in sorted(thresholds))
+        return cls(name, budget, tuple(sorted(thresholds)), failover, warnings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,7 @@ def _build(file: str, doc: dict[str, Any]) -> Policy:
                 clock = spec["clocks"][name]
                 thresholds = tuple(sorted(clock.get("warning_thresholds", default_thresholds)))
                 budget = timedelta(seconds=int(clock["budget"][:-1]) * _UNITS[clock["budget"][-1]])
-                clocks[name] = ClockSpec(name, budget, thresholds, bool(clock.get("failover", False)))
+                clocks[name] = ClockSpec.build(name, budget, thresholds, bool(clock.get("failover", False)))
         severities[severity] = SeverityRules(spec["calendar"], clocks)
     hours = doc["business_hours"]
     opens, closes = _clock_time(hours["opens"]), _clock_time(hours["closes"])

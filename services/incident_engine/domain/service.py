@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from incident_contracts.constants import (
+    INPUT_TYPES,
     REASON_DUPLICATE,
     REASON_SCHEMA,
     REASON_UNKNOWN_INCIDENT,
@@ -12,11 +13,12 @@ from incident_contracts.constants import (
 )
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.models import CloudEvent
+from incident_engine.domain.calendar import Calendar
 from incident_engine.domain.clocks import apply_trigger, fire_timers
 from incident_engine.domain.lifecycle import TRIGGER_REPORTED, Outcome, transition, trigger_of
 from incident_engine.domain.model import Decision, Incident
 from incident_engine.domain.outputs import rejected, state_changed
-from incident_engine.domain.policy import DEFAULT_POLICY, PolicyRegistry
+from incident_engine.domain.policy import DEFAULT_POLICY, ClockSpec, PolicyRegistry
 
 
 class SlaDomain:
@@ -29,6 +31,7 @@ class SlaDomain:
         policies.get(default_policy)  # fail fast on an unknown default
         self.policies = policies
         self.default_policy = default_policy
+        self._plans: dict[tuple[str, str, str], tuple[dict[str, ClockSpec], Calendar]] = {}
 
     def handle(
         self, incident: Incident | None, event: CloudEvent, now: datetime, raw: bytes | None = None
@@ -37,7 +40,7 @@ class SlaDomain:
 
         `raw` is the message as received, quoted in a rejection (else the event is re-serialized).
         """
-        trigger = trigger_of(event.type)
+        trigger = _TRIGGERS.get(event.type) or trigger_of(event.type)
         if incident is None:
             if trigger == TRIGGER_REPORTED:
                 return self._create(event, now, raw)
@@ -49,25 +52,32 @@ class SlaDomain:
         if outcome == Outcome.DUPLICATE or outcome == Outcome.INVALID:
             detail = f"{event.type} is not allowed in state {incident.state}"
             return self._refuse(incident, event, outcome, detail, raw, now)
-        at = _utc(event.time)
+        at = event.time
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
         outputs: list[OutputEvent] = []
-        fire_timers(incident, at, now, outputs)  # what was overdue when the event happened
+        plan = self._plan(incident)
+        timers = incident.timers
+        if timers and timers[0].due_at <= at:
+            fire_timers(incident, at, now, outputs, *plan)  # what was overdue when the event happened
         if dest is not None:
             before = incident.state
             incident.state = dest
             outputs.append(state_changed(incident, before, event.id, now))
-        self._apply(incident, trigger, at)
+        apply_trigger(incident, trigger, at, *plan)
         incident.seq += 1
         incident.last_event_at = at
-        fire_timers(incident, now, now, outputs)
+        timers = incident.timers
+        if timers and timers[0].due_at <= now:
+            fire_timers(incident, now, now, outputs, *plan)
         return Decision(incident, True, outputs)
 
     def fire_due(self, incident: Incident, now: datetime) -> Decision:
         """Fire every pending timer due at or before `now` (emission time `now`)."""
         outputs: list[OutputEvent] = []
-        fire_timers(incident, now, now, outputs)
+        fire_timers(incident, now, now, outputs, *self._plan(incident))
         return Decision(incident, False, outputs)
 
     def _create(self, event: CloudEvent, now: datetime, raw: bytes | None) -> Decision:
@@ -76,17 +86,25 @@ class SlaDomain:
         if policy not in self.policies:
             detail = f"data.policy: unknown policy {policy!r} (known: {', '.join(self.policies.names())})"
             return Decision(None, False, [self._reject(event, REASON_SCHEMA, raw, now, detail)])
-        at = _utc(event.time)
+        at = event.time
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, seq=1)
         outputs = [state_changed(incident, None, event.id, now)]
-        self._apply(incident, TRIGGER_REPORTED, at)
-        fire_timers(incident, now, now, outputs)
+        plan = self._plan(incident)
+        apply_trigger(incident, TRIGGER_REPORTED, at, *plan)
+        fire_timers(incident, now, now, outputs, *plan)
         return Decision(incident, True, outputs)
 
-    def _apply(self, incident: Incident, trigger: str, at: datetime) -> None:
-        policy = self.policies.get(incident.policy)
-        specs = policy.rules(incident.severity).clocks
-        apply_trigger(incident, trigger, at, specs, policy.calendar(incident.severity, incident.region))
+    def _plan(self, incident: Incident) -> tuple[dict[str, ClockSpec], Calendar]:
+        """The clock specs and calendar of an incident's (policy, severity, region), memoized."""
+        key = (incident.policy, incident.severity, incident.region)
+        plan = self._plans.get(key)
+        if plan is None:
+            policy = self.policies.get(incident.policy)
+            specs = policy.rules(incident.severity).clocks
+            plan = self._plans[key] = (specs, policy.calendar(incident.severity, incident.region))
+        return plan
 
     def _refuse(
         self,
@@ -98,7 +116,7 @@ class SlaDomain:
         now: datetime,
     ) -> Decision:
         outputs: list[OutputEvent] = []
-        fire_timers(incident, now, now, outputs)
+        fire_timers(incident, now, now, outputs, *self._plan(incident))
         outputs.append(self._reject(event, reason, raw, now, detail))
         return Decision(incident, False, outputs)
 
@@ -112,5 +130,4 @@ class SlaDomain:
         return rejected(reason, detail, original, now, subject=event.subject, origin=event.id)
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+_TRIGGERS = {event_type: trigger_of(event_type) for event_type in INPUT_TYPES}
