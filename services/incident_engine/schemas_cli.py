@@ -8,18 +8,32 @@ from typing import Annotated
 import typer
 
 from incident_contracts.schema_export import REGENERATE_HINT, export_schemas, stale_schemas
+from incident_engine.domain.lifecycle import mermaid
 from incident_engine.domain.policy import REPO_ROOT
 
 schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the event contract.")
 SCHEMA_DIR = REPO_ROOT / "schemas"
+README = REPO_ROOT / "README.md"
+DIAGRAM_START, DIAGRAM_END = "<!-- lifecycle:start -->", "<!-- lifecycle:end -->"
 Directory = Annotated[Path, typer.Option("--dir", help="Folder of the schema files.")]
 
 
 @schemas_app.command("export")
 def export_command(directory: Directory = SCHEMA_DIR) -> None:
-    """Write the JSON Schema of every input and output event type."""
+    """Write the JSON Schema of every event type, and the lifecycle diagram into the README."""
     for path in export_schemas(directory):
         typer.echo(str(path))
+    README.write_text(with_lifecycle_diagram(README.read_text()))
+    typer.echo(f"{README} (lifecycle diagram)")
+
+
+def with_lifecycle_diagram(readme: str) -> str:
+    """`readme` with the generated lifecycle diagram between its lifecycle markers."""
+    head, found, rest = readme.partition(DIAGRAM_START)
+    _, found_end, tail = rest.partition(DIAGRAM_END)
+    if not (found and found_end):
+        raise ValueError(f"README has no {DIAGRAM_START} ... {DIAGRAM_END} markers")
+    return f"{head}{DIAGRAM_START}\n{mermaid()}\n{DIAGRAM_END}{tail}"
 
 
 @schemas_app.command("check")
