@@ -1,0 +1,107 @@
+"""In-memory twin of the event store, for unit tests of the engine (same contract as Postgres)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from incident_engine.adapters.store import BatchWrite, OffsetConflict, OutboxRow, TimerRow
+from incident_engine.domain import Incident
+
+
+class MemoryStore:
+    """EventStore in dicts; `commit` is all-or-nothing like the Postgres transaction."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, str, int], int] = {}
+        self.log: dict[tuple[str, int], dict[str, Any]] = {}
+        self.event_ids: set[str] = set()
+        self.incidents: dict[str, dict[str, Any]] = {}
+        self.timers: dict[str, TimerRow] = {}
+        self.outbox: dict[int, OutboxRow] = {}
+        self.firings: set[tuple[str, datetime]] = set()
+        self._next_id = 1
+
+    async def committed_offsets(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """Next offset to consume per partition, for those that have one."""
+        return {
+            p: o for (g, t, p), o in self.offsets.items() if g == group_id and t == topic and p in partitions
+        }
+
+    async def known_event_ids(self, event_ids: list[str]) -> set[str]:
+        """Which of these input ids are already in the event log."""
+        return self.event_ids.intersection(event_ids)
+
+    async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
+        """Current state of these incidents (absent ones are unknown)."""
+        return {i: Incident.from_json(self.incidents[i]) for i in incident_ids if i in self.incidents}
+
+    async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
+        """Every pending timer row of these partitions."""
+        return [copy.copy(t) for t in self.timers.values() if t.partition in partitions]
+
+    async def commit(self, batch: BatchWrite) -> None:
+        """Apply the batch atomically; raise OffsetConflict (changing nothing) when offsets moved."""
+        for (topic, partition), (expected, _) in batch.offsets.items():
+            stored = self.offsets.get((batch.group_id, topic, partition))
+            if stored is not None and expected is not None and stored > expected:
+                raise OffsetConflict(f"{topic}[{partition}] moved past offset {expected} under this consumer")
+        for event in batch.events:
+            if (event.incident_id, event.seq) in self.log or event.event_id in self.event_ids:
+                raise ValueError(f"event log conflict on {event.incident_id}#{event.seq} / {event.event_id}")
+        for (topic, partition), (_, next_offset) in batch.offsets.items():
+            self.offsets[(batch.group_id, topic, partition)] = next_offset
+        for event in batch.events:
+            self.event_ids.add(event.event_id)
+            self.log[(event.incident_id, event.seq)] = {
+                "incident_id": event.incident_id, "seq": event.seq, "event_id": event.event_id,
+                "type": event.type, "source": event.source, "event_time": event.event_time,
+                "processed_at": event.processed_at, "kafka_partition": event.partition,
+                "kafka_offset": event.offset, "envelope": orjson.loads(event.envelope),
+                "trace_context": event.trace_context,
+            }  # fmt: skip
+        for incident_id, (incident, _) in batch.incidents.items():
+            self.incidents[incident_id] = incident.to_json()
+        for incident_id, row in batch.timers.items():
+            if row is None:
+                self.timers.pop(incident_id, None)
+            else:
+                self.timers[incident_id] = copy.copy(row)
+        self.firings.update(batch.firings)
+        for out in batch.outbox:
+            self.outbox[self._next_id] = OutboxRow(
+                out.partition, out.topic, out.key, out.event_id, out.payload, out.headers, self._next_id
+            )
+            self._next_id += 1
+
+    async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
+        """The oldest unsent outputs of these partitions, in commit order."""
+        return [row for _, row in sorted(self.outbox.items()) if row.partition in partitions][:limit]
+
+    async def mark_sent(self, ids: list[int]) -> None:
+        """Forget outbox rows that Kafka acknowledged."""
+        for row_id in ids:
+            self.outbox.pop(row_id, None)
+
+    async def outbox_backlog(self) -> int:
+        """How many outputs wait for the relay."""
+        return len(self.outbox)
+
+    async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
+        """The event log (of one incident or all), in (incident, seq) order."""
+        return [dict(v) for k, v in sorted(self.log.items()) if incident_id is None or k[0] == incident_id]
+
+    async def read_firings(self) -> list[tuple[str, datetime]]:
+        """Every recorded timer firing (incident id, moment)."""
+        return sorted(self.firings)
+
+    async def incident_rows(self) -> dict[str, dict[str, Any]]:
+        """Every incident projection body, by id."""
+        return copy.deepcopy(self.incidents)
+
+    async def timer_rows(self) -> dict[str, datetime]:
+        """Every durable timer's due moment, by incident id."""
+        return {i: t.due_at for i, t in self.timers.items()}

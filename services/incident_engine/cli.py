@@ -1,0 +1,31 @@
+"""The `incidents` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from devstack.cli import dev_app
+from incident_engine.entrypoints.commands import db_app, publish_command, replay_command, serve_command
+from incident_engine.schemas_cli import schemas_app
+from incident_engine.simulate import simulate_command
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident SLA engine.")
+app.add_typer(dev_app, name="dev")
+
+# Commands register below, one line each, from their own modules.
+# (keep this file a thin index: each command lives next to what it drives)
+app.command("simulate")(simulate_command)
+app.add_typer(schemas_app, name="schemas")
+app.command("serve")(serve_command)
+app.command("publish")(publish_command)
+app.add_typer(db_app, name="db")
+app.command("replay")(replay_command)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

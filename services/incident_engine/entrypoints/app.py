@@ -1,0 +1,201 @@
+"""The composition root: settings -> Postgres, Kafka (FastStream), domain, loop, relay, telemetry, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+
+from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
+from incident_engine.adapters.kafka import kafka_security
+from incident_engine.adapters.postgres.migrate import migrate
+from incident_engine.adapters.postgres.store import PostgresStore, create_pool
+from incident_engine.adapters.telemetry import Telemetry, setup_telemetry
+from incident_engine.config import Settings
+from incident_engine.domain import PolicyRegistry, SlaDomain
+from incident_engine.entrypoints.consumer import EngineLoop
+from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
+from incident_engine.entrypoints.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
+OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
+
+
+def build_broker(settings: Settings, listener: EngineLoop | None = None) -> KafkaBroker:
+    """The FastStream broker, with the engine's channels declared (for the AsyncAPI document too)."""
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers, client_id="incident-engine", **kafka_security(settings)
+    )
+    broker.subscriber(
+        TOPIC_EVENTS,
+        group_id=settings.incidents_consumer_group,
+        ack_policy=AckPolicy.MANUAL,  # offsets live in Postgres, committed with the batch's effects
+        auto_offset_reset="earliest",
+        listener=listener,  # the loop seeks to Postgres offsets and loads timers on assignment
+        max_partition_fetch_bytes=max(1_048_576, settings.incidents_max_message_bytes + 65_536),
+        title=f"{TOPIC_EVENTS}:consume",
+        description="Incident events from the upstream channels (CloudEvents, keyed by incident id).",
+    )
+    for topic, what in (
+        (TOPIC_STATE, "Accepted transitions (incident.state.changed)."),
+        (TOPIC_BREACHES, "SLA warnings, breaches and failover orders."),
+        (TOPIC_REJECTED, "Dead letters with the reason and the original message."),
+    ):
+        broker.publisher(topic, title=f"{topic}:publish", description=what)
+    return broker
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the contract's topics when missing (partitions from the settings)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_security(settings)
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in (TOPIC_EVENTS, *OUTPUT_TOPICS) if t not in existing]
+        for topic in wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(topic, settings.incidents_topic_partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def wait_for_postgres(dsn: str, timeout: float = 60.0) -> asyncpg.Pool:
+    """A pool, once Postgres accepts connections (it may still be starting)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await create_pool(dsn, min_size=2, max_size=8)
+        except (OSError, asyncpg.PostgresError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"PostgreSQL not reachable within {timeout:.0f}s: {exc}") from exc
+            log.warning("waiting for PostgreSQL: %s", exc)
+            await asyncio.sleep(1.0)
+
+
+@dataclass
+class EngineService:
+    """One engine replica: start, serve until stopped, stop gracefully."""
+
+    settings: Settings
+    telemetry: Telemetry | None = None
+    pool: asyncpg.Pool | None = None
+    broker: KafkaBroker | None = None
+    producer: AIOKafkaProducer | None = None
+    loop: EngineLoop | None = None
+    relay: OutboxRelay | None = None
+    store: PostgresStore | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    started: bool = False
+
+    async def start(self) -> None:
+        """Connect, migrate, join the consumer group and start the loop and the relay."""
+        s = self.settings
+        self.telemetry = self.telemetry or setup_telemetry()
+        dsn = s.database_url.get_secret_value()
+        self.pool = await wait_for_postgres(dsn)
+        await migrate(dsn)
+        await ensure_topics(s)
+        self.store = PostgresStore(self.pool)
+        domain = SlaDomain(PolicyRegistry.load(s.incidents_policy_dir), s.incidents_default_policy)
+        processor = BatchProcessor(
+            domain, self.store, s.incidents_consumer_group, max_message_bytes=s.incidents_max_message_bytes
+        )
+        self.loop = EngineLoop(
+            processor,
+            self.store,
+            batch_max=s.incidents_batch_max,
+            batch_timeout_ms=s.incidents_batch_timeout_ms,
+            on_batch=self._after_batch,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=max(1_048_576, s.incidents_max_message_bytes * 2),
+            **kafka_security(s),
+        )
+        await self.producer.start()
+        loop = self.loop
+        self.relay = OutboxRelay(self.store, self.producer, lambda: sorted(loop.assigned))
+        self.broker = build_broker(s, listener=self.loop)
+        subscriber = next(iter(self.broker.subscribers))
+        await self.broker.start()
+        consumer = getattr(subscriber, "consumer", None)
+        assert consumer is not None, "FastStream did not start the subscriber's consumer"
+        self.loop.consumer = consumer  # before any rebalance callback can need it
+        self._observe()
+        self.tasks = [
+            asyncio.create_task(self.loop.run(consumer), name="engine-loop"),
+            asyncio.create_task(self.relay.run(), name="outbox-relay"),
+        ]
+        self.started = True
+        log.info("engine started: group %s on %s", s.incidents_consumer_group, s.kafka_bootstrap_servers)
+
+    def _after_batch(self, result: BatchResult, seconds: float) -> None:
+        if self.relay is not None:
+            self.relay.wake()
+        if self.telemetry is None:
+            return
+        m = self.telemetry.metrics
+        m.batch(sum(result.outcomes.values()), seconds)
+        for (event_type, outcome), count in result.outcomes.items():
+            m.event(event_type, outcome, count)
+        for out in result.outputs:
+            data = out.data
+            if out.type == "incident.rejected":
+                m.rejection(data["reason"])
+            elif out.type == "incident.sla.warning":
+                m.sla_output("warning", data["clock"], data["severity"])
+            elif out.type == "incident.sla.breached":
+                m.sla_output("breached", data["clock"], data["severity"])
+            elif out.type == "incident.failover.required":
+                m.sla_output("failover", "restore", "")
+        for lateness in result.fired_lateness:
+            m.timer_lateness(lateness)
+
+    def _observe(self) -> None:
+        if self.telemetry is None or self.loop is None:
+            return
+        loop = self.loop
+        self.telemetry.metrics.observe("incidents_timers_armed", lambda: float(len(loop.timers)))
+
+    def ready(self) -> dict[str, Any]:
+        """Readiness: partitions assigned, timers loaded, Postgres reachable."""
+        loop_ready = self.loop is not None and self.loop.ready.is_set()
+        return {"ready": bool(self.started and loop_ready), **(self.loop.status() if self.loop else {})}
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, flush the outbox, leave the group, close connections."""
+        if self.loop is not None:
+            self.loop.stop()
+        if self.tasks:
+            loop_task = self.tasks[0]
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(loop_task), 15)
+            loop_task.cancel()
+        if self.relay is not None:
+            self.relay.stop()
+            await self.relay.drain()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        self.started = False

@@ -1,0 +1,158 @@
+"""The consume loop: batches of input and due timers, one transaction each, offsets kept in Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from incident_contracts import TOPIC_EVENTS
+from incident_engine.adapters.store import EventStore, OffsetConflict
+from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
+from incident_engine.entrypoints.timers import TimerHeap
+
+log = logging.getLogger(__name__)
+
+
+class EngineLoop:
+    """Owns the assigned partitions: seeks them to the stored offsets, holds their timers, runs batches."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        store: EventStore,
+        *,
+        batch_max: int = 500,
+        batch_timeout_ms: int = 50,
+        on_batch: Callable[[BatchResult, float], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.processor = processor
+        self.store = store
+        self.batch_max = batch_max
+        self.batch_timeout_ms = batch_timeout_ms
+        self.on_batch = on_batch
+        self.clock = clock
+        self.timers = TimerHeap()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.assigned: set[int] = set()
+        self.ready = asyncio.Event()
+        self._stopping = False
+        self._needs_reset = False
+        self._pending: set[int] = set()  # assigned before the loop had its consumer
+        self._batch_lock = asyncio.Lock()
+        self.batches = 0
+
+    # -- rebalance listener (aiokafka calls these between getmany calls of this task) --------------
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Give up partitions: forget their timers and cached incidents."""
+        gone = {tp.partition for tp in revoked if tp.topic == TOPIC_EVENTS}
+        async with self._batch_lock:  # let the batch in flight finish first
+            pass
+        self.assigned -= gone
+        self._pending -= gone
+        self.timers.drop_partitions(gone)
+        self.processor.cache.forget()
+        if not self.assigned:
+            self.ready.clear()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Take partitions: seek to the offsets stored in Postgres and load their timers."""
+        new = sorted(tp.partition for tp in assigned if tp.topic == TOPIC_EVENTS)
+        self.assigned |= set(new)
+        await self._take(new)
+        self.ready.set()
+
+    async def _take(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        if self.consumer is None:
+            self._pending |= set(partitions)
+            return
+        offsets = await self.store.committed_offsets(self.processor.group_id, TOPIC_EVENTS, partitions)
+        for partition in partitions:
+            tp = TopicPartition(TOPIC_EVENTS, partition)
+            if partition in offsets:
+                self.consumer.seek(tp, offsets[partition])
+            else:
+                await self.consumer.seek_to_beginning(tp)  # nothing consumed yet: lose nothing
+        rows = await self.store.load_timers(partitions)
+        self.timers.drop_partitions(partitions)
+        self.timers.load((r.incident_id, r.partition, r.due_at) for r in rows)
+        log.info("took partitions %s: %d timers armed", partitions, len(rows))
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def run(self, consumer: AIOKafkaConsumer) -> None:
+        """Consume until stopped; transient Kafka/Postgres failures are retried without losing anything."""
+        self.consumer = consumer
+        if self._pending:
+            await self._take(sorted(self._pending))
+            self._pending.clear()
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                if self._needs_reset:
+                    await self._reset()
+                await self.step()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except OffsetConflict as exc:
+                log.warning("batch fenced off (%s); re-reading the partitions' offsets", exc)
+                self._needs_reset = True
+            except Exception as exc:
+                log.warning("batch failed, retrying from the stored offsets in %.1fs: %r", backoff, exc)
+                self._needs_reset = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _reset(self) -> None:
+        """After a failed batch: rewind to what Postgres holds (nothing half-applied survives)."""
+        self.processor.cache.forget()
+        await self._take(sorted(self.assigned))
+        self._needs_reset = False
+
+    async def step(self) -> BatchResult | None:
+        """One batch: wait for input or the next timer, then process both in one transaction."""
+        assert self.consumer is not None
+        wait_ms = self.batch_timeout_ms
+        until_timer = self.timers.seconds_until_next(self.clock())
+        if until_timer is not None:
+            wait_ms = min(wait_ms, int(until_timer * 1000))
+        fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
+        records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
+        records = [r for r in records if r.partition in self.assigned]
+        now = self.clock()
+        due = self.timers.pop_due(now, limit=self.batch_max)
+        if not records and not due:
+            return None
+        started = time.perf_counter()
+        try:
+            async with self._batch_lock:
+                result = await self.processor.process(records, due, now)
+        except BaseException:
+            for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
+                self.timers.arm(incident_id, partition, now)
+            raise
+        for incident_id, (partition, next_due) in result.next_due.items():
+            if partition in self.assigned:
+                self.timers.arm(incident_id, partition, next_due)
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(result, time.perf_counter() - started)
+        return result
+
+    def stop(self) -> None:
+        """Finish the current batch, then leave the loop."""
+        self._stopping = True
+
+    def status(self) -> dict[str, Any]:
+        """What /readyz and logs say about the loop."""
+        return {"partitions": sorted(self.assigned), "timers": len(self.timers), "batches": self.batches}

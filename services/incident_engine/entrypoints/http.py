@@ -1,0 +1,126 @@
+"""HTTP on the engine: probes, Prometheus metrics and the read API (Starlette, served by uvicorn)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from incident_engine.adapters.telemetry import metrics_text
+from incident_engine.domain import Incident
+from incident_engine.entrypoints.app import EngineService
+
+_INCIDENT_COLUMNS = "incident_id, state, policy, severity, region, seq, reported_at, updated_at"
+
+
+def create_http_app(service: EngineService) -> Starlette:
+    """The ASGI app; its lifespan starts and stops the engine."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> JSONResponse:
+        status = service.ready()
+        return JSONResponse(status, status_code=200 if status["ready"] else 503)
+
+    async def metrics(_request: Request) -> Response:
+        body, content_type = service.telemetry.metrics_text() if service.telemetry else metrics_text()
+        return Response(body, media_type=content_type)
+
+    async def get_incident(request: Request) -> JSONResponse:
+        if (denied := _authorize(request, service)) is not None:
+            return denied
+        assert service.pool is not None
+        incident_id = request.path_params["incident_id"]
+        row = await service.pool.fetchrow("SELECT body FROM incidents WHERE incident_id = $1", incident_id)
+        if row is None:
+            return JSONResponse({"error": f"no incident {incident_id!r}"}, status_code=404)
+        log = await service.pool.fetch(
+            "SELECT seq, event_id, type, source, event_time, processed_at FROM event_log"
+            " WHERE incident_id = $1 ORDER BY seq",
+            incident_id,
+        )
+        return JSONResponse(describe_incident(Incident.from_json(row["body"]), log, datetime.now(UTC)))
+
+    async def list_incidents(request: Request) -> JSONResponse:
+        if (denied := _authorize(request, service)) is not None:
+            return denied
+        assert service.pool is not None
+        state, severity = request.query_params.get("state"), request.query_params.get("severity")
+        limit = min(int(request.query_params.get("limit", "100")), 1000)
+        rows = await service.pool.fetch(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents"
+            " WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR severity = $2)"
+            " ORDER BY updated_at DESC LIMIT $3",
+            state,
+            severity,
+            limit,
+        )
+        return JSONResponse({"incidents": [_jsonable(dict(r)) for r in rows]})
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/incidents", list_incidents),
+        Route("/incidents/{incident_id:path}", get_incident),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _authorize(request: Request, service: EngineService) -> JSONResponse | None:
+    token = service.settings.incidents_api_token
+    if token is None:
+        return None  # no token configured: the read API is open (documented)
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return JSONResponse(
+            {"error": "missing or wrong bearer token"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return None
+
+
+def describe_incident(incident: Incident, log: list[Any], now: datetime) -> dict[str, Any]:
+    """The read API's view of an incident: state, policy, timeline and each clock."""
+    return {
+        "id": incident.id,
+        "state": incident.state,
+        "policy": incident.policy,
+        "severity": incident.severity,
+        "region": incident.region,
+        "reported_at": incident.reported_at.isoformat(),
+        "timeline": [_jsonable(dict(r)) for r in log],
+        "clocks": {
+            name: {**clock.to_json(), "remaining_seconds": _remaining(clock.due_at, clock.stopped_at, now)}
+            for name, clock in incident.clocks.items()
+        },
+        "pending_timers": [timer.to_json() for timer in incident.timers],
+    }
+
+
+def _remaining(due_at: datetime, stopped_at: datetime | None, now: datetime) -> float | None:
+    if stopped_at is not None:
+        return None
+    return (due_at - now).total_seconds()
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}

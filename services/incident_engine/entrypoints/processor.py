@@ -1,0 +1,242 @@
+"""One batch: input records and due timers in, one atomic BatchWrite out (through the shared domain)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import orjson
+
+from incident_contracts import parse_event
+from incident_contracts.constants import INCIDENT_REJECTED
+from incident_contracts.envelope import OutputEvent
+from incident_contracts.errors import DecodeError, InputError, SchemaError
+from incident_contracts.models import CloudEvent
+from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, OutboxRow, TimerRow
+from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+_ORIGINAL_LIMIT = 64 * 1024  # bytes of an oversized message quoted in its dead letter
+
+
+class InputRecord(Protocol):
+    """What the processor needs of a Kafka record (aiokafka's ConsumerRecord has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class BatchResult:
+    """What a committed batch did, for metrics, traces and the timer heap."""
+
+    write: BatchWrite
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
+    outputs: list[OutputEvent] = field(default_factory=list)
+    fired_lateness: list[float] = field(default_factory=list)  # seconds, fire time - due time
+    next_due: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)  # id -> (partition, due)
+
+
+class IncidentCache:
+    """Incidents of the owned partitions kept between batches, bounded; cleared on any doubt."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self.items: dict[str, Incident] = {}
+
+    def get(self, incident_id: str) -> Incident | None:
+        """The cached incident, if any."""
+        return self.items.get(incident_id)
+
+    def put(self, incident: Incident) -> None:
+        """Keep an incident; drop the oldest quarter when full."""
+        if len(self.items) >= self.limit:
+            for key in list(self.items)[: self.limit // 4]:
+                del self.items[key]
+        self.items[incident.id] = incident
+
+    def forget(self, incident_ids: Sequence[str] | None = None) -> None:
+        """Drop some incidents, or all."""
+        if incident_ids is None:
+            self.items.clear()
+        else:
+            for incident_id in incident_ids:
+                self.items.pop(incident_id, None)
+
+
+class BatchProcessor:
+    """Turns a batch into one BatchWrite with the domain; commits it through the store."""
+
+    def __init__(
+        self,
+        domain: SlaDomain,
+        store: EventStore,
+        group_id: str,
+        *,
+        max_message_bytes: int = 1_048_576,
+        cache: IncidentCache | None = None,
+    ) -> None:
+        self.domain = domain
+        self.store = store
+        self.group_id = group_id
+        self.max_message_bytes = max_message_bytes
+        self.cache = cache if cache is not None else IncidentCache()
+
+    async def process(
+        self, records: Sequence[InputRecord], due: Sequence[tuple[str, int]], now: datetime
+    ) -> BatchResult:
+        """Decide and commit one batch: `due` lists (incident id, partition) whose timer is due."""
+        result = BatchResult(BatchWrite(self.group_id))
+        parsed = [self._parse(record, now) for record in records]
+        events = [p for p in parsed if isinstance(p, CloudEvent)]
+        known = await self.store.known_event_ids([e.id for e in events])
+        wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
+        states = await self._load([i for i in wanted if i is not None])
+        try:
+            for record, item in zip(records, parsed, strict=True):
+                self._offset(result.write, record)
+                if isinstance(item, CloudEvent):
+                    if item.id in known:
+                        result.outcomes[(item.type, "ignored_repeat")] += 1
+                        continue  # exactly-once effect: an id already applied is dropped silently
+                    known.add(item.id)
+                    self._apply_event(result, states, record, item, now)
+                else:
+                    result.outcomes[("(unreadable)", "rejected")] += 1
+                    self._emit(result, [item], record.partition, _trace_of(record))
+            for incident_id, partition in due:
+                incident = states.get(incident_id)
+                if incident is not None:
+                    self._fire(result, incident, partition, now)
+            await self.store.commit(result.write)
+        except BaseException:
+            self.cache.forget()  # states were changed in place: never reuse them after a failed batch
+            raise
+        for incident_id, (incident, _) in result.write.incidents.items():
+            if incident.state == "restored":
+                self.cache.forget([incident_id])
+            else:
+                self.cache.put(incident)
+        return result
+
+    async def _load(self, incident_ids: list[str]) -> dict[str, Incident]:
+        states = {i: inc for i in incident_ids if (inc := self.cache.get(i)) is not None}
+        missing = [i for i in incident_ids if i not in states]
+        if missing:
+            states.update(await self.store.load_incidents(missing))
+        return states
+
+    def _parse(self, record: InputRecord, now: datetime) -> CloudEvent | OutputEvent:
+        raw = record.value or b""
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        if len(raw) > self.max_message_bytes:
+            error: InputError = DecodeError(
+                f"message of {len(raw)} bytes exceeds the limit of {self.max_message_bytes} bytes"
+                f" (INCIDENTS_MAX_MESSAGE_BYTES); original truncated to {_ORIGINAL_LIMIT} bytes"
+            )
+            return reject_input(error, raw[:_ORIGINAL_LIMIT], now, key=record.key, origin=origin)
+        if record.value is None:
+            return reject_input(
+                DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=origin
+            )
+        try:
+            event = parse_event(raw, record.headers)
+        except InputError as exc:
+            return reject_input(exc, raw, now, key=record.key, origin=origin)
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        if key != event.subject:
+            # The key decides the partition, and one incident must live in one partition.
+            error = SchemaError(
+                f"Kafka key {key!r} differs from subject {event.subject!r}: the key must be the incident id",
+                event_id=event.id,
+                subject=event.subject,
+            )
+            return reject_input(error, raw, now, key=record.key, origin=event.id)
+        return event
+
+    def _apply_event(
+        self,
+        result: BatchResult,
+        states: dict[str, Incident],
+        record: InputRecord,
+        event: CloudEvent,
+        now: datetime,
+    ) -> None:
+        incident = states.get(event.subject)
+        decision = self.domain.handle(incident, event, now, record.value)
+        trace = _trace_of(record)
+        outcome = "accepted" if decision.accepted else "rejected"
+        result.outcomes[(event.type, outcome)] += 1
+        if decision.accepted and decision.incident is not None:
+            inc = decision.incident
+            states[inc.id] = inc
+            result.write.events.append(
+                LoggedEvent(
+                    incident_id=inc.id, seq=inc.seq, event_id=event.id, type=event.type,
+                    source=event.source, event_time=event.time, processed_at=now,
+                    partition=record.partition, offset=record.offset,
+                    envelope=_structured(record, event), trace_context=trace,
+                )
+            )  # fmt: skip
+        self._record(result, decision, record.partition, now, trace)
+
+    def _fire(self, result: BatchResult, incident: Incident, partition: int, now: datetime) -> None:
+        due_before = [t.due_at for t in incident.timers if t.due_at <= now]
+        decision = self.domain.fire_due(incident, now)
+        result.fired_lateness.extend((now - d).total_seconds() for d in due_before)
+        self._record(result, decision, partition, now, None)
+
+    def _record(
+        self,
+        result: BatchResult,
+        decision: Decision,
+        partition: int,
+        now: datetime,
+        trace: dict[str, str] | None,
+    ) -> None:
+        inc = decision.incident
+        fired = not decision.accepted and any(o.type != INCIDENT_REJECTED for o in decision.outputs)
+        if inc is not None and (decision.accepted or fired):
+            if fired:  # timers fired outside a logged event: log the moment, so replay is exact
+                result.write.firings[(inc.id, now)] = partition
+            result.write.incidents[inc.id] = (inc, partition)
+            due = inc.next_due
+            result.write.timers[inc.id] = TimerRow(inc.id, partition, due, trace) if due else None
+            result.next_due[inc.id] = (partition, due)
+        self._emit(result, decision.outputs, partition, trace)
+
+    @staticmethod
+    def _emit(
+        result: BatchResult, outputs: list[OutputEvent], partition: int, trace: dict[str, str] | None
+    ) -> None:
+        for out in outputs:
+            result.outputs.append(out)
+            result.write.outbox.append(
+                OutboxRow(partition, out.topic, out.key, out.id, out.to_json_bytes(), trace or None)
+            )
+
+    @staticmethod
+    def _offset(write: BatchWrite, record: InputRecord) -> None:
+        tp = (record.topic, record.partition)
+        start = write.offsets[tp][0] if tp in write.offsets else record.offset
+        write.offsets[tp] = (start, record.offset + 1)
+
+
+def _trace_of(record: InputRecord) -> dict[str, str] | None:
+    found = {name: value.decode() for name, value in record.headers or () if name in TRACE_HEADERS and value}
+    return found or None
+
+
+def _structured(record: InputRecord, event: CloudEvent) -> bytes:
+    """The event as structured JSON for the log (binary-mode input is re-serialized)."""
+    raw = record.value or b""
+    if raw[:1] == b"{" and not any(name == "ce_specversion" for name, _ in record.headers or ()):
+        return raw
+    return orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))

@@ -1,0 +1,155 @@
+"""Helpers of the engine's integration tests: fresh databases, output collection, event building."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from devstack.process import free_port
+from incident_contracts import TOPIC_BREACHES, TOPIC_REJECTED, TOPIC_STATE
+from incident_engine.config import Settings
+from incident_engine.entrypoints.commands import build_event
+
+OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
+
+
+async def fresh_database(server_url: str) -> str:
+    """Create an empty database on the test server; return its DSN."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def settings_for(kafka: str, dsn: str, group: str | None = None, **extra: Any) -> Settings:
+    """Engine settings for one test (its own database and consumer group)."""
+    return Settings(
+        kafka_bootstrap_servers=kafka,
+        database_url=dsn,
+        incidents_consumer_group=group or f"engine-{uuid.uuid4().hex[:8]}",
+        **extra,
+    )
+
+
+def event(event_type: str, incident: str, at: datetime | None = None, **data: Any) -> dict[str, Any]:
+    """A valid input CloudEvent for tests."""
+    return build_event(
+        event_type, incident, source="/channels/test", time=at or datetime.now(UTC),
+        severity=data.pop("severity", None), region=data.pop("region", None), summary=None, extra=data,
+    )  # fmt: skip
+
+
+def ago(**kwargs: float) -> datetime:
+    """A moment in the past."""
+    return datetime.now(UTC) - timedelta(**kwargs)
+
+
+class OutputCollector:
+    """Reads the output topics from the beginning in the background; keeps what concerns a prefix."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.events: list[dict[str, Any]] = []
+        self.raw_ids: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> OutputCollector:
+        self._consumer = AIOKafkaConsumer(
+            *OUTPUT_TOPICS, bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest",
+            metadata_max_age_ms=1000,
+        )  # fmt: skip
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for r in records:
+                    if r.key is not None and r.key.decode().startswith(self.prefix) and r.value:
+                        out = orjson.loads(r.value)
+                        out["_topic"] = r.topic
+                        self.events.append(out)
+
+    def of(self, type_: str, subject: str | None = None, **data: Any) -> list[dict[str, Any]]:
+        """The collected outputs of a type (and subject, and data fields)."""
+        return [
+            e for e in self.events
+            if e["type"] == type_ and (subject is None or e["subject"] == subject)
+            and all(e["data"].get(k) == v for k, v in data.items())
+        ]  # fmt: skip
+
+    async def wait_for(self, check: Callable[[], bool], timeout: float = 30.0, what: str = "outputs") -> None:
+        """Wait until `check()` holds, else fail with what was collected."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            await asyncio.sleep(0.1)
+        summary = [
+            (e["type"], e["subject"], e["data"].get("clock") or e["data"].get("reason")) for e in self.events
+        ]
+        raise AssertionError(f"timed out waiting for {what}; collected: {summary}")
+
+
+def engine_process(settings: Settings, log_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`incidents serve` as a child process (to be killed for real); returns it and its HTTP port."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "INCIDENTS_CONSUMER_GROUP": settings.incidents_consumer_group,
+        "INCIDENTS_HTTP_PORT": str(port),
+        "INCIDENTS_HTTP_HOST": "127.0.0.1",
+        "OTEL_SDK_DISABLED": "true",
+    }
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "incident_engine.cli", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, port
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
+    """Wait until the engine's /readyz says ready."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"engine exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise AssertionError("engine not ready in time")
