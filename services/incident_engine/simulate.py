@@ -30,6 +30,7 @@ class MalformedInput(ValueError):
     def __init__(self, line: int, problem: str) -> None:
         super().__init__(f"line {line}: {problem}")
         self.line = line
+        self.problem = problem
 
 
 @dataclass
@@ -181,5 +182,5 @@ def simulate_command(
         raise typer.Exit(2) from None
     except MalformedInput as exc:
         sys.stdout.flush()
-        typer.echo(f"error: {file}:{exc.line}: malformed input: {exc}", err=True)
+        typer.echo(f"error: {file}:{exc.line}: malformed input: {exc.problem}", err=True)
         raise typer.Exit(1) from None

@@ -46,7 +46,7 @@ def wire(
 ) -> bytes:
     """One input CloudEvent as structured JSON bytes (`kind` without the `incident.` prefix)."""
     when = at if isinstance(at, str) else at.isoformat()
-    envelope = {
+    envelope: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id or f"{subject}-{kind}-{when}",
         "source": "/channels/email",

@@ -115,10 +115,10 @@ def load_policy(path: Path) -> Policy:
         raise PolicyError(file, "(file)", f"cannot be read as YAML: {exc}") from None
     errors = sorted(_policy_validator().iter_errors(document), key=lambda e: list(map(str, e.path)))
     if errors:
-        first = errors[0]
-        field = ".".join(str(p) for p in first.absolute_path) or "(top level)"
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise PolicyError(file, field, first.message + more)
+        problems = [(".".join(map(str, e.absolute_path)) or "(top level)", e.message) for e in errors]
+        field, problem = problems[0]
+        also = "".join(f"; also {f}: {p}" for f, p in problems[1:4])
+        raise PolicyError(file, field, problem + also)
     if document["name"] != path.stem:
         raise PolicyError(file, "name", f"{document['name']!r} differs from the file name {path.stem!r}")
     return _build(file, document)
