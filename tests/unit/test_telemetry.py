@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -264,3 +265,24 @@ def test_json_log_masks_secrets_in_exceptions_and_nested_extras(log_stream: io.S
 )
 def test_redact_keeps_plain_urls_and_masks_credentials(text: str, masked: str) -> None:
     assert redact(text) == masked
+
+
+def test_grafana_dashboard_queries_only_metrics_the_engine_exports() -> None:
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "deploy/grafana/incident-sla-engine.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"\bincidents_\w+", e)}
+    tel = create_telemetry(span_exporters=[])
+    m = tel.metrics
+    m.event("t", "o")
+    m.rejection("r")
+    m.sla_output("k", "c", "s")
+    m.timer_lateness(0)
+    m.batch(1, 0)
+    for gauge in telemetry.GAUGES:
+        m.observe(gauge, lambda: 0)
+    exported = set(re.findall(r"^# TYPE (\w+)", tel.metrics_text()[0].decode(), re.MULTILINE))
+    tel.shutdown()
+    assert used and used <= exported, used - exported
+    assert exported <= used, f"metrics without a panel: {exported - used}"

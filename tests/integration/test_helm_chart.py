@@ -1,0 +1,185 @@
+"""The Helm chart lints, renders and validates offline, and the manifests say what operators rely on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from incident_engine.config import Settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK = REPO / "deploy" / "helm" / "check.sh"
+CHART = REPO / "deploy" / "helm" / "incident-sla-engine"
+# The first run builds helm from the Go module proxy (about 1.5 min cold on 2 cores); later runs reuse it.
+TIMEOUT = 900
+
+Manifest = dict[str, Any]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(CHECK), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("helm")
+    result = _run(env={"HELM_CHECK_OUT": str(out)})
+    assert result.returncode == 0, f"deploy/helm/check.sh failed:\n{result.stdout}\n{result.stderr}"
+    assert "chart OK" in result.stderr
+    return out
+
+
+def _docs(path: Path) -> list[Manifest]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.fixture(scope="module")
+def default(rendered: Path) -> list[Manifest]:
+    return _docs(rendered / "default.yaml")
+
+
+@pytest.fixture(scope="module")
+def production(rendered: Path) -> list[Manifest]:
+    return _docs(rendered / "production.yaml")
+
+
+def _one(docs: list[Manifest], kind: str) -> Manifest:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def _engine(docs: list[Manifest]) -> Manifest:
+    return _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def _env(container: Manifest) -> dict[str, Manifest]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_kinds(default: list[Manifest], production: list[Manifest]) -> None:
+    base = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "Job"}
+    assert {d["kind"] for d in default} == base
+    assert {d["kind"] for d in production} == base | {"HorizontalPodAutoscaler", "ServiceMonitor"}
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_probes_shutdown_and_hardening(values: str, request: pytest.FixtureRequest) -> None:
+    docs: list[Manifest] = request.getfixturevalue(values)
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    engine = _engine(docs)
+    assert engine["args"] == ["serve"]
+    assert engine["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert engine["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert engine["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert engine["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert engine["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] >= 60
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert engine["securityContext"]["readOnlyRootFilesystem"] is True
+    assert engine["securityContext"]["allowPrivilegeEscalation"] is False
+    assert engine["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert engine["resources"]["requests"] and engine["resources"]["limits"]["memory"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_migration_hook_runs_db_migrate_before_pods(values: str, request: pytest.FixtureRequest) -> None:
+    docs: list[Manifest] = request.getfixturevalue(values)
+    job = _one(docs, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["db", "migrate"]
+    assert container["image"] == _engine(docs)["image"]
+    assert "secretKeyRef" in _env(container)["DATABASE_URL"]["valueFrom"]
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The Service and the PDB must not pick up the migration pod.
+    job_labels = job["spec"]["template"]["metadata"]["labels"]
+    selector = _one(docs, "Service")["spec"]["selector"]
+    assert not selector.items() <= job_labels.items()
+
+
+def test_service_selects_the_engine_pods(default: list[Manifest]) -> None:
+    deployment = _one(default, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        spec = _one(default, kind)["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        assert selector.items() <= pod_labels.items(), kind
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_policies_come_from_the_repository(default: list[Manifest]) -> None:
+    data = _one(default, "ConfigMap")["data"]
+    shipped = {p.name: p.read_text() for p in (REPO / "policies").glob("*.yaml")}
+    assert data == shipped
+    engine = _engine(default)
+    mount = next(m for m in engine["volumeMounts"] if m["name"] == "policies")
+    assert _env(engine)["INCIDENTS_POLICY_DIR"]["value"] == mount["mountPath"]
+
+
+def test_secrets_are_references_only(production: list[Manifest]) -> None:
+    assert not [d for d in production if d["kind"] == "Secret"]
+    env = _env(_engine(production))
+    for name in ("DATABASE_URL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "INCIDENTS_API_TOKEN"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"], name
+    assert env["KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["KAFKA_SSL_CAFILE"]["value"].startswith("/etc/incidents/kafka-tls/")
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_env_names_are_the_engine_settings(values: str, request: pytest.FixtureRequest) -> None:
+    settings = set(Settings.model_fields)
+    for name in _env(_engine(request.getfixturevalue(values))):
+        if name.startswith(("INCIDENTS_", "KAFKA_", "DATABASE_")):
+            assert name.lower() in settings, f"{name} is not a field of incident_engine.config.Settings"
+
+
+def test_production_autoscaling_and_scraping(production: list[Manifest]) -> None:
+    hpa = _one(production, "HorizontalPodAutoscaler")["spec"]
+    partitions = int(_env(_engine(production))["INCIDENTS_TOPIC_PARTITIONS"]["value"])
+    assert 2 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= partitions
+    assert "replicas" not in _one(production, "Deployment")["spec"]  # the HPA owns it
+    endpoint = _one(production, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint == {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+
+
+@pytest.fixture
+def helm_template(rendered: Path) -> Iterator[Any]:
+    def template(*args: str) -> subprocess.CompletedProcess[str]:
+        return _run("helm", "template", "x", str(CHART), "--kube-version", "1.33.0", *args)
+
+    yield template
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--set", "securityContext.readOnlyRootFilesystem=false"], "readOnlyRootFilesystem"),
+        (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
+        (["--set", "kafka.securityProtocol=SASL_SSL"], "existingSecret"),
+        (["--set", "replicas=3"], "replicas"),  # a typo of replicaCount
+        (["--set", "autoscaling.enabled=true,autoscaling.maxReplicas=9"], "exceeds config.topicPartitions"),
+    ],
+)
+def test_bad_values_are_refused(helm_template: Any, args: list[str], error: str) -> None:
+    result = helm_template(*args)
+    assert result.returncode != 0 and error in result.stderr, result.stderr
