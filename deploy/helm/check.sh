@@ -17,6 +17,7 @@ OUT="${HELM_CHECK_OUT:-.cache/helm-rendered}"
 BIN="$PWD/.cache/bin"
 HELM="$BIN/helm-$HELM_VERSION"
 VALIDATE="${KUBERNETES_VALIDATE:-.venv/bin/kubernetes-validate}"
+[ -x "$VALIDATE" ] || VALIDATE="$(command -v kubernetes-validate || echo "$VALIDATE")"
 
 say() { echo "helm-check: $*" >&2; }
 

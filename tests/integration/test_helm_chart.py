@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("helm")
-    result = _run(env={"HELM_CHECK_OUT": str(out)})
+    validator = Path(sys.executable).parent / "kubernetes-validate"  # the one of this virtualenv
+    result = _run(env={"HELM_CHECK_OUT": str(out), "KUBERNETES_VALIDATE": str(validator)})
     assert result.returncode == 0, f"deploy/helm/check.sh failed:\n{result.stdout}\n{result.stderr}"
     assert "chart OK" in result.stderr
     return out
