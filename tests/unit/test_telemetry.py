@@ -192,6 +192,7 @@ def test_setup_is_idempotent_and_serves_metrics(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(telemetry.trace, "set_tracer_provider", installed.append)
     monkeypatch.setattr(telemetry.otel_metrics, "set_meter_provider", installed.append)
     monkeypatch.setattr(telemetry, "_installed_globally", False)
+    monkeypatch.setattr(telemetry, "_current", None)  # whatever another test left set up
     first = telemetry.setup_telemetry()
     try:
         assert telemetry.setup_telemetry() is first
