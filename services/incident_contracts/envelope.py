@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -31,21 +31,19 @@ def stable_id(name: str) -> str:
     return digest.hexdigest()
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class OutputEvent:
-    """An engine-made CloudEvent (structured JSON), with the topic it goes to.
+    """An engine-made CloudEvent (structured JSON), with the topic it goes to."""
 
-    The fields are declared in wire order.
-    """
-
-    specversion: str = "1.0"
     id: str
-    source: str = ENGINE_SOURCE
     type: str
-    subject: str | None
-    time: datetime
-    datacontenttype: str = "application/json"
+    subject: str | None  # the incident id; None only for a rejected message without a key
+    time: datetime  # the emission moment, UTC
     data: dict[str, Any]
+
+    specversion: ClassVar[str] = "1.0"
+    source: ClassVar[str] = ENGINE_SOURCE
+    datacontenttype: ClassVar[str] = "application/json"
 
     @property
     def topic(self) -> str:
@@ -60,13 +58,13 @@ class OutputEvent:
     def to_json(self) -> dict[str, Any]:
         """The structured-mode CloudEvent as a dict (times stay datetimes; no null `subject`)."""
         envelope = {
-            "specversion": self.specversion,
+            "specversion": "1.0",
             "id": self.id,
-            "source": self.source,
+            "source": ENGINE_SOURCE,
             "type": self.type,
             "subject": self.subject,
             "time": self.time,
-            "datacontenttype": self.datacontenttype,
+            "datacontenttype": "application/json",
             "data": self.data,
         }
         if self.subject is None:

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
-
-
-def _to_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
-# An input `time` may carry any offset; it is normalized to UTC once, when the event is read.
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 Severity = Literal["critical", "high", "low"]
 Region = Literal["au", "us", "uk"]
@@ -67,7 +58,7 @@ class CloudEvent(BaseModel):
     source: NonEmpty
     type: str
     subject: NonEmpty = Field(description="The incident id; also the Kafka key.")
-    time: UtcDatetime = Field(description="When it happened (RFC 3339 with an offset).")
+    time: AwareDatetime = Field(description="When it happened (RFC 3339 with an offset).")
     datacontenttype: Literal["application/json"] | None = None
     dataschema: str | None = None
 

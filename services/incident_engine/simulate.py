@@ -48,8 +48,8 @@ class Simulation:
     events_read: int = 0
     outputs: int = 0
     _pending: list[OutputEvent] = field(default_factory=list)
-    _heap: list[tuple[datetime, int, str]] = field(default_factory=list)
-    _armed: dict[str, datetime] = field(default_factory=dict)  # incident -> due of its live heap entry
+    _heap: list[tuple[float, str]] = field(default_factory=list)  # (due timestamp, incident id)
+    _armed: dict[str, float] = field(default_factory=dict)  # incident -> due of its live heap entry
 
     def run(self, lines: Iterable[bytes], until: datetime) -> None:
         """Feed every non-blank line in order, then advance to `until`; raise MalformedInput on a bad line."""
@@ -59,6 +59,7 @@ class Simulation:
         for number, raw in enumerate(lines, start=1):
             if not raw or raw.isspace():
                 continue
+            raw = raw.rstrip(b"\r\n")  # quoted as is in a rejection
             self.events_read += 1
             try:
                 event = parse(raw)  # the fast path of parse_event, which explains a failure below
@@ -73,9 +74,10 @@ class Simulation:
             if event.id in seen:
                 continue  # a repeated id: exactly-once effect
             seen.add(event.id)
-            moment = event.time  # in UTC
+            moment = event.time
             if moment > self.clock:
-                if heap and heap[0][0] <= moment:
+                moment = moment.astimezone(UTC)
+                if heap and heap[0][0] <= moment.timestamp():
                     self.advance(moment)
                 self.clock = moment
             incident = incidents.get(event.subject)
@@ -85,6 +87,8 @@ class Simulation:
                     incidents[event.subject] = decision.incident
                 if decision.incident.timers:
                     arm(decision.incident)
+                else:
+                    self._armed.pop(event.subject, None)
             pending += decision.outputs
             if len(pending) >= _BATCH:
                 self.flush()
@@ -93,16 +97,20 @@ class Simulation:
 
     def advance(self, until: datetime) -> None:
         """Move the virtual clock to `until`, firing every timer due on the way at its own due moment."""
-        heap, armed, pending = self._heap, self._armed, self._pending
-        while heap and heap[0][0] <= until:
-            due, _, incident_id = heapq.heappop(heap)
-            if armed.get(incident_id) != due:
+        heap, armed, pending, incidents = self._heap, self._armed, self._pending, self.incidents
+        fire_due, limit = self.domain.fire_due, until.timestamp()
+        while heap and heap[0][0] <= limit:
+            key, incident_id = heapq.heappop(heap)
+            if armed.get(incident_id) != key:
                 continue  # stale: the incident's timers changed since this entry was pushed
             del armed[incident_id]
+            incident = incidents[incident_id]
+            if not incident.timers:
+                continue
+            due = incident.timers[0].due_at
             if due > self.clock:
                 self.clock = due
-            incident = self.incidents[incident_id]
-            pending += self.domain.fire_due(incident, self.clock).outputs
+            pending += fire_due(incident, self.clock).outputs
             if incident.timers:
                 self._arm(incident)
         if until > self.clock:
@@ -116,10 +124,12 @@ class Simulation:
             self._pending.clear()
 
     def _arm(self, incident: Incident) -> None:
-        due = incident.timers[0].due_at
-        if self._armed.get(incident.id) != due:
-            self._armed[incident.id] = due
-            heapq.heappush(self._heap, (due, len(self._heap), incident.id))
+        # Heap keys are POSIX timestamps: floats compare far faster than datetimes, and distinct
+        # microseconds stay distinct floats for centuries around now.
+        key = incident.timers[0].due_at.timestamp()
+        if self._armed.get(incident.id) != key:
+            self._armed[incident.id] = key
+            heapq.heappush(self._heap, (key, incident.id))
 
 
 _BATCH = 4096

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from incident_engine.domain import Incident, OutputEvent
-from incident_engine.domain.model import timer_order
 from tests.unit.sla_helpers import domain, event, utc
 
 pytestmark = pytest.mark.unit
@@ -69,7 +68,7 @@ def _run(stream: list[tuple[Any, ...]]) -> tuple[list[bytes], dict[str, Incident
 
 def _check_incident(incident: Incident) -> None:
     assert Incident.from_json(orjson.loads(orjson.dumps(incident.to_json()))) == incident
-    assert incident.timers == sorted(incident.timers, key=timer_order)
+    assert incident.timers == sorted(incident.timers)
     clocks = [t.clock for t in incident.timers]
     assert len(clocks) == len(set(clocks))  # one pending timer per clock
     for timer in incident.timers:

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.unit
 M = timedelta(minutes=1)
 REPORT = "2025-06-11 12:00"  # a Wednesday, no holiday in any region
 # (kind, clock, threshold, local due time) of a report at REPORT that nobody acknowledges.
-CRITICAL = [
+Expected = list[tuple[str, str | None, float | None, str]]
+CRITICAL: Expected = [
     ("warning", "ack", 0.5, "2025-06-11 12:07:30"),
     ("warning", "ack", 0.8, "2025-06-11 12:12"),
     ("breached", "ack", None, "2025-06-11 12:15"),
@@ -22,7 +23,7 @@ CRITICAL = [
     ("breached", "restore", None, "2025-06-11 12:30"),
     ("required", None, None, "2025-06-11 12:30"),
 ]
-HIGH_1 = [
+HIGH_1: Expected = [
     ("warning", "ack", 0.5, "2025-06-11 12:15"),
     ("warning", "ack", 0.8, "2025-06-11 12:24"),
     ("breached", "ack", None, "2025-06-11 12:30"),
@@ -31,7 +32,7 @@ HIGH_1 = [
     ("breached", "resolution", None, "2025-06-12 12:00"),
 ]
 LOW = HIGH_1[:3]
-EXPECTED: dict[tuple[str, str], list[tuple[str, str | None, float | None, str]]] = {
+EXPECTED: dict[tuple[str, str], Expected] = {
     ("livepro-1", "critical"): CRITICAL,
     ("livepro-1", "high"): HIGH_1,
     ("livepro-1", "low"): LOW,

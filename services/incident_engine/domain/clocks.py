@@ -19,7 +19,6 @@ from incident_engine.domain.model import (
     ClockState,
     Incident,
     Timer,
-    timer_order,
 )
 from incident_engine.domain.outputs import timer_fired
 from incident_engine.domain.policy import ClockSpec
@@ -78,10 +77,10 @@ def start_clock(incident: Incident, spec: ClockSpec, at: datetime, cycle: int, c
     incident.clocks[spec.name] = ClockState(started_at=at, due_at=due, cycle=cycle)
     if spec.warning_budgets:
         threshold, budget = spec.warning_budgets[0]
-        first = Timer(incident.id, spec.name, WARNING, threshold, cycle, calendar.add(at, budget))
+        first = Timer(calendar.add(at, budget), spec.name, WARNING, threshold, cycle, incident.id)
     else:
-        first = Timer(incident.id, spec.name, BREACH, None, cycle, due)
-    insort(incident.timers, first, key=timer_order)
+        first = Timer(due, spec.name, BREACH, None, cycle, incident.id)
+    insort(incident.timers, first)
 
 
 def stop_clock(incident: Incident, name: str, clock: ClockState, at: datetime) -> None:
@@ -110,18 +109,18 @@ def fire_timers(
         outputs.append(timer_fired(incident, timer, now))
         successor = next_timer(timer, clock, specs[timer.clock], calendar)
         if successor is not None:
-            insort(timers, successor, key=timer_order)
+            insort(timers, successor)
 
 
 def next_timer(timer: Timer, clock: ClockState, spec: ClockSpec, calendar: Calendar) -> Timer | None:
     """The timer of the same clock cycle that follows `timer`: next threshold, breach, failover, or none."""
-    if timer.kind == WARNING:
-        later = [(t, b) for t, b in spec.warning_budgets if t > (timer.threshold or 0.0)]
-        if later:
-            threshold, budget = later[0]
-            due = calendar.add(clock.started_at, budget)
-            return timer._replace(threshold=threshold, due_at=due)
-        return timer._replace(kind=BREACH, threshold=None, due_at=clock.due_at)
-    if timer.kind == BREACH and spec.failover:
-        return timer._replace(kind=FAILOVER)
+    kind = timer.kind
+    if kind == WARNING:
+        for threshold, budget in spec.warning_budgets:
+            if threshold > timer.threshold:  # type: ignore[operator]
+                due = calendar.add(clock.started_at, budget)
+                return Timer(due, timer.clock, WARNING, threshold, timer.cycle, timer.incident_id)
+        return Timer(clock.due_at, timer.clock, BREACH, None, timer.cycle, timer.incident_id)
+    if kind == BREACH and spec.failover:
+        return Timer(timer.due_at, timer.clock, FAILOVER, None, timer.cycle, timer.incident_id)
     return None

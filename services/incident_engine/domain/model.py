@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
-from incident_contracts.constants import CLOCKS
 from incident_contracts.envelope import OutputEvent, stable_id
 
 RUNNING: Final = "running"
@@ -17,8 +16,6 @@ CANCELLED: Final = "cancelled"
 WARNING: Final = "warning"
 BREACH: Final = "breached"
 FAILOVER: Final = "failover"
-_KIND_RANK: Final = {WARNING: 0, BREACH: 1, FAILOVER: 2}
-_CLOCK_RANK: Final = {name: i for i, name in enumerate(CLOCKS)}
 
 
 @dataclass(slots=True)
@@ -62,27 +59,25 @@ class ClockState:
 class Timer(NamedTuple):
     """One pending firing: a warning threshold, a breach, or a failover order of one clock cycle.
 
-    Immutable (a NamedTuple rather than a frozen dataclass: four times cheaper to build, and
-    an incident makes several per clock cycle).
+    Immutable (a NamedTuple rather than a frozen dataclass: four times cheaper to build). The field
+    order is the firing order, so timers sort as plain tuples: due first, then by clock name, then
+    kind (`breached` before `failover`). Two timers of one incident never tie on all three: one clock
+    has one pending timer at a time, and a breach and its failover order differ in kind.
     """
 
-    incident_id: str
+    due_at: datetime
     clock: str
     kind: str  # warning | breached | failover
     threshold: float | None
     cycle: int
-    due_at: datetime
+    incident_id: str
 
     @property
     def output_id(self) -> str:
         """The deterministic id of the CloudEvent this timer emits (computed on demand: it costs)."""
-        suffix = f"/{self.threshold!r}" if self.kind == WARNING else ""
-        return stable_id(f"{self.incident_id}/{self.clock}/{self.cycle}/{self.kind}{suffix}")
-
-    @property
-    def sort_key(self) -> tuple[datetime, int, int, float]:
-        """Due first; at the same moment by clock, then warning < breach < failover, then threshold."""
-        return timer_order(self)
+        if self.kind == WARNING:
+            return stable_id(f"{self.incident_id}/{self.clock}/{self.cycle}/warning/{self.threshold}")
+        return stable_id(f"{self.incident_id}/{self.clock}/{self.cycle}/{self.kind}")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -106,11 +101,6 @@ class Timer(NamedTuple):
             cycle=d["cycle"],
             due_at=datetime.fromisoformat(d["due_at"]),
         )
-
-
-def timer_order(timer: Timer) -> tuple[datetime, int, int, float]:
-    """The sort key of timers: due first; at the same moment by clock, kind, then threshold."""
-    return (timer.due_at, _CLOCK_RANK[timer.clock], _KIND_RANK[timer.kind], timer.threshold or 0.0)
 
 
 @dataclass(slots=True)

@@ -52,9 +52,7 @@ class SlaDomain:
         if outcome == Outcome.DUPLICATE or outcome == Outcome.INVALID:
             detail = f"{event.type} is not allowed in state {incident.state}"
             return self._refuse(incident, event, outcome, detail, raw, now)
-        at = event.time
-        if at.tzinfo is not UTC:
-            at = at.astimezone(UTC)
+        at = event.time.astimezone(UTC)
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
         outputs: list[OutputEvent] = []
@@ -77,7 +75,9 @@ class SlaDomain:
     def fire_due(self, incident: Incident, now: datetime) -> Decision:
         """Fire every pending timer due at or before `now` (emission time `now`)."""
         outputs: list[OutputEvent] = []
-        fire_timers(incident, now, now, outputs, *self._plan(incident))
+        timers = incident.timers
+        if timers and timers[0].due_at <= now:
+            fire_timers(incident, now, now, outputs, *self._plan(incident))
         return Decision(incident, False, outputs)
 
     def _create(self, event: CloudEvent, now: datetime, raw: bytes | None) -> Decision:
@@ -86,9 +86,7 @@ class SlaDomain:
         if policy not in self.policies:
             detail = f"data.policy: unknown policy {policy!r} (known: {', '.join(self.policies.names())})"
             return Decision(None, False, [self._reject(event, REASON_SCHEMA, raw, now, detail)])
-        at = event.time
-        if at.tzinfo is not UTC:
-            at = at.astimezone(UTC)
+        at = event.time.astimezone(UTC)
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, seq=1)
         outputs = [state_changed(incident, None, event.id, now)]
         plan = self._plan(incident)
