@@ -21,7 +21,7 @@ class MemoryStore:
         self.event_ids: set[str] = set()
         self.incidents: dict[str, dict[str, Any]] = {}
         self.timers: dict[str, TimerRow] = {}
-        self.outbox: dict[int, OutboxRow] = {}
+        self.outbox: list[OutboxRow] = []
         self.firings: set[tuple[str, datetime]] = set()
         self._next_id = 1
 
@@ -71,20 +71,26 @@ class MemoryStore:
             else:
                 self.timers[incident_id] = copy.copy(row)
         self.firings.update(batch.firings)
+        row_ids: dict[int, int] = {}  # one row id per input partition and batch, as in Postgres
         for out in batch.outbox:
-            self.outbox[self._next_id] = OutboxRow(
-                out.partition, out.topic, out.key, out.event_id, out.payload, out.headers, self._next_id
+            if out.partition not in row_ids:
+                row_ids[out.partition] = self._next_id
+                self._next_id += 1
+            rid = row_ids[out.partition]
+            self.outbox.append(
+                OutboxRow(out.partition, out.topic, out.key, out.event_id, out.payload, out.headers, rid)
             )
-            self._next_id += 1
 
     async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
-        """The oldest unsent outputs of these partitions, in commit order."""
-        return [row for _, row in sorted(self.outbox.items()) if row.partition in partitions][:limit]
+        """The oldest unsent outputs of these partitions, in commit order (`limit` counts rows of batches)."""
+        mine = [row for row in self.outbox if row.partition in partitions]
+        keep = sorted({row.id for row in mine})[:limit]
+        return [row for row in mine if row.id in keep]
 
     async def mark_sent(self, ids: list[int]) -> None:
         """Forget outbox rows that Kafka acknowledged."""
-        for row_id in ids:
-            self.outbox.pop(row_id, None)
+        gone = set(ids)
+        self.outbox = [row for row in self.outbox if row.id not in gone]
 
     async def outbox_backlog(self) -> int:
         """How many outputs wait for the relay."""

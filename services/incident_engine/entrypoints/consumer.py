@@ -46,6 +46,7 @@ class EngineLoop:
         self._needs_reset = False
         self._pending: set[int] = set()  # assigned before the loop had its consumer
         self._batch_lock = asyncio.Lock()
+        self._inflight: asyncio.Task[BatchResult] | None = None
         self.batches = 0
 
     # -- rebalance listener (aiokafka calls these between getmany calls of this task) --------------
@@ -53,8 +54,8 @@ class EngineLoop:
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Give up partitions: forget their timers and cached incidents."""
         gone = {tp.partition for tp in revoked if tp.topic == TOPIC_EVENTS}
-        async with self._batch_lock:  # let the batch in flight finish first
-            pass
+        async with self._batch_lock:  # let the batch being decided and the one committing finish
+            await self.drain()
         self.assigned -= gone
         self._pending -= gone
         self.timers.drop_partitions(gone)
@@ -112,35 +113,50 @@ class EngineLoop:
                 self._needs_reset = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        await self.drain()
 
     async def _reset(self) -> None:
         """After a failed batch: rewind to what Postgres holds (nothing half-applied survives)."""
-        self.processor.cache.forget()
+        await self.drain()
+        self.processor.abandon()
         await self._take(sorted(self.assigned))
         self._needs_reset = False
 
     async def step(self) -> BatchResult | None:
-        """One batch: wait for input or the next timer, then process both in one transaction."""
+        """One batch: wait for input or the next timer, decide both, and start committing them.
+
+        The commit runs while the next batch is fetched and decided (Postgres and Python overlap);
+        commits stay in order, and a failed one voids the batch decided on top of it.
+        """
         assert self.consumer is not None
         wait_ms = self.batch_timeout_ms
         until_timer = self.timers.seconds_until_next(self.clock())
         if until_timer is not None:
             wait_ms = min(wait_ms, int(until_timer * 1000))
+        if self._inflight is not None and self._inflight.done():
+            await self._finish_inflight()
         fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
         records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
-        records = [r for r in records if r.partition in self.assigned]
-        now = self.clock()
-        due = self.timers.pop_due(now, limit=self.batch_max)
-        if not records and not due:
-            return None
-        started = time.perf_counter()
-        try:
-            async with self._batch_lock:
-                result = await self.processor.process(records, due, now)
-        except BaseException:
-            for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
-                self.timers.arm(incident_id, partition, now)
-            raise
+        async with self._batch_lock:
+            records = [r for r in records if r.partition in self.assigned]
+            now = self.clock()
+            due = self.timers.pop_due(now, limit=self.batch_max)
+            if not records and not due:
+                await self._finish_inflight()
+                return None
+            started = time.perf_counter()
+            try:
+                result = await self.processor.decide(records, due, now)
+                await self._finish_inflight()
+            except BaseException:
+                for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
+                    self.timers.arm(incident_id, partition, now)
+                raise
+            self._inflight = asyncio.create_task(self._commit(result, started))
+            return result
+
+    async def _commit(self, result: BatchResult, started: float) -> BatchResult:
+        await self.processor.commit(result)
         for incident_id, (partition, next_due) in result.next_due.items():
             if partition in self.assigned:
                 self.timers.arm(incident_id, partition, next_due)
@@ -148,6 +164,20 @@ class EngineLoop:
         if self.on_batch is not None:
             self.on_batch(result, time.perf_counter() - started)
         return result
+
+    async def _finish_inflight(self) -> None:
+        """Wait for the batch being committed; its failure is raised here (the caller resets)."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def drain(self) -> None:
+        """Wait for the commit in flight, if any (on shutdown and rebalance); failures mean a reset."""
+        try:
+            await self._finish_inflight()
+        except Exception as exc:
+            log.warning("last batch did not commit (%r); it will be redone from the stored offsets", exc)
+            self._needs_reset = True
 
     def stop(self) -> None:
         """Finish the current batch, then leave the loop."""

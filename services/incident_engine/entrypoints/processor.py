@@ -56,11 +56,16 @@ class IncidentCache:
         return self.items.get(incident_id)
 
     def put(self, incident: Incident) -> None:
-        """Keep an incident; drop the oldest quarter when full."""
-        if len(self.items) >= self.limit:
-            for key in list(self.items)[: self.limit // 4]:
-                del self.items[key]
+        """Keep an incident (see `trim` for the bound)."""
         self.items[incident.id] = incident
+
+    def trim(self, protect: set[str]) -> None:
+        """Past the limit, drop the oldest quarter, except incidents whose changes are not committed."""
+        if len(self.items) < self.limit:
+            return
+        for key in list(self.items)[: self.limit // 4]:
+            if key not in protect:
+                del self.items[key]
 
     def forget(self, incident_ids: Sequence[str] | None = None) -> None:
         """Drop some incidents, or all."""
@@ -88,15 +93,29 @@ class BatchProcessor:
         self.group_id = group_id
         self.max_message_bytes = max_message_bytes
         self.cache = cache if cache is not None else IncidentCache()
+        # Decided but not yet committed (a batch commits while the next one is decided).
+        self.uncommitted_ids: set[str] = set()
+        self.uncommitted_incidents: set[str] = set()
 
     async def process(
         self, records: Sequence[InputRecord], due: Sequence[tuple[str, int]], now: datetime
     ) -> BatchResult:
         """Decide and commit one batch: `due` lists (incident id, partition) whose timer is due."""
+        result = await self.decide(records, due, now)
+        await self.commit(result)
+        return result
+
+    async def decide(
+        self, records: Sequence[InputRecord], due: Sequence[tuple[str, int]], now: datetime
+    ) -> BatchResult:
+        """Run a batch through the domain without writing it; its incidents go to the cache at once,
+        so the next batch can be decided while this one commits (see `commit`, `abandon`)."""
         result = BatchResult(BatchWrite(self.group_id))
         parsed = [self._parse(record, now) for record in records]
         events = [p for p in parsed if isinstance(p, CloudEvent)]
-        known = await self.store.known_event_ids([e.id for e in events])
+        ids = [e.id for e in events]
+        known = await self.store.known_event_ids(ids)
+        known.update(i for i in ids if i in self.uncommitted_ids)
         wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
         states = await self._load([i for i in wanted if i is not None])
         try:
@@ -115,16 +134,33 @@ class BatchProcessor:
                 incident = states.get(incident_id)
                 if incident is not None:
                     self._fire(result, incident, partition, now)
-            await self.store.commit(result.write)
         except BaseException:
-            self.cache.forget()  # states were changed in place: never reuse them after a failed batch
+            self.abandon()
             raise
         for incident_id, (incident, _) in result.write.incidents.items():
-            if incident.state == "restored":
-                self.cache.forget([incident_id])
-            else:
-                self.cache.put(incident)
+            self.cache.put(incident)
+            self.uncommitted_incidents.add(incident_id)
+        self.uncommitted_ids.update(e.event_id for e in result.write.events)
         return result
+
+    async def commit(self, result: BatchResult) -> None:
+        """Write a decided batch (batches commit in the order they were decided)."""
+        try:
+            await self.store.commit(result.write)
+        except BaseException:
+            self.abandon()
+            raise
+        self.uncommitted_ids.difference_update(e.event_id for e in result.write.events)
+        self.uncommitted_incidents.difference_update(result.write.incidents)
+        done = [i for i, (inc, _) in result.write.incidents.items() if inc.state == "restored"]
+        self.cache.forget([i for i in done if i not in self.uncommitted_incidents])
+        self.cache.trim(protect=self.uncommitted_incidents)
+
+    def abandon(self) -> None:
+        """After a failed batch: forget everything not known to be committed (states changed in place)."""
+        self.cache.forget()
+        self.uncommitted_ids.clear()
+        self.uncommitted_incidents.clear()
 
     async def _load(self, incident_ids: list[str]) -> dict[str, Incident]:
         states = {i: inc for i in incident_ids if (inc := self.cache.get(i)) is not None}

@@ -1,4 +1,6 @@
 -- The event log and everything derived from it, written in one transaction per batch.
+-- Documents the engine writes on its hot path and reads whole are `json` (validated text, no
+-- conversion on write); `->`/`->>` work on them as on jsonb.
 
 -- Append-only log of accepted input events (pyeventsourcing-style: (incident_id, seq) is the
 -- optimistic-concurrency key; a second writer of the same seq fails instead of forking history).
@@ -12,12 +14,11 @@ CREATE TABLE event_log (
     processed_at    timestamptz NOT NULL,  -- the engine clock when applied: replay uses it as `now`
     kafka_partition integer     NOT NULL,
     kafka_offset    bigint      NOT NULL,
-    envelope        jsonb       NOT NULL,  -- the CloudEvent as received (structured form)
+    envelope        json        NOT NULL,  -- the CloudEvent as received (structured form)
     trace_context   jsonb,                 -- W3C traceparent/tracestate of the producer
     PRIMARY KEY (incident_id, seq),
     CONSTRAINT event_log_event_id_key UNIQUE (event_id)
 );
-CREATE INDEX event_log_processed_at_idx ON event_log (processed_at);
 
 CREATE FUNCTION event_log_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -37,7 +38,7 @@ CREATE TABLE incidents (
     kafka_partition integer     NOT NULL,
     reported_at     timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
-    body            jsonb       NOT NULL   -- Incident.to_json(): clocks and pending timers
+    body            json        NOT NULL   -- Incident.to_json(): clocks and pending timers
 );
 CREATE INDEX incidents_state_idx ON incidents (state, severity);
 
@@ -60,15 +61,15 @@ CREATE TABLE consumer_offsets (
     PRIMARY KEY (group_id, topic, kafka_partition)
 );
 
--- Transactional outbox: output events waiting for the relay; deleted once Kafka acknowledged them.
+-- Transactional outbox: the outputs of one batch and input partition in one row, waiting for the
+-- relay; deleted once Kafka acknowledged every message of the row. One row per batch rather than
+-- per output keeps the outbox cheap when an event yields several outputs. `messages` is a simple
+-- length-prefixed framing of (topic, key, event id, headers JSON, payload) per message, in order.
 CREATE TABLE outbox (
     id              bigserial   PRIMARY KEY,
     kafka_partition integer     NOT NULL,  -- the input partition that produced it (its relay owner)
-    topic           text        NOT NULL,
-    key             bytea,
-    event_id        text        NOT NULL,
-    payload         bytea       NOT NULL,
-    headers         jsonb,
+    message_count   integer     NOT NULL,
+    messages        bytea       NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX outbox_partition_idx ON outbox (kafka_partition, id);

@@ -1,4 +1,4 @@
-SELECT id, kafka_partition, topic, key, event_id, payload, headers
+SELECT id, kafka_partition, messages
 FROM outbox
 WHERE kafka_partition = ANY($1::int[])
 ORDER BY id
