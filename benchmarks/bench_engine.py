@@ -1,6 +1,6 @@
 """End-to-end engine throughput against real Kafka and PostgreSQL, with a raw-pipe baseline of the same run.
 
-    .venv/bin/python benchmarks/bench_engine.py [--events 60000] [--runs 3] [--json benchmarks/out/engine.json]
+    .venv/bin/python benchmarks/bench_engine.py [--events 60000] [--runs 3] [--json FILE]
 
 1. Produces `--events` input events (incidents of every severity/region: reported, acknowledged,
    updated, restored; times spread over the last days so overdue timers fire too) to incidents.events.
@@ -32,12 +32,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from devstack.stack import start_kafka, start_postgres  # noqa: E402
-from incident_contracts import TOPIC_EVENTS  # noqa: E402
-from incident_engine.entrypoints.app import EngineService  # noqa: E402
-from tests.integration.engine_helpers import fresh_database, settings_for  # noqa: E402
+from devstack.stack import fresh_database, start_kafka, start_postgres
+from incident_contracts import TOPIC_EVENTS
+from incident_engine.config import Settings
+from incident_engine.entrypoints.app import EngineService
 
 PARTITIONS = 6
 
@@ -123,7 +121,8 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
                 continue
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO raw_events SELECT * FROM unnest($1::text[], $2::text[]::jsonb[], $3::int[], $4::bigint[])",
+                    "INSERT INTO raw_events"
+                    " SELECT * FROM unnest($1::text[], $2::text[]::jsonb[], $3::int[], $4::bigint[])",
                     [r.key.decode() for r in records], [r.value.decode() for r in records],
                     [r.partition for r in records], [r.offset for r in records],
                 )  # fmt: skip
@@ -141,7 +140,12 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
 
 async def engine_run(bootstrap: str, dsn: str, ends: dict[int, int]) -> tuple[float, int]:
     """The real engine from scratch; seconds until everything is committed and relayed, and outputs."""
-    settings = settings_for(bootstrap, dsn, incidents_topic_partitions=PARTITIONS)
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        database_url=dsn,
+        incidents_consumer_group=f"bench-{uuid.uuid4().hex[:8]}",
+        incidents_topic_partitions=PARTITIONS,
+    )
     service = EngineService(settings)
     await service.start()
     assert service.pool is not None and service.relay is not None

@@ -99,3 +99,18 @@ def _stop_and_clean(stop: Callable[[], None], folder: Path) -> None:
 
     with contextlib.suppress(OSError):
         shutil.rmtree(folder)
+
+
+async def fresh_database(server_url: str) -> str:
+    """Create an empty database on a server (tests and benchmarks isolate runs this way); return its DSN."""
+    import uuid
+
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name

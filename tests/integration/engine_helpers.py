@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
@@ -24,17 +23,6 @@ from incident_engine.config import Settings
 from incident_engine.entrypoints.commands import build_event
 
 OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
-
-
-async def fresh_database(server_url: str) -> str:
-    """Create an empty database on the test server; return its DSN."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 def settings_for(kafka: str, dsn: str, group: str | None = None, **extra: Any) -> Settings:
