@@ -6,6 +6,7 @@ import typer
 
 from devstack.cli import dev_app
 from incident_engine.entrypoints.commands import db_app, publish_command, replay_command, serve_command
+from incident_engine.entrypoints.demo import demo_command
 from incident_engine.schemas_cli import schemas_app
 from incident_engine.simulate import simulate_command
 
@@ -19,6 +20,7 @@ app.add_typer(schemas_app, name="schemas")
 app.command("serve")(serve_command)
 app.command("publish")(publish_command)
 app.add_typer(db_app, name="db")
+app.command("demo")(demo_command)
 app.command("replay")(replay_command)
 
 

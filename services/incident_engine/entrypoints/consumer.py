@@ -101,8 +101,8 @@ class EngineLoop:
             try:
                 if self._needs_reset:
                     await self._reset()
-                await self.step()
-                backoff = 0.2
+                if await self.step() is not None:
+                    backoff = 0.2
             except asyncio.CancelledError:
                 raise
             except OffsetConflict as exc:
