@@ -1,0 +1,116 @@
+"""One contract suite for the event store, run against PostgreSQL and against its in-memory twin."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from devstack.stack import Service, fresh_database
+from incident_engine.adapters.memory import MemoryStore
+from incident_engine.adapters.postgres.migrate import migrate
+from incident_engine.adapters.postgres.store import PostgresStore, create_pool
+from incident_engine.adapters.store import (
+    BatchWrite,
+    EventStore,
+    LoggedEvent,
+    OffsetConflict,
+    OutboxRow,
+    TimerRow,
+)
+from incident_engine.domain import Incident
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    postgres: Service = request.getfixturevalue("postgres")
+    dsn = await fresh_database(postgres.url)
+    await migrate(dsn)
+    pool = await create_pool(dsn)
+    try:
+        yield PostgresStore(pool)
+    finally:
+        await pool.close()
+
+
+def incident(incident_id: str, seq: int = 1) -> Incident:
+    return Incident(incident_id, "reported", "livepro-1", "high", "uk", T0, T0, seq=seq)
+
+
+def logged(incident_id: str, seq: int, event_id: str, offset: int) -> LoggedEvent:
+    envelope = {"id": event_id, "subject": incident_id, "type": "incident.reported"}
+    return LoggedEvent(
+        incident_id, seq, event_id, "incident.reported", "/t", T0, T0, 0, offset, orjson.dumps(envelope)
+    )
+
+
+def batch(offset_from: int, offset_to: int, **parts: object) -> BatchWrite:
+    write = BatchWrite("g", offsets={("incidents.events", 0): (offset_from, offset_to)})
+    for name, value in parts.items():
+        setattr(write, name, value)
+    return write
+
+
+async def test_a_committed_batch_reads_back(store: EventStore) -> None:
+    outputs = [
+        OutboxRow(
+            0, "incidents.state", b"A", f"out-{i}", b'{"n": %d}' % i, {"traceparent": "x"} if i else None
+        )
+        for i in range(3)
+    ]
+    await store.commit(batch(
+        0, 2,
+        events=[logged("A", 1, "e1", 0), logged("B", 1, "e2", 1)],
+        incidents={"A": (incident("A"), 0), "B": (incident("B"), 0)},
+        timers={"A": TimerRow("A", 0, T0 + timedelta(minutes=5), {"traceparent": "t"}), "B": None},
+        outbox=outputs,
+        firings={("A", T0): 0},
+    ))  # fmt: skip
+    assert await store.committed_offsets("g", "incidents.events", [0, 1]) == {0: 2}
+    assert await store.known_event_ids(["e1", "e2", "e3"]) == {"e1", "e2"}
+    loaded = await store.load_incidents(["A", "Z"])
+    assert list(loaded) == ["A"] and loaded["A"].to_json() == incident("A").to_json()
+    timers = await store.load_timers([0])
+    assert [(t.incident_id, t.due_at, t.trace_context) for t in timers] == [
+        ("A", T0 + timedelta(minutes=5), {"traceparent": "t"})
+    ]
+    pending = await store.pending_outbox([0], 10)
+    assert [(o.event_id, o.payload, o.headers) for o in pending] == [
+        (o.event_id, o.payload, o.headers) for o in outputs
+    ]
+    assert await store.outbox_backlog() == 3
+    await store.mark_sent([o.id for o in pending])
+    assert await store.pending_outbox([0], 10) == [] and await store.outbox_backlog() == 0
+    assert [(r["incident_id"], r["seq"]) for r in await store.read_log()] == [("A", 1), ("B", 1)]
+    assert (await store.read_log("B"))[0]["envelope"]["id"] == "e2"
+    assert await store.read_firings() == [("A", T0)]
+
+
+async def test_a_fenced_batch_writes_nothing(store: EventStore) -> None:
+    await store.commit(batch(0, 5, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}))
+    with pytest.raises(OffsetConflict):  # a zombie that still thinks offset 3 is next
+        await store.commit(
+            batch(3, 4, events=[logged("A", 2, "e9", 3)], incidents={"A": (incident("A", 2), 0)})
+        )
+    assert await store.known_event_ids(["e9"]) == set()
+    assert (await store.load_incidents(["A"]))["A"].seq == 1
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 5}
+
+
+async def test_a_batch_that_fails_half_way_writes_nothing(store: EventStore) -> None:
+    await store.commit(batch(0, 1, events=[logged("A", 1, "e1", 0)]))
+    with pytest.raises(Exception):  # noqa: B017 - the twin and Postgres raise their own conflict errors
+        await store.commit(batch(1, 3, events=[logged("B", 1, "e2", 1), logged("A", 1, "e3", 2)],
+                                 outbox=[OutboxRow(0, "incidents.state", b"B", "o", b"{}")]))  # fmt: skip
+    assert await store.known_event_ids(["e2", "e3"]) == set()
+    assert await store.outbox_backlog() == 0
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 1}
