@@ -16,13 +16,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## virtualenv with the project and its dev dependencies
 
-run: venv ## local Kafka + PostgreSQL (started if needed), migrations, then the engine in the foreground
-	$(BIN)/incidents dev up >/dev/null
-	@eval "$$($(BIN)/incidents dev status 2>/dev/null)" && $(BIN)/incidents db migrate && exec $(BIN)/incidents serve
+run: venv ## Kafka + PostgreSQL (local ones started if not given), migrations, the engine in the foreground
+	deploy/local/with-services.sh $(BIN)/incidents serve
 
 demo: venv ## like `run`, plus a generator of realistic incidents and a live terminal view
-	$(BIN)/incidents dev up >/dev/null
-	@eval "$$($(BIN)/incidents dev status 2>/dev/null)" && $(BIN)/incidents db migrate && exec $(BIN)/incidents demo
+	deploy/local/with-services.sh $(BIN)/incidents demo
 
 lint: venv ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check services tests benchmarks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from devstack.cli import dev_app
+from incident_engine.config_doc import config_command
 from incident_engine.entrypoints.commands import db_app, publish_command, replay_command, serve_command
 from incident_engine.entrypoints.demo import demo_command
 from incident_engine.schemas_cli import schemas_app
@@ -21,6 +22,7 @@ app.command("serve")(serve_command)
 app.command("publish")(publish_command)
 app.add_typer(db_app, name="db")
 app.command("demo")(demo_command)
+app.command("config")(config_command)
 app.command("replay")(replay_command)
 
 
