@@ -11,11 +11,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from devstack.stack import Service
+from devstack.stack import Service, fresh_database
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.entrypoints.commands import publish_events, replay_check
-from tests.integration.engine_helpers import OutputCollector, ago, event, fresh_database, settings_for
+from tests.integration.engine_helpers import OutputCollector, ago, event, settings_for
 
 pytestmark = pytest.mark.integration
 

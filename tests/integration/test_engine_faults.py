@@ -16,7 +16,7 @@ import pytest
 
 from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
-from devstack.stack import Service, _scratch
+from devstack.stack import Service, _scratch, fresh_database
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.entrypoints.commands import publish_events
 from tests.integration.engine_helpers import (
@@ -24,7 +24,6 @@ from tests.integration.engine_helpers import (
     ago,
     engine_process,
     event,
-    fresh_database,
     settings_for,
     wait_ready,
 )

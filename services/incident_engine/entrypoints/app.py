@@ -109,7 +109,11 @@ class EngineService:
         self.store = PostgresStore(self.pool)
         domain = SlaDomain(PolicyRegistry.load(s.incidents_policy_dir), s.incidents_default_policy)
         processor = BatchProcessor(
-            domain, self.store, s.incidents_consumer_group, max_message_bytes=s.incidents_max_message_bytes
+            domain,
+            self.store,
+            s.incidents_consumer_group,
+            max_message_bytes=s.incidents_max_message_bytes,
+            tracer=self.telemetry.tracer if self.telemetry.enabled else None,
         )
         self.loop = EngineLoop(
             processor,

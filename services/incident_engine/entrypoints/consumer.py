@@ -86,6 +86,7 @@ class EngineLoop:
         rows = await self.store.load_timers(partitions)
         self.timers.drop_partitions(partitions)
         self.timers.load((r.incident_id, r.partition, r.due_at) for r in rows)
+        self.processor.armed_traces.update((r.incident_id, r.trace_context) for r in rows if r.trace_context)
         log.info("took partitions %s: %d timers armed", partitions, len(rows))
 
     # -- the loop ------------------------------------------------------------------------------------

@@ -9,13 +9,15 @@ from datetime import datetime
 from typing import Protocol
 
 import orjson
+from opentelemetry.trace import Span, SpanKind, Tracer
 
-from incident_contracts import parse_event
+from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_contracts.constants import INCIDENT_REJECTED
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
 from incident_contracts.models import CloudEvent
 from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, OutboxRow, TimerRow
+from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
 
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -87,12 +89,15 @@ class BatchProcessor:
         *,
         max_message_bytes: int = 1_048_576,
         cache: IncidentCache | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.domain = domain
         self.store = store
         self.group_id = group_id
         self.max_message_bytes = max_message_bytes
         self.cache = cache if cache is not None else IncidentCache()
+        self.tracer = tracer  # None: no spans (telemetry disabled), trace headers still propagate
+        self.armed_traces: dict[str, dict[str, str]] = {}  # incident -> trace that armed its timers
         # Decided but not yet committed (a batch commits while the next one is decided).
         self.uncommitted_ids: set[str] = set()
         self.uncommitted_incidents: set[str] = set()
@@ -206,13 +211,17 @@ class BatchProcessor:
         now: datetime,
     ) -> None:
         incident = states.get(event.subject)
+        before = incident.state if incident is not None else None
+        span = self._span_for(record, event) if self.tracer is not None else None
+        trace = _carrier(span) if span is not None else _trace_of(record)
         decision = self.domain.handle(incident, event, now, record.value)
-        trace = _trace_of(record)
         outcome = "accepted" if decision.accepted else "rejected"
         result.outcomes[(event.type, outcome)] += 1
         if decision.accepted and decision.incident is not None:
             inc = decision.incident
             states[inc.id] = inc
+            if trace:
+                self.armed_traces[inc.id] = trace  # a timer firing later links back to this trace
             result.write.events.append(
                 LoggedEvent(
                     incident_id=inc.id, seq=inc.seq, event_id=event.id, type=event.type,
@@ -221,13 +230,46 @@ class BatchProcessor:
                     envelope=_structured(record, event), trace_context=trace,
                 )
             )  # fmt: skip
-        self._record(result, decision, record.partition, now, trace)
+        self._record(result, decision, record.partition, now, trace, trace)
+        if span is not None:
+            after = decision.incident.state if decision.incident is not None else None
+            span.set_attributes({"incident.from_state": before or "", "incident.to_state": after or "",
+                                 "incident.outcome": outcome})  # fmt: skip
+            span.end()
+
+    def _span_for(self, record: InputRecord, event: CloudEvent) -> Span:
+        assert self.tracer is not None
+        has_parent = any(name == "traceparent" for name, _ in record.headers or ())
+        return self.tracer.start_span(
+            f"{TOPIC_EVENTS} process",
+            context=extract_context(record.headers) if has_parent else None,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka", "messaging.destination.name": record.topic,
+                "messaging.kafka.partition": record.partition, "messaging.kafka.offset": record.offset,
+                "incident.id": event.subject, "incident.event_type": event.type,
+                "incident.event_id": event.id,
+            },
+        )  # fmt: skip
 
     def _fire(self, result: BatchResult, incident: Incident, partition: int, now: datetime) -> None:
         due_before = [t.due_at for t in incident.timers if t.due_at <= now]
+        armed_by = self.armed_traces.get(incident.id)
+        span = None
+        if self.tracer is not None:
+            link = link_from_carrier(armed_by, {"incident.link": "armed by"})
+            span = self.tracer.start_span(
+                "incident SLA timers fire",
+                links=[link] if link is not None else None,
+                attributes={"incident.id": incident.id, "incident.state": incident.state,
+                            "incident.timers_due": len(due_before)},
+            )  # fmt: skip
         decision = self.domain.fire_due(incident, now)
         result.fired_lateness.extend((now - d).total_seconds() for d in due_before)
-        self._record(result, decision, partition, now, None)
+        self._record(result, decision, partition, now, _carrier(span) if span else None, armed_by)
+        if span is not None:
+            span.set_attribute("incident.outputs", len(decision.outputs))
+            span.end()
 
     def _record(
         self,
@@ -236,7 +278,9 @@ class BatchProcessor:
         partition: int,
         now: datetime,
         trace: dict[str, str] | None,
+        armed_by: dict[str, str] | None,
     ) -> None:
+        """Stage the decision's state, timer row (keeping the trace that armed it) and outputs."""
         inc = decision.incident
         fired = not decision.accepted and any(o.type != INCIDENT_REJECTED for o in decision.outputs)
         if inc is not None and (decision.accepted or fired):
@@ -244,7 +288,7 @@ class BatchProcessor:
                 result.write.firings[(inc.id, now)] = partition
             result.write.incidents[inc.id] = (inc, partition)
             due = inc.next_due
-            result.write.timers[inc.id] = TimerRow(inc.id, partition, due, trace) if due else None
+            result.write.timers[inc.id] = TimerRow(inc.id, partition, due, armed_by) if due else None
             result.next_due[inc.id] = (partition, due)
         self._emit(result, decision.outputs, partition, trace)
 
@@ -263,6 +307,14 @@ class BatchProcessor:
         tp = (record.topic, record.partition)
         start = write.offsets[tp][0] if tp in write.offsets else record.offset
         write.offsets[tp] = (start, record.offset + 1)
+
+
+def _carrier(span: Span) -> dict[str, str] | None:
+    """The span's context to propagate, unless it is an unsampled root (nothing to continue)."""
+    context = span.get_span_context()
+    if not context.trace_flags.sampled and not span.is_recording():
+        return None
+    return carrier_of(context) or None
 
 
 def _trace_of(record: InputRecord) -> dict[str, str] | None:
