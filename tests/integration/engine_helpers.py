@@ -82,6 +82,7 @@ class OutputCollector:
                     if r.key is not None and r.key.decode().startswith(self.prefix) and r.value:
                         out = orjson.loads(r.value)
                         out["_topic"] = r.topic
+                        out["_headers"] = {k: v.decode() for k, v in r.headers or ()}
                         self.events.append(out)
 
     def of(self, type_: str, subject: str | None = None, **data: Any) -> list[dict[str, Any]]:
