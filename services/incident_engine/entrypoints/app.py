@@ -21,7 +21,7 @@ from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
 from incident_engine.adapters.telemetry import Telemetry, setup_telemetry
 from incident_engine.config import Settings
-from incident_engine.domain import PolicyRegistry, SlaDomain
+from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import EngineLoop
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
@@ -95,6 +95,7 @@ class EngineService:
     loop: EngineLoop | None = None
     relay: OutboxRelay | None = None
     store: PostgresStore | None = None
+    domain: SlaDomain | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -107,7 +108,9 @@ class EngineService:
         await migrate(dsn)
         await ensure_topics(s)
         self.store = PostgresStore(self.pool)
-        domain = SlaDomain(PolicyRegistry.load(s.incidents_policy_dir), s.incidents_default_policy)
+        domain = self.domain = SlaDomain(
+            PolicyRegistry.load(s.incidents_policy_dir), s.incidents_default_policy
+        )
         processor = BatchProcessor(
             domain,
             self.store,
@@ -175,6 +178,12 @@ class EngineService:
             return
         loop = self.loop
         self.telemetry.metrics.observe("incidents_timers_armed", lambda: float(len(loop.timers)))
+
+    def calendar_of(self, incident: Incident) -> Calendar | None:
+        """The business calendar an incident's clocks run on (None before start or for a retired policy)."""
+        if self.domain is None or incident.policy not in self.domain.policies:
+            return None
+        return self.domain.policies.get(incident.policy).calendar(incident.severity, incident.region)
 
     def ready(self) -> dict[str, Any]:
         """Readiness: partitions assigned, timers loaded, Postgres reachable."""

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from incident_engine.adapters.telemetry import metrics_text
-from incident_engine.domain import Incident
+from incident_engine.domain import Calendar, Incident
 from incident_engine.entrypoints.app import EngineService
 
 _INCIDENT_COLUMNS = "incident_id, state, policy, severity, region, seq, reported_at, updated_at"
@@ -55,7 +55,9 @@ def create_http_app(service: EngineService) -> Starlette:
             " WHERE incident_id = $1 ORDER BY seq",
             incident_id,
         )
-        return JSONResponse(describe_incident(Incident.from_json(row["body"]), log, datetime.now(UTC)))
+        incident = Incident.from_json(row["body"])
+        calendar = service.calendar_of(incident)
+        return JSONResponse(describe_incident(incident, log, datetime.now(UTC), calendar))
 
     async def list_incidents(request: Request) -> JSONResponse:
         if (denied := _authorize(request, service)) is not None:
@@ -98,8 +100,11 @@ def _authorize(request: Request, service: EngineService) -> JSONResponse | None:
     return None
 
 
-def describe_incident(incident: Incident, log: list[Any], now: datetime) -> dict[str, Any]:
-    """The read API's view of an incident: state, policy, timeline and each clock."""
+def describe_incident(
+    incident: Incident, log: list[Any], now: datetime, calendar: Calendar | None = None
+) -> dict[str, Any]:
+    """The read API's view of an incident: state, policy, timeline and each clock (remaining time in
+    wall-clock seconds and, with its calendar, in business seconds: what the SLA actually counts)."""
     return {
         "id": incident.id,
         "state": incident.state,
@@ -109,7 +114,13 @@ def describe_incident(incident: Incident, log: list[Any], now: datetime) -> dict
         "reported_at": incident.reported_at.isoformat(),
         "timeline": [_jsonable(dict(r)) for r in log],
         "clocks": {
-            name: {**clock.to_json(), "remaining_seconds": _remaining(clock.due_at, clock.stopped_at, now)}
+            name: {
+                **clock.to_json(),
+                "remaining_seconds": _remaining(clock.due_at, clock.stopped_at, now),
+                "remaining_business_seconds": _remaining_business(
+                    clock.due_at, clock.stopped_at, now, calendar
+                ),
+            }
             for name, clock in incident.clocks.items()
         },
         "pending_timers": [timer.to_json() for timer in incident.timers],
@@ -120,6 +131,16 @@ def _remaining(due_at: datetime, stopped_at: datetime | None, now: datetime) -> 
     if stopped_at is not None:
         return None
     return (due_at - now).total_seconds()
+
+
+def _remaining_business(
+    due_at: datetime, stopped_at: datetime | None, now: datetime, calendar: Calendar | None
+) -> float | None:
+    if stopped_at is not None or calendar is None:
+        return None
+    if due_at <= now:
+        return -calendar.elapsed(due_at, now).total_seconds()
+    return calendar.elapsed(now, due_at).total_seconds()
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

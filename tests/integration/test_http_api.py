@@ -1,0 +1,98 @@
+"""HTTP of the engine after a scripted run: /metrics counts, probes, and the token-protected read API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+import httpx
+import pytest
+
+from devstack.stack import Service, fresh_database
+from incident_engine.adapters.telemetry import create_telemetry
+from incident_engine.entrypoints.app import EngineService
+from incident_engine.entrypoints.commands import publish_events
+from incident_engine.entrypoints.http import create_http_app
+from tests.integration.engine_helpers import OutputCollector, ago, event, settings_for
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample (labels matched as given, others ignored)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(
+        f"no sample {name}{labels} in:\n" + "\n".join(row for row in text.splitlines() if name in row)
+    )
+
+
+async def test_metrics_probes_and_read_api(kafka: Service, postgres: Service) -> None:
+    telemetry = create_telemetry("incident-sla-engine-test", span_exporters=[])
+    settings = settings_for(kafka.url, await fresh_database(postgres.url), incidents_api_token=TOKEN)
+    service = EngineService(settings, telemetry=telemetry)
+    app = create_http_app(service)
+    p = f"http-{uuid.uuid4().hex[:6]}-"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine") as client:
+        assert (await client.get("/readyz")).status_code == 503  # not started: not ready
+        await service.start()
+        try:
+            await asyncio.wait_for(service.loop.ready.wait(), 30)  # type: ignore[union-attr]
+            assert (await client.get("/readyz")).json()["ready"] is True
+            async with OutputCollector(kafka.url, p) as out:
+                await publish_events(kafka.url, [
+                    event("reported", p + "a", ago(minutes=14, seconds=58), severity="critical", region="us"),
+                    event("reported", p + "b", severity="low", region="uk"),
+                    event("acknowledged", p + "b"),
+                    event("acknowledged", p + "b"),  # duplicate
+                    event("restored", p + "nobody"),  # unknown incident
+                ])  # fmt: skip
+                await out.wait_for(lambda: out.of("incident.sla.breached", p + "a", clock="ack") != [], 20)
+            metrics = (await client.get("/metrics")).text
+            assert (
+                sample(metrics, "incidents_events_total", type="incident.reported", outcome="accepted") == 2
+            )
+            assert (
+                sample(metrics, "incidents_events_total", type="incident.acknowledged", outcome="accepted")
+                == 1
+            )
+            assert sample(metrics, "incidents_rejections_total", reason="duplicate") == 1
+            assert sample(metrics, "incidents_rejections_total", reason="unknown_incident") == 1
+            assert (
+                sample(
+                    metrics, "incidents_sla_outputs_total", kind="breached", clock="ack", severity="critical"
+                )
+                == 1
+            )
+            # the ack breach and the restore 50 % warning came due together and fired from the timer heap
+            assert sample(metrics, "incidents_timer_lateness_seconds_count") == 2
+            assert sample(metrics, "incidents_timer_lateness_seconds_bucket", le="1.0") == 2
+            assert sample(metrics, "incidents_timers_armed") >= 1
+
+            assert (await client.get(f"/incidents/{p}a")).status_code == 401
+            wrong = await client.get(f"/incidents/{p}a", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            body = (await client.get(f"/incidents/{p}b", headers=auth)).json()
+            assert body["state"] == "acknowledged" and body["policy"] == "livepro-1"
+            assert [t["type"] for t in body["timeline"]] == ["incident.reported", "incident.acknowledged"]
+            assert (
+                body["clocks"]["ack"]["status"] == "met" and body["clocks"]["update"]["status"] == "running"
+            )
+            assert re.match(r"\d{4}-\d\d-\d\dT", body["clocks"]["update"]["due_at"])
+            update = body["clocks"]["update"]
+            assert update["remaining_seconds"] > 0
+            # 12 business hours from the ack; in business time never more than the budget
+            assert 0 < update["remaining_business_seconds"] <= 12 * 3600
+            assert (await client.get(f"/incidents/{p}zzz", headers=auth)).status_code == 404
+            listed = (await client.get("/incidents?severity=critical", headers=auth)).json()["incidents"]
+            assert [i["incident_id"] for i in listed] == [p + "a"]
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+        finally:
+            await service.stop()
+            telemetry.shutdown()
