@@ -73,6 +73,13 @@ async def test_metrics_probes_and_read_api(kafka: Service, postgres: Service) ->
             assert sample(metrics, "incidents_timer_lateness_seconds_count") == 2
             assert sample(metrics, "incidents_timer_lateness_seconds_bucket", le="1.0") == 2
             assert sample(metrics, "incidents_timers_armed") >= 1
+            assert sample(metrics, "incidents_outbox_backlog") >= 0
+            for _ in range(40):  # lag and backlog are sampled in the background every few seconds
+                metrics = (await client.get("/metrics")).text
+                if 'incidents_consumer_lag{partition="0"}' in metrics:
+                    break
+                await asyncio.sleep(0.25)
+            assert sample(metrics, "incidents_consumer_lag", partition="0") == 0
 
             assert (await client.get(f"/incidents/{p}a")).status_code == 401
             wrong = await client.get(f"/incidents/{p}a", headers={"Authorization": "Bearer nope"})

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -19,7 +19,7 @@ from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOP
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
-from incident_engine.adapters.telemetry import Telemetry, setup_telemetry
+from incident_engine.adapters.telemetry import Observation, Telemetry, setup_telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import EngineLoop
@@ -96,6 +96,8 @@ class EngineService:
     relay: OutboxRelay | None = None
     store: PostgresStore | None = None
     domain: SlaDomain | None = None
+    gauges: dict[str, int] = field(default_factory=dict)
+    lag: dict[int, int] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -147,6 +149,7 @@ class EngineService:
         self.tasks = [
             asyncio.create_task(self.loop.run(consumer), name="engine-loop"),
             asyncio.create_task(self.relay.run(), name="outbox-relay"),
+            asyncio.create_task(self._sample_gauges(), name="gauges"),
         ]
         self.started = True
         log.info("engine started: group %s on %s", s.incidents_consumer_group, s.kafka_bootstrap_servers)
@@ -176,8 +179,33 @@ class EngineService:
     def _observe(self) -> None:
         if self.telemetry is None or self.loop is None:
             return
-        loop = self.loop
-        self.telemetry.metrics.observe("incidents_timers_armed", lambda: float(len(loop.timers)))
+        loop, gauges = self.loop, self.gauges
+        metrics = self.telemetry.metrics
+        metrics.observe("incidents_timers_armed", lambda: float(len(loop.timers)))
+        metrics.observe("incidents_outbox_backlog", lambda: float(gauges.get("backlog", 0)))
+        metrics.observe(
+            "incidents_consumer_lag",
+            lambda: [Observation(lag, {"partition": str(p)}) for p, lag in self.lag.items()],
+        )
+
+    async def _sample_gauges(self, every: float = 5.0) -> None:
+        """Refresh the scrape-time gauges that need I/O (scrapes must stay cheap and synchronous)."""
+        while True:
+            try:
+                if self.store is not None:
+                    self.gauges["backlog"] = await self.store.outbox_backlog()
+                consumer = self.loop.consumer if self.loop is not None else None
+                if consumer is not None and self.loop is not None:
+                    lag = {}
+                    for partition in sorted(self.loop.assigned):
+                        tp = TopicPartition(TOPIC_EVENTS, partition)
+                        high = consumer.highwater(tp)
+                        if high is not None:
+                            lag[partition] = max(0, high - await consumer.position(tp))
+                    self.lag = lag
+            except Exception as exc:  # a gauge must never take the engine down
+                log.debug("gauge sampling failed: %r", exc)
+            await asyncio.sleep(every)
 
     def calendar_of(self, incident: Incident) -> Calendar | None:
         """The business calendar an incident's clocks run on (None before start or for a retired policy)."""
