@@ -219,3 +219,35 @@ async def test_broker_and_postgres_restarts_are_survived(postgres: Service) -> N
         await service.stop()
         await asyncio.to_thread(cluster.stop)
         await asyncio.to_thread(pg.stop)
+
+
+async def test_sigterm_finishes_the_batch_and_flushes_the_outbox(
+    kafka: Service, postgres: Service, logs: Path
+) -> None:
+    prefix = f"term-{uuid.uuid4().hex[:5]}-"
+    dsn = await fresh_database(postgres.url)
+    settings = settings_for(kafka.url, dsn)
+    first, second = _script(prefix, 80)
+    proc, port = engine_process(settings, logs / "engine.log")
+    try:
+        await wait_ready(port, proc)
+        await publish_events(kafka.url, first + second)
+        await asyncio.sleep(0.3)  # mid-stream
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # uvicorn re-raises the signal once the graceful shutdown is done, so the exit is "by SIGTERM"
+    log = (logs / "engine.log").read_text()
+    assert code in (0, -signal.SIGTERM), log[-2000:]
+    assert "Application shutdown complete" in log
+    conn = await asyncpg.connect(dsn)
+    try:
+        backlog = await conn.fetchval("SELECT count(*) FROM outbox")
+        consumed = await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets")
+        logged = await conn.fetchval("SELECT count(*) FROM event_log WHERE incident_id LIKE $1", prefix + "%")
+    finally:
+        await conn.close()
+    assert backlog == 0, "outputs of committed batches were left unsent"
+    assert logged > 0 and consumed >= logged  # what was consumed was committed with its effects
