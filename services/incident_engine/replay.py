@@ -1,18 +1,31 @@
-"""Rebuild incident state from the event log alone, through the same domain the engine runs."""
+"""Rebuild incident state from the event log alone, through the same domain the engine runs.
+
+Each logged event is applied with `now` = the moment the engine processed it (`processed_at`).
+Between events, time passes in one of two ways:
+- exact (the default): timers fire at the moments the engine recorded in `timer_firings`, so the
+  result is what the live engine had, outputs included;
+- on time (`on_time_until`): every timer fires at its own due moment, as an engine that is never
+  late would have done. A what-if uses it on both sides of its comparison, so the difference it
+  shows comes from the policies alone, never from when the live engine happened to run.
+"""
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from incident_contracts import validate_envelope
+from incident_contracts.constants import INCIDENT_REPORTED
+from incident_contracts.envelope import OutputEvent
+from incident_contracts.models import INPUT_ADAPTER, CloudEvent
 from incident_engine.domain import Incident, SlaDomain
+
+# A logged step: (processed_at, envelope, ...) — a tuple or a database record whose first two fields
+# are the moment the engine applied the event and the envelope (JSON text, bytes or a decoded dict).
+Step = Sequence[Any]
 
 
 @dataclass
@@ -24,44 +37,123 @@ class Rebuilt:
     firings: int = 0
 
 
+def parse_logged(envelope: Any) -> CloudEvent:
+    """The CloudEvent of a logged envelope (JSON text or bytes parse straight into the model)."""
+    if isinstance(envelope, (str, bytes)):
+        return INPUT_ADAPTER.validate_json(envelope)
+    return validate_envelope(envelope)
+
+
+def pin_policy(event: CloudEvent, policy: str) -> CloudEvent:
+    """The same `incident.reported` event naming `policy`: what-if pins every incident to it."""
+    data = event.data  # type: ignore[attr-defined]
+    return event.model_copy(update={"data": data.model_copy(update={"policy": policy})})
+
+
+def replay_incident(
+    domain: SlaDomain,
+    steps: Sequence[Step],
+    firings: Sequence[datetime] = (),
+    *,
+    as_of: datetime | None = None,
+    policy_override: str | None = None,
+    on_time_until: datetime | None = None,
+    outputs: list[OutputEvent] | None = None,
+) -> tuple[Incident | None, int]:
+    """Replay one incident's logged steps (in seq order); return its state and how many steps applied.
+
+    Exact mode merges the recorded `firings` (sorted); at equal moments the event goes first, as in
+    the engine's batches. With `as_of`, nothing after it is applied. With `on_time_until`, timers
+    fire at their due moments up to that horizon instead. Outputs are appended to `outputs`.
+    """
+    handle, fire_due = domain.handle, domain.fire_due
+    on_time = on_time_until is not None
+    incident: Incident | None = None
+    applied = fired = 0
+    for step in steps:
+        moment = step[0]
+        if as_of is not None and moment > as_of:
+            break
+        if incident is not None:
+            if on_time:
+                _fire_on_time(domain, incident, moment, outputs, strict=True)
+            else:
+                while fired < len(firings) and firings[fired] < moment:
+                    decision = fire_due(incident, firings[fired])
+                    fired += 1
+                    if outputs is not None:
+                        outputs += decision.outputs
+        else:
+            while fired < len(firings) and firings[fired] < moment:
+                fired += 1  # a firing before the report cannot concern this incident
+        event = parse_logged(step[1])
+        if policy_override is not None and event.type == INCIDENT_REPORTED:
+            event = pin_policy(event, policy_override)
+        decision = handle(incident, event, moment)
+        if decision.incident is not None:
+            incident = decision.incident
+        applied += 1
+        if outputs is not None:
+            outputs += decision.outputs
+    if incident is not None:
+        if on_time_until is not None:
+            horizon = min(on_time_until, as_of) if as_of is not None else on_time_until
+            _fire_on_time(domain, incident, horizon, outputs, strict=False)
+        else:
+            for moment in firings[fired:]:
+                if as_of is not None and moment > as_of:
+                    break
+                decision = fire_due(incident, moment)
+                if outputs is not None:
+                    outputs += decision.outputs
+    return incident, applied
+
+
+def _fire_on_time(
+    domain: SlaDomain, incident: Incident, until: datetime, outputs: list[OutputEvent] | None, *, strict: bool
+) -> None:
+    """Fire each pending timer at its own due moment, up to `until` (excluded when `strict`)."""
+    while incident.timers:
+        due = incident.timers[0].due_at
+        if due > until or (strict and due == until):
+            return
+        decision = domain.fire_due(incident, due)
+        if outputs is not None:
+            outputs += decision.outputs
+
+
 def rebuild(
     domain: SlaDomain,
     log_rows: Iterable[Mapping[str, Any]],
     firings: Iterable[tuple[str, datetime]] = (),
     *,
     as_of: datetime | None = None,
+    policy_override: str | None = None,
 ) -> Rebuilt:
     """Apply each incident's logged events and recorded timer firings in the order the engine did.
 
-    Each event is handled with `now` = the moment the engine processed it, each firing at its moment,
-    so the result equals the live projection; with `as_of`, only what happened by then, then the
-    timers due by then fire.
+    Rows may come in any order (they are grouped by incident and sorted by seq). The result equals
+    the live projection; with `as_of`, it is what the engine had at that instant (a timer that was
+    due but not yet fired then is still pending). `policy_override` pins every incident to another
+    policy (recorded firings still apply: for a fair what-if see `incident_engine.reporting.whatif`).
     """
-    ops: dict[str, list[tuple[datetime, int, int, Any]]] = defaultdict(list)
+    events: dict[str, list[tuple[int, datetime, Any]]] = defaultdict(list)
     for row in log_rows:
-        if as_of is None or row["processed_at"] <= as_of:
-            ops[row["incident_id"]].append((row["processed_at"], 0, row["seq"], row["envelope"]))
-    for incident_id, fired_at in firings:
-        if as_of is None or fired_at <= as_of:
-            ops[incident_id].append((fired_at, 1, 0, None))
+        events[row["incident_id"]].append((row["seq"], row["processed_at"], row["envelope"]))
+    fired: dict[str, list[datetime]] = defaultdict(list)
+    for incident_id, moment in firings:
+        fired[incident_id].append(moment)
     result = Rebuilt()
-    for incident_id, steps in ops.items():
-        heapq.heapify(steps)
-        incident: Incident | None = None
-        while steps:
-            moment, kind, _, envelope = heapq.heappop(steps)
-            if kind == 0:
-                event = validate_envelope(
-                    orjson.loads(envelope) if isinstance(envelope, (bytes, str)) else envelope
-                )
-                incident = domain.handle(incident, event, moment).incident
-                result.events += 1
-            elif incident is not None:
-                domain.fire_due(incident, moment)
-                result.firings += 1
+    for incident_id, rows in events.items():
+        rows.sort(key=lambda r: r[0])
+        moments = sorted(fired.get(incident_id, ()))
+        steps = [(moment, envelope) for _, moment, envelope in rows]
+        incident, applied = replay_incident(
+            domain, steps, moments, as_of=as_of, policy_override=policy_override
+        )
+        result.events += applied
+        result.firings += sum(1 for m in moments if as_of is None or m <= as_of)
         if incident is not None:
-            if as_of is not None:
-                domain.fire_due(incident, as_of)
             result.incidents[incident_id] = incident
     return result
 

@@ -1,0 +1,279 @@
+"""`incidents replay` (check, --as-of, --policy what-if) and `incidents report`, from the event log."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import asyncpg
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from incident_contracts.constants import REGIONS, SEVERITIES
+from incident_engine.config import Settings
+from incident_engine.domain import PolicyError, PolicyRegistry, SlaDomain, UnknownPolicyError
+from incident_engine.domain.policy import load_policy
+from incident_engine.reporting.source import EmptyLog, LogScope
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+
+class Format(StrEnum):
+    """Output formats of replay."""
+
+    table = "table"
+    json = "json"
+
+
+class ReportFormat(StrEnum):
+    """Output formats of report."""
+
+    table = "table"
+    json = "json"
+    html = "html"
+
+
+def parse_instant(text: str | None, option: str) -> datetime | None:
+    """An RFC 3339 / ISO 8601 instant or a date (midnight UTC); a time without offset is UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a date or time; use e.g. 2025-03-04, 2025-03-04T10:30:00Z or"
+            " 2025-03-04T21:30+11:00",
+            param_hint=option,
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_month(text: str) -> tuple[datetime, datetime]:
+    """[first instant, first instant of the next month) of a YYYY-MM month, in UTC."""
+    match = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
+    if not match or not 1 <= int(match[2]) <= 12:
+        raise typer.BadParameter(f"{text!r} is not a month; use YYYY-MM, e.g. 2025-03", param_hint="--month")
+    year, month = int(match[1]), int(match[2])
+    start = datetime.combine(date(year, month, 1), datetime.min.time(), UTC)
+    end = datetime.combine(date(year + month // 12, month % 12 + 1, 1), datetime.min.time(), UTC)
+    return start, end
+
+
+def shadow_domain(registry: PolicyRegistry, policy: str) -> tuple[SlaDomain, str]:
+    """The what-if domain and policy name: a loaded policy's name, or a policy YAML file."""
+    path = Path(policy)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise typer.BadParameter(f"no policy file {policy!r}", param_hint="--policy")
+        try:
+            other = load_policy(path)
+        except PolicyError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--policy") from None
+        names = {name: registry.get(name) for name in registry.names()}
+        return SlaDomain(PolicyRegistry({**names, other.name: other})), other.name
+    try:
+        registry.get(policy)
+    except UnknownPolicyError as exc:
+        raise typer.BadParameter(f"{exc}; or give a policy YAML file", param_hint="--policy") from None
+    return SlaDomain(registry), policy
+
+
+@contextmanager
+def progress_bar(enabled: bool, what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr following the rows read (nothing when disabled)."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def run_db(work: Awaitable[T], dsn: str) -> T:
+    """Run a database coroutine; turn the usual failures into one clear line and exit 1."""
+    try:
+        return asyncio.run(work)  # type: ignore[arg-type]
+    except EmptyLog as exc:
+        err.print(f"[red]error:[/red] {exc}")
+    except asyncpg.UndefinedTableError as exc:
+        err.print(f"[red]error:[/red] {exc}: the database has no event log yet; run `incidents db migrate`")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = re.sub(r"//[^@/]*@", "//", dsn)  # never print credentials
+        err.print(f"[red]error:[/red] cannot read the event log at {where}: {exc}")
+    raise typer.Exit(1)
+
+
+def _domain(settings: Settings) -> tuple[PolicyRegistry, SlaDomain]:
+    try:
+        registry = PolicyRegistry.load(settings.incidents_policy_dir)
+        return registry, SlaDomain(registry, settings.incidents_default_policy)
+    except (PolicyError, UnknownPolicyError) as exc:
+        err.print(f"[red]error:[/red] policies: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+def replay_command(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Show state, clocks and pending timers as they were then.")
+    ] = None,
+    incident: Annotated[str | None, typer.Option("--incident", help="Only this incident.")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="What-if: re-evaluate under this policy (a name or a YAML file)."),
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="What-if: incidents reported from then on.")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="What-if: incidents reported before then; timers run up to it (default now)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Check the live projections against the log (the default).")
+    ] = False,
+    output_format: Annotated[Format, typer.Option("--format", help="table or json (stdout).")] = Format.table,
+    limit: Annotated[int, typer.Option(help="Most incidents listed in a table.")] = 50,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
+    ] = True,
+) -> None:
+    """Replay the event log: check the live state (default), state --as-of an instant, or --policy what-if."""
+    moment = parse_instant(as_of, "--as-of")
+    start, end = parse_instant(since, "--since"), parse_instant(until, "--until")
+    if check and (moment or policy):
+        raise typer.BadParameter("--check takes no --as-of or --policy", param_hint="--check")
+    if moment and policy:
+        raise typer.BadParameter("choose one of --as-of and --policy", param_hint="--as-of")
+    if (start or end) and not policy:
+        raise typer.BadParameter("--since/--until go with --policy (a what-if)", param_hint="--since")
+    if start and end and start >= end:
+        raise typer.BadParameter(f"--since {since} is not before --until {until}", param_hint="--since")
+    settings = Settings()
+    dsn = settings.database_url.get_secret_value()
+    if policy:
+        _what_if(settings, dsn, policy, LogScope(incident, start, end), end, output_format, limit, progress)
+    elif moment or incident:
+        _as_of(settings, dsn, LogScope(incident, processed_until=moment), output_format, limit, progress)
+    else:
+        from incident_engine.entrypoints.commands import replay_command as check_command
+
+        check_command()
+
+
+def _as_of(
+    settings: Settings, dsn: str, scope: LogScope, output_format: Format, limit: int, progress: bool
+) -> None:
+    from incident_engine.reporting.run import state_at, state_json
+    from incident_engine.reporting.text import print_incident, print_states
+
+    _, domain = _domain(settings)
+    as_of = scope.processed_until
+    if as_of is not None and as_of > datetime.now(UTC):
+        err.print(
+            f"[yellow]note:[/yellow] --as-of {as_of.isoformat()} is in the future: showing the state now"
+        )
+    with progress_bar(progress, "replaying") as bar:
+        state, _ = run_db(state_at(dsn, domain, scope, progress=bar), dsn)
+    if output_format is Format.json:
+        _emit_json([state_json(i, as_of) for i in state.incidents.values()])
+    elif scope.incident is not None:
+        print_incident(out, state.incidents[scope.incident], as_of)
+    else:
+        print_states(out, state.incidents, as_of, limit)
+
+
+def _what_if(
+    settings: Settings,
+    dsn: str,
+    policy: str,
+    scope: LogScope,
+    until: datetime | None,
+    output_format: Format,
+    limit: int,
+    progress: bool,
+) -> None:
+    from incident_engine.reporting.run import what_if
+    from incident_engine.reporting.text import print_what_if
+
+    registry, baseline = _domain(settings)
+    shadow, name = shadow_domain(registry, policy)
+    horizon = min(until, datetime.now(UTC)) if until else datetime.now(UTC)
+    with progress_bar(progress, f"what-if {name}") as bar:
+        result = run_db(what_if(dsn, baseline, shadow, name, scope, horizon, progress=bar), dsn)
+    if output_format is Format.json:
+        _emit_json(result.to_json())
+    else:
+        print_what_if(out, result, limit)
+
+
+def report_command(
+    month: Annotated[str | None, typer.Option(help="Calendar month YYYY-MM (UTC).")] = None,
+    since: Annotated[str | None, typer.Option(help="Incidents reported from then on.")] = None,
+    until: Annotated[str | None, typer.Option(help="Incidents reported before then.")] = None,
+    region: Annotated[str | None, typer.Option(help=f"Only one region: {', '.join(REGIONS)}.")] = None,
+    severity: Annotated[str | None, typer.Option(help=f"Only one severity: {', '.join(SEVERITIES)}.")] = None,
+    output_format: Annotated[
+        ReportFormat, typer.Option("--format", help="table, json (stdout) or html (a file).")
+    ] = ReportFormat.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default sla-report-<period>.html).")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
+    ] = True,
+) -> None:
+    """SLA compliance from the event log: shares within SLA, times to ack/restore, breaches, availability."""
+    from incident_engine.reporting.html import render_html
+    from incident_engine.reporting.run import compliance_report
+    from incident_engine.reporting.text import print_report
+
+    if month and (since or until):
+        raise typer.BadParameter("give --month or --since/--until, not both", param_hint="--month")
+    start, end = (
+        parse_month(month) if month else (parse_instant(since, "--since"), parse_instant(until, "--until"))
+    )
+    if start and end and start >= end:
+        raise typer.BadParameter(f"--since {since} is not before --until {until}", param_hint="--since")
+    if region is not None and region not in REGIONS:
+        raise typer.BadParameter(
+            f"unknown region {region!r}; one of {', '.join(REGIONS)}", param_hint="--region"
+        )
+    if severity is not None and severity not in SEVERITIES:
+        raise typer.BadParameter(
+            f"unknown severity {severity!r}; one of {', '.join(SEVERITIES)}", param_hint="--severity"
+        )
+    settings = Settings()
+    dsn = settings.database_url.get_secret_value()
+    _, domain = _domain(settings)
+    with progress_bar(progress, "report") as bar:
+        work = compliance_report(dsn, domain, start, end, severity=severity, region=region, progress=bar)
+        report = run_db(work, dsn)
+    if output_format is ReportFormat.json:
+        _emit_json(report.to_json())
+    elif output_format is ReportFormat.html:
+        path = output or Path(f"sla-report-{month or f'{report.since:%Y%m%d}-{report.until:%Y%m%d}'}.html")
+        path.write_text(render_html(report), encoding="utf-8")
+        err.print(f"wrote {path}")
+    else:
+        print_report(out, report)
