@@ -34,6 +34,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from devstack.stack import fresh_database, start_kafka, start_postgres
 from incident_contracts import TOPIC_EVENTS
+from incident_engine.adapters.telemetry import Telemetry
 from incident_engine.config import Settings
 from incident_engine.entrypoints.app import EngineService
 
@@ -138,7 +139,9 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
         await conn.close()
 
 
-async def engine_run(bootstrap: str, dsn: str, ends: dict[int, int]) -> tuple[float, int]:
+async def engine_run(
+    bootstrap: str, dsn: str, ends: dict[int, int], telemetry: Telemetry | None = None
+) -> tuple[float, int]:
     """The real engine from scratch; seconds until everything is committed and relayed, and outputs."""
     settings = Settings(
         kafka_bootstrap_servers=bootstrap,
@@ -146,7 +149,7 @@ async def engine_run(bootstrap: str, dsn: str, ends: dict[int, int]) -> tuple[fl
         incidents_consumer_group=f"bench-{uuid.uuid4().hex[:8]}",
         incidents_topic_partitions=PARTITIONS,
     )
-    service = EngineService(settings)
+    service = EngineService(settings, telemetry=telemetry)
     await service.start()
     assert service.pool is not None and service.relay is not None
     total = sum(ends.values())

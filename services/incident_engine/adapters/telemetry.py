@@ -39,6 +39,7 @@ __all__ = [
     "inject_headers",
     "link_from_carrier",
     "metrics_text",
+    "root_sample_ratio",
     "setup_telemetry",
 ]
 
@@ -252,8 +253,8 @@ def _env(name: str) -> str:
     return os.environ.get(name, "").strip()
 
 
-def _sampler() -> Sampler | None:
-    """None lets the SDK honour OTEL_TRACES_SAMPLER itself; otherwise parent-based ratio sampling."""
+def root_sample_ratio() -> float | None:
+    """Ratio of root traces the default sampler keeps; None when OTEL_TRACES_SAMPLER picks another."""
     if _env("OTEL_TRACES_SAMPLER"):
         return None
     try:
@@ -261,7 +262,13 @@ def _sampler() -> Sampler | None:
     except ValueError:
         _log.warning("OTEL_TRACES_SAMPLER_ARG is not a number; using %s", DEFAULT_SAMPLE_RATIO)
         ratio = DEFAULT_SAMPLE_RATIO
-    return ParentBased(TraceIdRatioBased(min(max(ratio, 0.0), 1.0)))
+    return min(max(ratio, 0.0), 1.0)
+
+
+def _sampler() -> Sampler | None:
+    """None lets the SDK honour OTEL_TRACES_SAMPLER itself; otherwise parent-based ratio sampling."""
+    ratio = root_sample_ratio()
+    return None if ratio is None else ParentBased(TraceIdRatioBased(ratio))
 
 
 def _exporters(signal: str, default: str) -> set[str]:

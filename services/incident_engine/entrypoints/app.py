@@ -19,7 +19,7 @@ from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOP
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
-from incident_engine.adapters.telemetry import Observation, Telemetry, setup_telemetry
+from incident_engine.adapters.telemetry import Observation, Telemetry, root_sample_ratio, setup_telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import EngineLoop
@@ -119,6 +119,7 @@ class EngineService:
             s.incidents_consumer_group,
             max_message_bytes=s.incidents_max_message_bytes,
             tracer=self.telemetry.tracer if self.telemetry.enabled else None,
+            root_sample_ratio=root_sample_ratio(),
         )
         self.loop = EngineLoop(
             processor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class BatchProcessor:
         max_message_bytes: int = 1_048_576,
         cache: IncidentCache | None = None,
         tracer: Tracer | None = None,
+        root_sample_ratio: float | None = None,
     ) -> None:
         self.domain = domain
         self.store = store
@@ -97,6 +99,10 @@ class BatchProcessor:
         self.max_message_bytes = max_message_bytes
         self.cache = cache if cache is not None else IncidentCache()
         self.tracer = tracer  # None: no spans (telemetry disabled), trace headers still propagate
+        # Decide root sampling before making a span: an unsampled span still costs several µs per
+        # event, and with the default sampler most events are unsampled roots.
+        self.root_sample_ratio = root_sample_ratio
+        self._random = random.Random()
         self.armed_traces: dict[str, dict[str, str]] = {}  # incident -> trace that armed its timers
         # Decided but not yet committed (a batch commits while the next one is decided).
         self.uncommitted_ids: set[str] = set()
@@ -237,9 +243,12 @@ class BatchProcessor:
                                  "incident.outcome": outcome})  # fmt: skip
             span.end()
 
-    def _span_for(self, record: InputRecord, event: CloudEvent) -> Span:
+    def _span_for(self, record: InputRecord, event: CloudEvent) -> Span | None:
         assert self.tracer is not None
         has_parent = any(name == "traceparent" for name, _ in record.headers or ())
+        ratio = self.root_sample_ratio
+        if not has_parent and ratio is not None and self._random.random() >= ratio:
+            return None  # what the parent-based ratio sampler would drop, without building the span
         return self.tracer.start_span(
             f"{TOPIC_EVENTS} process",
             context=extract_context(record.headers) if has_parent else None,
