@@ -79,6 +79,10 @@ async def seeded(postgres: Service) -> str:
 async def test_livepro_2_orders_failovers_for_late_high_incidents_only(seeded: str) -> None:
     registry = PolicyRegistry.load()
     result = await what_if(seeded, SlaDomain(registry), SlaDomain(registry), "livepro-2", LogScope(), UNTIL)
+    exhaustive = await what_if(
+        seeded, SlaDomain(registry), SlaDomain(registry), "livepro-2", LogScope(), UNTIL, exhaustive=True
+    )
+    assert exhaustive.to_json() == result.to_json()  # skipping same-rule incidents changes nothing
     assert result.incidents == 7 and result.events == 20
     assert sorted((incident, f.due_at) for incident, f in result.failovers()) == [
         ("H2", _at("2025-03-05T10:30")),
@@ -96,13 +100,15 @@ async def test_livepro_2_orders_failovers_for_late_high_incidents_only(seeded: s
 async def test_same_policy_shows_no_difference(seeded: str) -> None:
     registry = PolicyRegistry.load()
     domain = SlaDomain(registry)
-    same = await what_if(seeded, domain, SlaDomain(registry), "livepro-1", LogScope(), UNTIL)
+    same = await what_if(seeded, domain, SlaDomain(registry), "livepro-1", LogScope(), UNTIL, exhaustive=True)
     # Every incident ran under livepro-1 but H5 (pinned to livepro-2): only H5 may change, and it
     # loses its failover. With the pinned policies kept, nothing at all changes.
     assert [c.incident_id for c in same.changes] == ["H5"]
     assert [f.label() for f in same.changes[0].disappeared if f.kind == "failover"] == ["failover"]
     scope = LogScope(reported_since=_at("2025-03-05T00:00"), reported_until=_at("2025-03-05T10:30"))
-    only_livepro_1 = await what_if(seeded, domain, SlaDomain(registry), "livepro-1", scope, UNTIL)
+    only_livepro_1 = await what_if(
+        seeded, domain, SlaDomain(registry), "livepro-1", scope, UNTIL, exhaustive=True
+    )
     assert only_livepro_1.incidents == 4  # H1, H2, C1, L1
     assert only_livepro_1.changes == [] and not only_livepro_1.appeared and not only_livepro_1.disappeared
 

@@ -71,10 +71,11 @@ async def what_if(
     scope: LogScope,
     horizon: datetime,
     *,
+    exhaustive: bool = False,
     progress: Progress | None = None,
 ) -> WhatIf:
     """Compare the scope's incidents under their pinned policies and under `policy` (in `shadow`)."""
-    result = WhatIf(policy, horizon)
+    result = WhatIf(policy, horizon, exhaustive=exhaustive)
     with _no_cyclic_gc():
         await scan(dsn, scope, lambda groups: result.visit(baseline, shadow, groups), progress=progress)
     return result

@@ -4,6 +4,9 @@ Both sides are replayed on time (every timer fires at its due moment, see incide
 so only the policy differs between them. Warnings, breaches and failover orders are matched by
 their deterministic output ids (incident, clock, cycle, kind, threshold): an id only the shadow run
 emits would appear, one only the baseline emits would disappear. Nothing is written anywhere.
+
+An incident whose severity has the same clocks and calendar under both policies cannot change
+(the policy's name is all that differs in its outputs), so unless `exhaustive`, it is replayed once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from incident_contracts.constants import FAILOVER_REQUIRED, SLA_BREACHED, SLA_WARNING
 from incident_contracts.envelope import OutputEvent
-from incident_engine.domain import SlaDomain
+from incident_engine.domain import Incident, SlaDomain
 from incident_engine.replay import replay_incident
 from incident_engine.reporting.source import Group
 
@@ -66,6 +69,8 @@ class WhatIf:
     changes: list[IncidentChange] = field(default_factory=list)
     appeared: Counter[str] = field(default_factory=Counter)
     disappeared: Counter[str] = field(default_factory=Counter)
+    exhaustive: bool = False  # replay both sides even where the rules are the same
+    _same: dict[tuple[str, str, str], bool] = field(default_factory=dict, repr=False)
 
     def visit(self, baseline: SlaDomain, shadow: SlaDomain, groups: list[Group]) -> None:
         """Replay each incident under both sides and keep what differs."""
@@ -73,13 +78,15 @@ class WhatIf:
             before: list[OutputEvent] = []
             after: list[OutputEvent] = []
             incident, applied = replay_incident(baseline, rows, on_time_until=self.horizon, outputs=before)
-            replay_incident(
-                shadow, rows, policy_override=self.policy, on_time_until=self.horizon, outputs=after
-            )
             self.events += applied
             if incident is None:
                 continue
             self.incidents += 1
+            if not self.exhaustive and self._same_rules(baseline, shadow, incident):
+                continue
+            replay_incident(
+                shadow, rows, policy_override=self.policy, on_time_until=self.horizon, outputs=after
+            )
             old, new = _findings(before), _findings(after)
             if old.keys() != new.keys():
                 change = IncidentChange(
@@ -91,6 +98,19 @@ class WhatIf:
                 self.changes.append(change)
                 self.appeared.update(f.kind for f in change.appeared)
                 self.disappeared.update(f.kind for f in change.disappeared)
+
+    def _same_rules(self, baseline: SlaDomain, shadow: SlaDomain, incident: Incident) -> bool:
+        key = (incident.policy, incident.severity, incident.region)
+        same = self._same.get(key)
+        if same is None:
+            mine = baseline.policies.get(incident.policy)
+            other = shadow.policies.get(self.policy)
+            calendars = (p.calendar(incident.severity, incident.region) for p in (mine, other))
+            old_calendar, new_calendar = calendars
+            same = self._same[key] = mine.rules(incident.severity) == other.rules(incident.severity) and (
+                old_calendar is new_calendar or old_calendar == new_calendar
+            )
+        return same
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able summary with every changed incident."""
