@@ -62,10 +62,12 @@ def port_open(port: int) -> bool:
 
 
 def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL,
-    # so a killed test run leaves no broker or database behind.
+    # Linux: the child is killed when the process that started it dies, even by SIGKILL, so a killed
+    # test run leaves no broker or database behind. SIGKILL, not SIGTERM: a broker of a cluster whose
+    # other nodes are gone hangs in its graceful shutdown waiting for a quorum that never answers.
+    # These are scratch services of a test run; `dev up` starts its services detached instead.
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(

@@ -146,3 +146,40 @@ def test_dev_up_and_down_leave_no_process() -> None:
     leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
     assert base_dir().exists()
+
+
+def test_services_die_with_a_killed_test_run() -> None:
+    """A test run killed with SIGKILL (no finalizers run) leaves no broker or database behind."""
+    script = (
+        "import json, sys\n"
+        "from devstack.stack import start_kafka, start_postgres\n"
+        "from devstack.kafka import KafkaCluster\n"
+        "from devstack.postgres import LocalPostgres\n"
+        "from devstack.stack import _scratch\n"
+        "cluster = KafkaCluster.create(_scratch('orphan-kafka'), size=1)\n"
+        "cluster.start()\n"
+        "pg = LocalPostgres.create(_scratch('orphan-pg') / 'data')\n"
+        "pg.start()\n"
+        "print(json.dumps([cluster.nodes[0].pid, pg.pid]), flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=env, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        import json
+
+        pids = json.loads(proc.stdout.readline())
+        assert all(pid_alive(p) for p in pids)
+    finally:
+        proc.kill()  # like a CI timeout or kill -9 of pytest
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    import time
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(pid_alive(p) for p in pids), f"orphans left: {pids}"
