@@ -68,7 +68,8 @@ class EngineLoop:
         new = sorted(tp.partition for tp in assigned if tp.topic == TOPIC_EVENTS)
         self.assigned |= set(new)
         await self._take(new)
-        self.ready.set()
+        if self.consumer is not None:  # else `run` takes them (and becomes ready) once it starts
+            self.ready.set()
 
     async def _take(self, partitions: list[int]) -> None:
         if not partitions:
@@ -97,6 +98,8 @@ class EngineLoop:
         if self._pending:
             await self._take(sorted(self._pending))
             self._pending.clear()
+        if self.assigned:
+            self.ready.set()
         backoff = 0.2
         while not self._stopping:
             try:
