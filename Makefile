@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv run demo test test-unit test-integration lint fmt compose-check dev-up dev-down bench faults clean
+.PHONY: venv system-deps run demo test test-unit test-integration lint fmt compose-check dev-up dev-down bench faults clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,10 @@ fmt: venv
 compose-check: ## validate docker-compose.yml offline (no Docker engine needed)
 	@bash deploy/local/compose-check.sh
 
-test: lint compose-check ## lint, then every test tier against real Kafka and PostgreSQL
+system-deps: ## Debian packages the tests need (Chromium, docker-compose), installed when missing
+	@bash deploy/local/system-deps.sh
+
+test: system-deps lint compose-check ## lint, then every test tier against real Kafka and PostgreSQL
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -48,6 +51,12 @@ dev-up: venv
 
 dev-down: venv
 	$(BIN)/incidents dev down
+
+bench: venv ## every benchmark against real Kafka and PostgreSQL: benchmarks/results.json and results.md
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+faults: venv ## fault injection at full scale (a small version of each case runs in `make test`)
+	FAULTS_SCALE=full $(BIN)/python -m pytest tests/faults tests/integration/test_engine_faults.py -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
