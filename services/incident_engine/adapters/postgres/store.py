@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -75,14 +78,15 @@ class PostgresStore:
 
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
         """Every pending timer row of these partitions."""
-        rows = await self.pool.fetch(
-            "SELECT incident_id, kafka_partition, due_at, trace_context FROM timers"
-            " WHERE kafka_partition = ANY($1::int[])",
-            partitions,
-        )
-        return [
-            TimerRow(r["incident_id"], r["kafka_partition"], r["due_at"], r["trace_context"]) for r in rows
-        ]
+        # A million rows are a million acyclic objects: without the cyclic GC running over and over
+        # while they are created, loading takes about half the time (nothing here can form a cycle).
+        with gc_paused():
+            rows = await self.pool.fetch(
+                "SELECT incident_id, kafka_partition, due_at, trace_context FROM timers"
+                " WHERE kafka_partition = ANY($1::int[])",
+                partitions,
+            )
+            return [TimerRow(*r) for r in rows]
 
     async def commit(self, batch: BatchWrite) -> None:
         """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us."""
@@ -184,6 +188,18 @@ class PostgresStore:
         """Every durable timer's due moment, by incident id (for replay checks)."""
         rows = await self.pool.fetch("SELECT incident_id, due_at FROM timers")
         return {r["incident_id"]: r["due_at"] for r in rows}
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while allocating many acyclic objects."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _outbox_rows(outputs: list[OutboxRow]) -> list[tuple[int, int, bytes]]:
