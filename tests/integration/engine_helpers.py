@@ -142,3 +142,38 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes] | None = None, tim
                     return
             await asyncio.sleep(0.2)
     raise AssertionError("engine not ready in time")
+
+
+async def start_at_end(bootstrap: str, dsn: str, group: str) -> None:
+    """Make a new engine of `group` start at the current end of incidents.events (skip what earlier
+    tests published), as an operator deploying a fresh engine "from now on" would."""
+    import asyncpg
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from incident_contracts import TOPIC_EVENTS
+    from incident_engine.adapters.postgres.migrate import migrate
+
+    await migrate(dsn)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([TOPIC_EVENTS])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(TOPIC_EVENTS, p) for p in partitions])
+    finally:
+        await consumer.stop()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset)"
+            " VALUES ($1, $2, $3, $4)",
+            [(group, TOPIC_EVENTS, tp.partition, offset) for tp, offset in ends.items()],
+        )
+    finally:
+        await conn.close()

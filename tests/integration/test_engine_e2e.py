@@ -168,3 +168,35 @@ async def test_event_log_is_append_only(engine: EngineService) -> None:
     assert engine.pool is not None
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await engine.pool.execute("DELETE FROM event_log")
+
+
+async def test_a_restarted_engine_resumes_from_the_offsets_in_postgres(
+    kafka: Service, postgres: Service
+) -> None:
+    """Exactly-once must not lean on id deduplication alone: nothing committed is read again."""
+    incident = f"resume-{uuid.uuid4().hex[:6]}"
+    settings = settings_for(kafka.url, await fresh_database(postgres.url))
+    first = EngineService(settings)
+    await first.start()
+    await publish_events(kafka.url, [event("reported", incident, severity="low", region="au")])
+    async with OutputCollector(kafka.url, incident) as out:
+        await out.wait_for(lambda: len(out.of("incident.state.changed", incident)) == 1)
+    await first.stop()
+    assert first.store is not None
+    from incident_engine.adapters.telemetry import create_telemetry
+
+    telemetry = create_telemetry("resume-test", span_exporters=[])
+    second = EngineService(settings, telemetry=telemetry)
+    await second.start()
+    try:
+        await publish_events(kafka.url, [event("acknowledged", incident)])
+        async with OutputCollector(kafka.url, incident) as out:
+            await out.wait_for(lambda: len(out.of("incident.state.changed", incident)) == 2)
+        metrics = telemetry.metrics_text()[0].decode()
+    finally:
+        await second.stop()
+        telemetry.shutdown()
+    counted = [line for line in metrics.splitlines() if line.startswith("incidents_events_total{")]
+    assert len(counted) == 1 and 'type="incident.acknowledged"' in counted[0], (
+        counted
+    )  # read only the new one
