@@ -16,6 +16,7 @@ from incident_contracts.constants import CLOUDEVENTS_CONTENT_TYPE, ENGINE_SOURCE
 # downstream deduplicates on these ids across replays and versions.
 _NAMESPACE = bytes.fromhex("81ac74af14ef56a1b0896e6f1a79ab3c")
 _JSON_OPTIONS = orjson.OPT_UTC_Z
+_JSON_LINE_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
 
 _KEYED_HASH = hashlib.blake2b(digest_size=16, key=_NAMESPACE)
@@ -57,7 +58,17 @@ class OutputEvent:
 
     def to_json(self) -> dict[str, Any]:
         """The structured-mode CloudEvent as a dict (times stay datetimes; no null `subject`)."""
-        envelope = {
+        if self.subject is None:
+            return {
+                "specversion": "1.0",
+                "id": self.id,
+                "source": ENGINE_SOURCE,
+                "type": self.type,
+                "time": self.time,
+                "datacontenttype": "application/json",
+                "data": self.data,
+            }
+        return {
             "specversion": "1.0",
             "id": self.id,
             "source": ENGINE_SOURCE,
@@ -67,13 +78,14 @@ class OutputEvent:
             "datacontenttype": "application/json",
             "data": self.data,
         }
-        if self.subject is None:
-            del envelope["subject"]
-        return envelope
 
     def to_json_bytes(self) -> bytes:
         """The structured-mode CloudEvent as JSON bytes (RFC 3339 times in UTC, `Z`)."""
         return orjson.dumps(self.to_json(), option=_JSON_OPTIONS)
+
+    def to_json_line(self) -> bytes:
+        """`to_json_bytes()` and a newline: one line of JSONL."""
+        return orjson.dumps(self.to_json(), option=_JSON_LINE_OPTIONS)
 
 
 CONTENT_TYPE_HEADER = ("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())

@@ -17,6 +17,7 @@ import holidays
 
 ZERO = timedelta(0)
 Window = tuple[datetime, datetime] | None
+_UNKNOWN: Window = (datetime.min, datetime.min)  # not yet computed (a window is never this)
 
 
 class Calendar(Protocol):
@@ -103,14 +104,34 @@ class BusinessCalendar:
     def _local_ordinal(self, instant: datetime) -> int:
         return instant.astimezone(self.timezone).toordinal()
 
+    def _first_ordinal(self, instant: datetime) -> int:
+        """A local date (ordinal) at or before the local date of `instant`, no more than two days before.
+
+        A local date is within a day of the UTC date (offsets are under 24 hours), so for a UTC
+        instant the day before its UTC date will do, which saves a zoneinfo conversion; the windows
+        of the extra day close before `instant`, so they change no sum.
+        """
+        if instant.tzinfo is UTC:
+            return instant.toordinal() - 1
+        return instant.astimezone(self.timezone).toordinal()
+
+    def _last_ordinal(self, instant: datetime) -> int:
+        """A local date at or after the local date of `instant` (its windows open after `instant`)."""
+        if instant.tzinfo is UTC:
+            return instant.toordinal() + 1
+        return instant.astimezone(self.timezone).toordinal()
+
     def add(self, start: datetime, budget: timedelta) -> datetime:
         """The first instant at which `budget` of business time has passed since `start`."""
         if budget <= ZERO:
             return start
-        ordinal = self._local_ordinal(start)
+        ordinal = start.toordinal() - 1 if start.tzinfo is UTC else self._first_ordinal(start)
         remaining = budget
+        windows = self._windows
         for _ in range(_MAX_DAYS):
-            window = self.window(ordinal)
+            window = windows.get(ordinal, _UNKNOWN)
+            if window is _UNKNOWN:
+                window = self.window(ordinal)
             if window is not None:
                 opens, closes = window
                 begin = start if start > opens else opens
@@ -127,8 +148,7 @@ class BusinessCalendar:
         if end <= start:
             return ZERO
         total = ZERO
-        last = self._local_ordinal(end)
-        for ordinal in range(self._local_ordinal(start), last + 1):
+        for ordinal in range(self._first_ordinal(start), self._last_ordinal(end) + 1):
             window = self.window(ordinal)
             if window is not None:
                 begin = max(start, window[0])

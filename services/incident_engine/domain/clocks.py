@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from bisect import insort
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from incident_contracts.constants import CLOCK_ACK, CLOCK_RESOLUTION, CLOCK_RESTORE, CLOCK_UPDATE
 from incident_contracts.envelope import OutputEvent
-from incident_engine.domain.calendar import Calendar
+from incident_engine.domain.calendar import AlwaysOpen, Calendar
 from incident_engine.domain.model import (
     BREACH,
     BREACHED,
@@ -88,7 +88,11 @@ def stop_clock(incident: Incident, name: str, clock: ClockState, at: datetime) -
     clock.stopped_at = at
     if clock.status != BREACHED:
         clock.status = MET
-    incident.timers = [t for t in incident.timers if t.clock != name]
+    timers = incident.timers
+    for timer in timers:
+        if timer[1] == name:  # the clock's pending timer: drop it (most clocks stop before any fires)
+            incident.timers = [t for t in timers if t[1] != name]
+            return
 
 
 def fire_timers(
@@ -124,3 +128,114 @@ def next_timer(timer: Timer, clock: ClockState, spec: ClockSpec, calendar: Calen
     if kind == BREACH and spec.failover:
         return Timer(timer.due_at, timer.clock, FAILOVER, None, timer.cycle, timer.incident_id)
     return None
+
+
+_new_timer = tuple.__new__  # Timer(...) without the NamedTuple's Python-level __new__: same tuple
+_TRIGGERS: Final = ("reported", "acknowledged", "investigating", "failed_over", "restored", "updated")
+# (clock name, spec, starts, stops, cycles): what a trigger may do to one clock
+Action = tuple[str, ClockSpec, bool, bool, bool]
+
+
+class ClockPlan:
+    """The clocks of one (policy, severity, region), prepared once for the hot path.
+
+    `apply` and `fire` do what `apply_trigger` and `fire_timers` do, with per trigger only the clocks it
+    can start, stop or restart, each clock's first and next timers looked up rather than searched,
+    and 24x7 time added directly.
+    """
+
+    __slots__ = ("_actions", "_add", "_failover", "_first", "_next_warning", "calendar", "specs")
+
+    def __init__(self, specs: dict[str, ClockSpec], calendar: Calendar) -> None:
+        self.specs = specs
+        self.calendar = calendar
+        self._add = None if isinstance(calendar, AlwaysOpen) else calendar.add
+        self._actions: dict[str, tuple[Action, ...]] = {}
+        for trigger in _TRIGGERS:
+            actions = []
+            for name, spec in specs.items():
+                rule = CLOCK_RULES[name]
+                starts, stops = trigger in rule.starts_on, trigger in rule.stops_on
+                if starts or stops or rule.cycles:
+                    actions.append((name, spec, starts, stops, rule.cycles))
+            self._actions[trigger] = tuple(actions)
+        self._failover = frozenset(name for name, spec in specs.items() if spec.failover)
+        # clock -> (kind, threshold, budget) of a cycle's first timer
+        self._first: dict[str, tuple[str, float | None, timedelta]] = {}
+        # (clock, threshold) -> (next threshold, its budget), or None when the breach comes next
+        self._next_warning: dict[tuple[str, float], tuple[float, timedelta] | None] = {}
+        for name, spec in specs.items():
+            warnings = spec.warning_budgets
+            if warnings:
+                self._first[name] = (WARNING, warnings[0][0], warnings[0][1])
+            else:
+                self._first[name] = (BREACH, None, spec.budget)
+            for threshold, _ in warnings:
+                following = [(t, b) for t, b in warnings if t > threshold]
+                self._next_warning[name, threshold] = following[0] if following else None
+
+    def apply(self, incident: Incident, trigger: str, at: datetime) -> None:
+        """`apply_trigger` for this plan's clocks."""
+        actions = self._actions.get(trigger)
+        if actions is None:
+            apply_trigger(incident, trigger, at, self.specs, self.calendar)
+            return
+        clocks = incident.clocks
+        for name, spec, starts, stops, cycles in actions:
+            clock = clocks.get(name)
+            if clock is None:
+                if starts:
+                    self._start(incident, name, spec.budget, at, 1)
+            elif clock.stopped_at is None:
+                if stops:
+                    stop_clock(incident, name, clock, at)
+                elif cycles:
+                    stop_clock(incident, name, clock, at)
+                    self._start(incident, name, spec.budget, at, clock.cycle + 1)
+
+    def _start(self, incident: Incident, name: str, budget: timedelta, at: datetime, cycle: int) -> None:
+        """`start_clock`: the cycle's state and its first timer."""
+        add = self._add
+        due = at + budget if add is None else add(at, budget)
+        incident.clocks[name] = ClockState(at, due, cycle)
+        kind, threshold, first_budget = self._first[name]
+        if kind == WARNING:
+            due = at + first_budget if add is None else add(at, first_budget)
+        insort(incident.timers, _new_timer(Timer, (due, name, kind, threshold, cycle, incident.id)))
+
+    def fire(self, incident: Incident, until: datetime, now: datetime, outputs: list[OutputEvent]) -> None:
+        """`fire_timers`: fire every timer due by `until` (successors included), emitting at `now`."""
+        timers = incident.timers
+        clocks = incident.clocks
+        next_warnings = self._next_warning
+        successor: tuple[datetime, str, str, float | None, int, str]
+        while timers and timers[0][0] <= until:
+            timer = timers.pop(0)
+            due, name, kind, threshold, cycle, incident_id = timer
+            clock = clocks[name]
+            outputs.append(timer_fired(incident, timer, now))
+            if kind == WARNING:
+                following = next_warnings.get((name, threshold or 0.0), _UNKNOWN)
+                if following is None:
+                    successor = (clock.due_at, name, BREACH, None, cycle, incident_id)
+                elif following is _UNKNOWN:  # a threshold the policy does not have: search as before
+                    found = next_timer(timer, clock, self.specs[name], self.calendar)
+                    if found is not None:
+                        insort(timers, found)
+                    continue
+                else:
+                    add = self._add
+                    budget = following[1]
+                    at = clock.started_at + budget if add is None else add(clock.started_at, budget)
+                    successor = (at, name, WARNING, following[0], cycle, incident_id)
+            elif kind == BREACH:
+                clock.status = BREACHED
+                if name not in self._failover:
+                    continue
+                successor = (due, name, FAILOVER, None, cycle, incident_id)
+            else:
+                continue
+            insort(timers, _new_timer(Timer, successor))
+
+
+_UNKNOWN: Final[tuple[float, timedelta]] = (float("nan"), timedelta(0))  # not in the plan

@@ -74,10 +74,14 @@ class Timer(NamedTuple):
 
     @property
     def output_id(self) -> str:
-        """The deterministic id of the CloudEvent this timer emits (computed on demand: it costs)."""
-        if self.kind == WARNING:
-            return stable_id(f"{self.incident_id}/{self.clock}/{self.cycle}/warning/{self.threshold}")
-        return stable_id(f"{self.incident_id}/{self.clock}/{self.cycle}/{self.kind}")
+        """The deterministic id of the CloudEvent this timer emits (computed on demand: it costs).
+
+        `outputs.timer_fired` computes the same inline (one call less on the hot path).
+        """
+        _, clock, kind, threshold, cycle, incident_id = self
+        if kind == WARNING:
+            return stable_id(f"{incident_id}/{clock}/{cycle}/warning/{threshold}")
+        return stable_id(f"{incident_id}/{clock}/{cycle}/{kind}")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""

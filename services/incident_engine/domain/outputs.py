@@ -21,12 +21,13 @@ from incident_engine.domain.model import BREACH, WARNING, Incident, Timer
 
 def state_changed(incident: Incident, from_state: str | None, cause: str, now: datetime) -> OutputEvent:
     """`incident.state.changed`; its id derives from (incident, cause event)."""
+    incident_id = incident.id
     return OutputEvent(
-        id=stable_id(f"{incident.id}/state/{cause}"),
-        type=STATE_CHANGED,
-        subject=incident.id,
-        time=now,
-        data={
+        stable_id(f"{incident_id}/state/{cause}"),
+        STATE_CHANGED,
+        incident_id,
+        now,
+        {
             "from": from_state,
             "to": incident.state,
             "cause": cause,
@@ -39,31 +40,36 @@ def state_changed(incident: Incident, from_state: str | None, cause: str, now: d
 
 def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
     """The warning, breach or failover order of a due timer; `due_at` stays the true due moment."""
-    kind = timer.kind
-    data: dict[str, Any]
+    due, clock, kind, threshold, cycle, incident_id = timer
     if kind == WARNING:
-        event_type = SLA_WARNING
-        data = {
-            "clock": timer.clock,
-            "threshold": timer.threshold,
-            "due_at": timer.due_at,
-            "policy": incident.policy,
-            "severity": incident.severity,
-            "region": incident.region,
-        }
-    elif kind == BREACH:
+        return OutputEvent(
+            stable_id(f"{incident_id}/{clock}/{cycle}/warning/{threshold}"),  # = Timer.output_id
+            SLA_WARNING,
+            incident.id,
+            now,
+            {
+                "clock": clock,
+                "threshold": threshold,
+                "due_at": due,
+                "policy": incident.policy,
+                "severity": incident.severity,
+                "region": incident.region,
+            },
+        )
+    data: dict[str, Any]
+    if kind == BREACH:
         event_type = SLA_BREACHED
         data = {
-            "clock": timer.clock,
-            "due_at": timer.due_at,
+            "clock": clock,
+            "due_at": due,
             "policy": incident.policy,
             "severity": incident.severity,
             "region": incident.region,
         }
     else:
         event_type = FAILOVER_REQUIRED
-        data = {"due_at": timer.due_at, "policy": incident.policy, "region": incident.region}
-    return OutputEvent(id=timer.output_id, type=event_type, subject=incident.id, time=now, data=data)
+        data = {"due_at": due, "policy": incident.policy, "region": incident.region}
+    return OutputEvent(stable_id(f"{incident_id}/{clock}/{cycle}/{kind}"), event_type, incident.id, now, data)
 
 
 def rejected(

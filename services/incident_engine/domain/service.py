@@ -10,15 +10,15 @@ from incident_contracts.constants import (
     REASON_SCHEMA,
     REASON_UNKNOWN_INCIDENT,
     STATE_REPORTED,
+    STATES,
 )
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.models import CloudEvent
-from incident_engine.domain.calendar import Calendar
-from incident_engine.domain.clocks import apply_trigger, fire_timers
-from incident_engine.domain.lifecycle import TRIGGER_REPORTED, Outcome, transition, trigger_of
+from incident_engine.domain.clocks import ClockPlan
+from incident_engine.domain.lifecycle import TRIGGER_REPORTED, TRIGGERS, Outcome, transition, trigger_of
 from incident_engine.domain.model import Decision, Incident
 from incident_engine.domain.outputs import rejected, state_changed
-from incident_engine.domain.policy import DEFAULT_POLICY, ClockSpec, PolicyRegistry
+from incident_engine.domain.policy import DEFAULT_POLICY, PolicyRegistry
 
 
 class SlaDomain:
@@ -31,7 +31,7 @@ class SlaDomain:
         policies.get(default_policy)  # fail fast on an unknown default
         self.policies = policies
         self.default_policy = default_policy
-        self._plans: dict[tuple[str, str, str], tuple[dict[str, ClockSpec], Calendar]] = {}
+        self._plans: dict[tuple[str, str, str], ClockPlan] = {}
 
     def handle(
         self, incident: Incident | None, event: CloudEvent, now: datetime, raw: bytes | None = None
@@ -40,68 +40,100 @@ class SlaDomain:
 
         `raw` is the message as received, quoted in a rejection (else the event is re-serialized).
         """
-        trigger = _TRIGGERS.get(event.type) or trigger_of(event.type)
+        outputs: list[OutputEvent] = []
+        incident, accepted = self.apply(incident, event, now, raw, outputs)
+        return Decision(incident, accepted, outputs)
+
+    def apply(
+        self,
+        incident: Incident | None,
+        event: CloudEvent,
+        now: datetime,
+        raw: bytes | None,
+        outputs: list[OutputEvent],
+    ) -> tuple[Incident | None, bool]:
+        """`handle`, appending the outputs to `outputs`: (the incident, whether the event was accepted).
+
+        For a caller that batches outputs (`simulate`); `event` may be any object with the attributes
+        of a CloudEvent (e.g. a `FastEvent`, then with `raw`).
+        """
+        event_type = event.type
+        trigger = _TRIGGERS.get(event_type) or trigger_of(event_type)
         if incident is None:
             if trigger == TRIGGER_REPORTED:
-                return self._create(event, now, raw)
-            return Decision(None, False, [self._reject(event, REASON_UNKNOWN_INCIDENT, raw, now)])
+                return self._create(event, now, raw, outputs)
+            outputs.append(self._reject(event, REASON_UNKNOWN_INCIDENT, raw, now))
+            return None, False
         if trigger == TRIGGER_REPORTED:
             detail = "the incident is already reported"
-            return self._refuse(incident, event, REASON_DUPLICATE, detail, raw, now)
-        outcome, dest = transition(incident.state, trigger)
+            return self._refuse(incident, event, REASON_DUPLICATE, detail, raw, now, outputs)
+        state = incident.state
+        outcome, dest = _OUTCOMES.get((state, trigger)) or transition(state, trigger)
         if outcome == Outcome.DUPLICATE or outcome == Outcome.INVALID:
-            detail = f"{event.type} is not allowed in state {incident.state}"
-            return self._refuse(incident, event, outcome, detail, raw, now)
-        at = event.time.astimezone(UTC)
+            detail = f"{event_type} is not allowed in state {state}"
+            return self._refuse(incident, event, outcome, detail, raw, now, outputs)
+        at = event.time
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
-        outputs: list[OutputEvent] = []
-        plan = self._plan(incident)
+        plan = self._plans.get((incident.policy, incident.severity, incident.region)) or self._plan(incident)
         timers = incident.timers
-        if timers and timers[0].due_at <= at:
-            fire_timers(incident, at, now, outputs, *plan)  # what was overdue when the event happened
+        if timers and timers[0][0] <= at:
+            plan.fire(incident, at, now, outputs)  # what was overdue when the event happened
         if dest is not None:
-            before = incident.state
             incident.state = dest
-            outputs.append(state_changed(incident, before, event.id, now))
-        apply_trigger(incident, trigger, at, *plan)
+            outputs.append(state_changed(incident, state, event.id, now))
+        plan.apply(incident, trigger, at)
         incident.seq += 1
         incident.last_event_at = at
         timers = incident.timers
-        if timers and timers[0].due_at <= now:
-            fire_timers(incident, now, now, outputs, *plan)
-        return Decision(incident, True, outputs)
+        if timers and timers[0][0] <= now:
+            plan.fire(incident, now, now, outputs)
+        return incident, True
 
     def fire_due(self, incident: Incident, now: datetime) -> Decision:
         """Fire every pending timer due at or before `now` (emission time `now`)."""
         outputs: list[OutputEvent] = []
         timers = incident.timers
-        if timers and timers[0].due_at <= now:
-            fire_timers(incident, now, now, outputs, *self._plan(incident))
+        if timers and timers[0][0] <= now:
+            self._plan(incident).fire(incident, now, now, outputs)
         return Decision(incident, False, outputs)
 
-    def _create(self, event: CloudEvent, now: datetime, raw: bytes | None) -> Decision:
+    def fire_into(self, incident: Incident, now: datetime, outputs: list[OutputEvent]) -> None:
+        """`fire_due`, appending the outputs to `outputs`."""
+        timers = incident.timers
+        if timers and timers[0][0] <= now:
+            plan = self._plans.get((incident.policy, incident.severity, incident.region))
+            (plan or self._plan(incident)).fire(incident, now, now, outputs)
+
+    def _create(
+        self, event: CloudEvent, now: datetime, raw: bytes | None, outputs: list[OutputEvent]
+    ) -> tuple[Incident | None, bool]:
         data = event.data  # type: ignore[attr-defined]
         policy = data.policy or self.default_policy
         if policy not in self.policies:
             detail = f"data.policy: unknown policy {policy!r} (known: {', '.join(self.policies.names())})"
-            return Decision(None, False, [self._reject(event, REASON_SCHEMA, raw, now, detail)])
-        at = event.time.astimezone(UTC)
-        incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, seq=1)
-        outputs = [state_changed(incident, None, event.id, now)]
+            outputs.append(self._reject(event, REASON_SCHEMA, raw, now, detail))
+            return None, False
+        at = event.time
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
+        incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
+        outputs.append(state_changed(incident, None, event.id, now))
         plan = self._plan(incident)
-        apply_trigger(incident, TRIGGER_REPORTED, at, *plan)
-        fire_timers(incident, now, now, outputs, *plan)
-        return Decision(incident, True, outputs)
+        plan.apply(incident, TRIGGER_REPORTED, at)
+        plan.fire(incident, now, now, outputs)
+        return incident, True
 
-    def _plan(self, incident: Incident) -> tuple[dict[str, ClockSpec], Calendar]:
-        """The clock specs and calendar of an incident's (policy, severity, region), memoized."""
+    def _plan(self, incident: Incident) -> ClockPlan:
+        """The clock plan of an incident's (policy, severity, region), memoized."""
         key = (incident.policy, incident.severity, incident.region)
         plan = self._plans.get(key)
         if plan is None:
             policy = self.policies.get(incident.policy)
             specs = policy.rules(incident.severity).clocks
-            plan = self._plans[key] = (specs, policy.calendar(incident.severity, incident.region))
+            plan = self._plans[key] = ClockPlan(specs, policy.calendar(incident.severity, incident.region))
         return plan
 
     def _refuse(
@@ -112,11 +144,11 @@ class SlaDomain:
         detail: str,
         raw: bytes | None,
         now: datetime,
-    ) -> Decision:
-        outputs: list[OutputEvent] = []
-        fire_timers(incident, now, now, outputs, *self._plan(incident))
+        outputs: list[OutputEvent],
+    ) -> tuple[Incident, bool]:
+        self._plan(incident).fire(incident, now, now, outputs)
         outputs.append(self._reject(event, reason, raw, now, detail))
-        return Decision(incident, False, outputs)
+        return incident, False
 
     @staticmethod
     def _reject(
@@ -129,3 +161,4 @@ class SlaDomain:
 
 
 _TRIGGERS = {event_type: trigger_of(event_type) for event_type in INPUT_TYPES}
+_OUTCOMES = {(state, trigger): transition(state, trigger) for state in STATES for trigger in TRIGGERS}
