@@ -1,0 +1,112 @@
+"""A fast decoder (msgspec) of the common shape of input CloudEvents, for bulk runs such as `simulate`.
+
+`decode_fast` accepts a strict subset of what the pydantic models accept and yields the same values:
+no extension attributes, times only in the plain RFC 3339 form `2025-06-11T10:00:00[.ffffff](Z|±hh:mm)`.
+Anything else returns None, and the caller falls back to `parse_event`, which decides and explains.
+The events it makes carry what `SlaDomain.handle` reads (`id`, `type`, `source`, `subject`, `time`,
+`data`, `datacontenttype`, `dataschema`), but they are not pydantic models: pass `raw` to `handle`.
+About five times cheaper than the pydantic validation, which dominates a simulation's decoding.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class _Data(Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """Event data: unknown fields are refused (as by the models), so they go to the pydantic path."""
+
+
+class ReportedData(_Data, frozen=True):
+    severity: Literal["critical", "high", "low"]
+    region: Literal["au", "us", "uk"]
+    summary: str
+    policy: NonEmpty | None = None
+    customer: str | None = None
+
+
+class AcknowledgedData(_Data, frozen=True):
+    by: str | None = None
+
+
+class InvestigatingData(_Data, frozen=True):
+    note: str | None = None
+
+
+class FailedOverData(_Data, frozen=True):
+    site: str | None = None
+
+
+class RestoredData(_Data, frozen=True):
+    note: str | None = None
+
+
+class UpdatedData(_Data, frozen=True):
+    note: str
+
+
+class FastEvent(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True, gc=False):
+    """The envelope; `time` holds the raw JSON value until `decode_fast` makes it a datetime."""
+
+    specversion: Literal["1.0"]
+    id: NonEmpty
+    source: NonEmpty
+    subject: NonEmpty
+    time: Any
+    datacontenttype: Literal["application/json"] | None = None
+    dataschema: str | None = None
+    data: Any = None
+    type: ClassVar[str]
+
+
+def _event_struct(event_type: str, data: Any, required: bool) -> type[FastEvent]:
+    """The envelope of one event type, tagged by `type`, with its data (optional unless `required`)."""
+    field = ("data", data) if required else ("data", data | None, None)
+    name = "Fast" + event_type.removeprefix("incident.").title().replace("_", "")
+    struct = msgspec.defstruct(
+        name, [field], bases=(FastEvent,), tag=event_type, namespace={"type": event_type}, module=__name__
+    )
+    return struct  # type: ignore[return-value]  # a FastEvent subclass: its base is FastEvent
+
+
+EVENT_STRUCTS: tuple[type[FastEvent], ...] = (
+    _event_struct("incident.reported", ReportedData, required=True),
+    _event_struct("incident.acknowledged", AcknowledgedData, required=False),
+    _event_struct("incident.investigating", InvestigatingData, required=False),
+    _event_struct("incident.failed_over", FailedOverData, required=False),
+    _event_struct("incident.restored", RestoredData, required=False),
+    _event_struct("incident.updated", UpdatedData, required=True),
+)
+_DECODER = msgspec.json.Decoder(Union[EVENT_STRUCTS])  # noqa: UP007 (a Union of a tuple of types)
+# The one time form taken here (ASCII digits, in-range fields); every other form goes to pydantic.
+_TIME = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
+    re.ASCII,
+)
+_match_time = _TIME.fullmatch
+_parse_time = datetime.fromisoformat
+_decode = _DECODER.decode
+
+
+def decode_fast(raw: bytes) -> FastEvent | None:
+    """The input CloudEvent of `raw` when it has the common shape, else None (use `parse_event`)."""
+    try:
+        event: FastEvent = _decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    text = event.time
+    if type(text) is not str or _match_time(text) is None:
+        return None
+    try:
+        event.time = _parse_time(text)
+    except ValueError:  # e.g. 2025-02-30
+        return None
+    return event
