@@ -31,7 +31,7 @@ class SlaDomain:
         policies.get(default_policy)  # fail fast on an unknown default
         self.policies = policies
         self.default_policy = default_policy
-        self._plans: dict[tuple[str, str, str], ClockPlan] = {}
+        self.plans: dict[tuple[str, str, str], ClockPlan] = {}  # by (policy, severity, region): plan()
 
     def handle(
         self, incident: Incident | None, event: CloudEvent, now: datetime, raw: bytes | None = None
@@ -77,7 +77,7 @@ class SlaDomain:
             at = at.astimezone(UTC)
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
-        plan = self._plans.get((incident.policy, incident.severity, incident.region)) or self._plan(incident)
+        plan = self.plans.get((incident.policy, incident.severity, incident.region)) or self.plan(incident)
         timers = incident.timers
         if timers and timers[0][0] <= at:
             plan.fire(incident, at, now, outputs)  # what was overdue when the event happened
@@ -97,15 +97,8 @@ class SlaDomain:
         outputs: list[OutputEvent] = []
         timers = incident.timers
         if timers and timers[0][0] <= now:
-            self._plan(incident).fire(incident, now, now, outputs)
+            self.plan(incident).fire(incident, now, now, outputs)
         return Decision(incident, False, outputs)
-
-    def fire_into(self, incident: Incident, now: datetime, outputs: list[OutputEvent]) -> None:
-        """`fire_due`, appending the outputs to `outputs`."""
-        timers = incident.timers
-        if timers and timers[0][0] <= now:
-            plan = self._plans.get((incident.policy, incident.severity, incident.region))
-            (plan or self._plan(incident)).fire(incident, now, now, outputs)
 
     def _create(
         self, event: CloudEvent, now: datetime, raw: bytes | None, outputs: list[OutputEvent]
@@ -121,19 +114,21 @@ class SlaDomain:
             at = at.astimezone(UTC)
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
         outputs.append(state_changed(incident, None, event.id, now))
-        plan = self._plan(incident)
+        plan = self.plans.get((policy, data.severity, data.region)) or self.plan(incident)
         plan.apply(incident, TRIGGER_REPORTED, at)
-        plan.fire(incident, now, now, outputs)
+        timers = incident.timers
+        if timers and timers[0][0] <= now:
+            plan.fire(incident, now, now, outputs)
         return incident, True
 
-    def _plan(self, incident: Incident) -> ClockPlan:
+    def plan(self, incident: Incident) -> ClockPlan:
         """The clock plan of an incident's (policy, severity, region), memoized."""
         key = (incident.policy, incident.severity, incident.region)
-        plan = self._plans.get(key)
+        plan = self.plans.get(key)
         if plan is None:
             policy = self.policies.get(incident.policy)
             specs = policy.rules(incident.severity).clocks
-            plan = self._plans[key] = ClockPlan(specs, policy.calendar(incident.severity, incident.region))
+            plan = self.plans[key] = ClockPlan(specs, policy.calendar(incident.severity, incident.region))
         return plan
 
     def _refuse(
@@ -146,7 +141,7 @@ class SlaDomain:
         now: datetime,
         outputs: list[OutputEvent],
     ) -> tuple[Incident, bool]:
-        self._plan(incident).fire(incident, now, now, outputs)
+        self.plan(incident).fire(incident, now, now, outputs)
         outputs.append(self._reject(event, reason, raw, now, detail))
         return incident, False
 
