@@ -33,6 +33,14 @@ class Settings(BaseSettings):
         description="PostgreSQL DSN (asyncpg). Credentials are never logged.",
     )
     incidents_consumer_group: str = Field("incident-engine", description="Kafka consumer group.")
+    incidents_instance_id: str | None = Field(
+        None,
+        description="Static group membership id (e.g. the StatefulSet pod name): a restarted replica gets "
+        "its partitions back at once instead of after the session timeout. Unique per replica.",
+    )
+    incidents_session_timeout_ms: int = Field(
+        6000, description="Consumer session timeout: how soon a dead replica's partitions move."
+    )
     incidents_default_policy: str = Field("livepro-1", description="Policy for incidents that name none.")
     incidents_policy_dir: Path = Field(REPO_ROOT / "policies", description="Folder of policy YAML files.")
     incidents_http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server.")
