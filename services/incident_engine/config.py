@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class Settings(BaseSettings):
     """Every knob of the engine; names are the environment variables (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    # Secrets may also come from files: INCIDENTS_SECRETS_DIR names a folder holding one file per
+    # setting (e.g. `database_url`, `kafka_sasl_password`), as Kubernetes mounts a Secret.
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        extra="ignore",
+        populate_by_name=True,
+        secrets_dir=os.environ.get("INCIDENTS_SECRETS_DIR") or None,
+    )
 
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

@@ -193,23 +193,44 @@ class EngineService:
         )
 
     async def _sample_gauges(self, every: float = 5.0) -> None:
-        """Refresh the scrape-time gauges that need I/O (scrapes must stay cheap and synchronous)."""
-        while True:
-            try:
-                if self.store is not None:
-                    self.gauges["backlog"] = await self.store.outbox_backlog()
-                consumer = self.loop.consumer if self.loop is not None else None
-                if consumer is not None and self.loop is not None:
-                    lag = {}
-                    for partition in sorted(self.loop.assigned):
-                        tp = TopicPartition(TOPIC_EVENTS, partition)
-                        high = consumer.highwater(tp)
-                        if high is not None:
-                            lag[partition] = max(0, high - await consumer.position(tp))
-                    self.lag = lag
-            except Exception as exc:  # a gauge must never take the engine down
-                log.debug("gauge sampling failed: %r", exc)
-            await asyncio.sleep(every)
+        """Refresh the scrape-time gauges that need I/O (scrapes must stay cheap and synchronous).
+
+        Lag = end of each assigned partition - the next offset committed in Postgres: how far the
+        engine's durable progress is behind, read with a client of its own (not the engine's).
+        """
+        from aiokafka import AIOKafkaConsumer
+
+        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                 **kafka_security(self.settings))  # fmt: skip
+        started = False
+        try:
+            while True:
+                try:
+                    if not started:
+                        await probe.start()
+                        started = True
+                    await self._sample_once(probe)
+                except Exception as exc:  # a gauge must never take the engine down
+                    log.debug("gauge sampling failed: %r", exc)
+                await asyncio.sleep(every)
+        finally:
+            if started:
+                with contextlib.suppress(Exception):
+                    await probe.stop()
+
+    async def _sample_once(self, probe: Any) -> None:
+        if self.store is None or self.loop is None:
+            return
+        self.gauges["backlog"] = await self.store.outbox_backlog()
+        partitions = sorted(self.loop.assigned)
+        if not partitions:
+            self.lag = {}
+            return
+        ends = await probe.end_offsets([TopicPartition(TOPIC_EVENTS, p) for p in partitions])
+        done = await self.store.committed_offsets(
+            self.settings.incidents_consumer_group, TOPIC_EVENTS, partitions
+        )
+        self.lag = {tp.partition: max(0, end - done.get(tp.partition, 0)) for tp, end in ends.items()}
 
     def calendar_of(self, incident: Incident) -> Calendar | None:
         """The business calendar an incident's clocks run on (None before start or for a retired policy)."""

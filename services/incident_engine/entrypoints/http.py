@@ -32,17 +32,43 @@ def create_http_app(service: EngineService) -> Starlette:
             await service.stop()
 
     async def healthz(_request: Request) -> JSONResponse:
+        """
+        summary: Liveness
+        responses:
+          200: {description: The process runs, content: {application/json: {example: {status: ok}}}}
+        """
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> JSONResponse:
+        """
+        summary: Readiness (partitions assigned, their timers loaded)
+        responses:
+          200: {description: Ready, content: {application/json: {schema: {$ref: "#/components/schemas/Ready"}}}}
+          503: {description: Not ready yet, content: {application/json: {schema: {$ref: "#/components/schemas/Ready"}}}}
+        """
         status = service.ready()
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
     async def metrics(_request: Request) -> Response:
+        """
+        summary: Prometheus metrics
+        responses:
+          200: {description: Prometheus text exposition, content: {text/plain: {}}}
+        """
         body, content_type = service.telemetry.metrics_text() if service.telemetry else metrics_text()
         return Response(body, media_type=content_type)
 
     async def get_incident(request: Request) -> JSONResponse:
+        """
+        summary: One incident's state, policy, timeline and clocks
+        security: [{bearer: []}]
+        parameters:
+          - {name: incident_id, in: path, required: true, schema: {type: string}}
+        responses:
+          200: {description: The incident, content: {application/json: {schema: {$ref: "#/components/schemas/Incident"}}}}
+          401: {description: Missing or wrong bearer token}
+          404: {description: No such incident}
+        """
         if (denied := _authorize(request, service)) is not None:
             return denied
         assert service.pool is not None
@@ -60,11 +86,28 @@ def create_http_app(service: EngineService) -> Starlette:
         return JSONResponse(describe_incident(incident, log, datetime.now(UTC), calendar))
 
     async def list_incidents(request: Request) -> JSONResponse:
+        """
+        summary: Incidents, most recently changed first
+        security: [{bearer: []}]
+        parameters:
+          - {name: state, in: query, schema: {type: string, enum: [reported, acknowledged, investigating, failed_over, restored]}}
+          - {name: severity, in: query, schema: {type: string, enum: [critical, high, low]}}
+          - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
+        responses:
+          200: {description: The incidents, content: {application/json: {schema: {$ref: "#/components/schemas/IncidentList"}}}}
+          400: {description: Bad query parameter}
+          401: {description: Missing or wrong bearer token}
+        """
         if (denied := _authorize(request, service)) is not None:
             return denied
         assert service.pool is not None
         state, severity = request.query_params.get("state"), request.query_params.get("severity")
-        limit = min(int(request.query_params.get("limit", "100")), 1000)
+        try:
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            return JSONResponse({"error": "limit must be a whole number"}, status_code=400)
+        if not 1 <= limit <= 1000:
+            return JSONResponse({"error": "limit must be between 1 and 1000"}, status_code=400)
         rows = await service.pool.fetch(
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents"
             " WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR severity = $2)"
@@ -75,7 +118,16 @@ def create_http_app(service: EngineService) -> Starlette:
         )
         return JSONResponse({"incidents": [_jsonable(dict(r)) for r in rows]})
 
+    async def openapi(request: Request) -> Response:
+        """
+        summary: This document
+        responses:
+          200: {description: OpenAPI 3 document, content: {application/json: {}}}
+        """
+        return JSONResponse(openapi_document(request.app.routes))
+
     routes = [
+        Route("/openapi.json", openapi, include_in_schema=False),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -83,6 +135,55 @@ def create_http_app(service: EngineService) -> Starlette:
         Route("/incidents/{incident_id:path}", get_incident),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+_CLOCK = {"type": "object", "properties": {
+    "started_at": {"type": "string", "format": "date-time"}, "due_at": {"type": "string", "format": "date-time"},
+    "cycle": {"type": "integer"}, "stopped_at": {"type": "string", "format": "date-time", "nullable": True},
+    "status": {"type": "string", "enum": ["running", "met", "breached", "cancelled"]},
+    "remaining_seconds": {"type": "number", "nullable": True},
+    "remaining_business_seconds": {"type": "number", "nullable": True},
+}}  # fmt: skip
+OPENAPI_BASE: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Incident SLA engine", "version": "1.0.0",
+             "description": "Probes, metrics and the read API of an engine replica."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "INCIDENTS_API_TOKEN (the read API is open without one)"}},
+        "schemas": {
+            "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"},
+                      "partitions": {"type": "array", "items": {"type": "integer"}},
+                      "timers": {"type": "integer"}, "batches": {"type": "integer"}}},
+            "Clock": _CLOCK,
+            "Incident": {"type": "object", "properties": {
+                "id": {"type": "string"}, "state": {"type": "string"}, "policy": {"type": "string"},
+                "severity": {"type": "string"}, "region": {"type": "string"},
+                "reported_at": {"type": "string", "format": "date-time"},
+                "timeline": {"type": "array", "items": {"type": "object"}},
+                "clocks": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Clock"}},
+                "pending_timers": {"type": "array", "items": {"type": "object"}}}},
+            "IncidentList": {"type": "object", "properties": {"incidents": {"type": "array", "items": {
+                "type": "object"}}}},
+        },
+    },
+}  # fmt: skip
+
+
+def openapi_document(routes: list[Any]) -> dict[str, Any]:
+    """The OpenAPI document, from the routes' YAML docstrings (Starlette's schema generator)."""
+    from starlette.schemas import SchemaGenerator
+
+    return _str_keys(SchemaGenerator(OPENAPI_BASE).get_schema(routes))
+
+
+def _str_keys(value: Any) -> Any:
+    # YAML reads `200:` as an integer; OpenAPI's response codes are strings.
+    if isinstance(value, dict):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_str_keys(v) for v in value]
+    return value
 
 
 def _authorize(request: Request, service: EngineService) -> JSONResponse | None:
