@@ -15,7 +15,7 @@ from devstack.stack import Service, fresh_database
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.entrypoints.commands import publish_events, replay_check
-from tests.integration.engine_helpers import OutputCollector, ago, event, settings_for
+from tests.integration.engine_helpers import OutputCollector, ago, event, settings_for, start_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,10 @@ pytestmark = pytest.mark.integration
 async def engine(kafka: Service, postgres: Service) -> AsyncIterator[EngineService]:
     """One engine in this process, on its own database and consumer group."""
     dsn = await fresh_database(postgres.url)
-    service = EngineService(settings_for(kafka.url, dsn, incidents_max_message_bytes=64 * 1024))
+    settings = settings_for(kafka.url, dsn, incidents_max_message_bytes=64 * 1024)
+    # only this test's events: earlier tests (and other modules) published to the same topic
+    await start_at_end(kafka.url, dsn, settings.incidents_consumer_group)
+    service = EngineService(settings)
     await service.start()
     await asyncio.wait_for(service.loop.ready.wait(), 30)  # type: ignore[union-attr]
     yield service
