@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from incident_contracts.fast import decode_fast
 from incident_contracts.models import INPUT_ADAPTER
 from incident_engine.domain import DomainError, Incident, PolicyRegistry, SlaDomain, reject_input
 from incident_engine.domain.policy import DEFAULT_POLICY, POLICY_DIR
+from incident_engine.gc_pause import gc_paused
 
 Emit = Callable[[list[OutputEvent]], None]
 
@@ -198,13 +198,8 @@ def run_simulation(lines: Iterable[bytes], until: datetime, domain: SlaDomain, e
     simulation = Simulation(domain, emit)
     # Hundreds of thousands of live incidents make the cyclic GC rescan them again and again, for
     # nothing: the simulation creates no reference cycles. Plain reference counting frees the rest.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         simulation.run(lines, until)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return simulation
 
 

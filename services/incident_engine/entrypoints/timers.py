@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import heapq
 from collections.abc import Iterable
 from datetime import datetime
+
+from incident_engine.gc_pause import gc_paused
 
 
 class TimerHeap:
@@ -31,17 +32,12 @@ class TimerHeap:
 
     def load(self, rows: Iterable[tuple[str, int, datetime]]) -> None:
         """Arm many timers at once (on partition assignment), heapifying once."""
-        enabled = gc.isenabled()
-        gc.disable()  # a million acyclic tuples: the cyclic GC would only slow their creation down
-        try:
+        with gc_paused():  # a million acyclic tuples
             armed = self._armed
             for incident_id, partition, due_at in rows:
                 armed[incident_id] = (due_at.timestamp(), partition)
             self._heap = [(due, incident_id) for incident_id, (due, _) in armed.items()]
             heapq.heapify(self._heap)
-        finally:
-            if enabled:
-                gc.enable()
 
     def seconds_until_next(self, now: datetime) -> float | None:
         """How long until the earliest timer is due (0 when overdue), None when nothing is armed."""

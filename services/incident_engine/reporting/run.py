@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from incident_contracts.envelope import OutputEvent
 from incident_engine.domain import Incident, SlaDomain
+from incident_engine.gc_pause import gc_paused
 from incident_engine.replay import replay_incident
 from incident_engine.reporting.compliance import Report, build_report
 from incident_engine.reporting.facts import IncidentFacts, incident_facts
@@ -18,19 +17,6 @@ from incident_engine.reporting.source import Group, LogScope, LogSummary, scan
 from incident_engine.reporting.whatif import WhatIf
 
 Progress = Callable[[int, int], None]
-
-
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    # A replay allocates millions of small acyclic objects; the cyclic collector would rescan the
-    # live incidents over and over for nothing (as in `incidents simulate`).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass
@@ -58,7 +44,7 @@ async def state_at(
 ) -> tuple[StateAt, LogSummary]:
     """Replay the scope up to `scope.processed_until`."""
     state = StateAt(scope.processed_until)
-    with _no_cyclic_gc():
+    with gc_paused():
         summary = await scan(dsn, scope, lambda groups: state.visit(domain, groups), progress=progress)
     return state, summary
 
@@ -76,7 +62,7 @@ async def what_if(
 ) -> WhatIf:
     """Compare the scope's incidents under their pinned policies and under `policy` (in `shadow`)."""
     result = WhatIf(policy, horizon, exhaustive=exhaustive)
-    with _no_cyclic_gc():
+    with gc_paused():
         await scan(dsn, scope, lambda groups: result.visit(baseline, shadow, groups), progress=progress)
     return result
 
@@ -113,7 +99,7 @@ async def compliance_report(
         reported_since=since, reported_until=until, severity=severity, region=region, down_since=True
     )
     collect = _Collect(domain)
-    with _no_cyclic_gc():
+    with gc_paused():
         await scan(dsn, scope, collect.visit, progress=progress)
     start = since or min(f.reported_at for f in collect.facts)
     report = build_report(collect.facts, start, until or now, now=now)

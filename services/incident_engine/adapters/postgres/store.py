@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -15,6 +12,7 @@ import orjson
 from incident_engine.adapters.outbox_codec import decode_messages, encode_messages
 from incident_engine.adapters.store import BatchWrite, OffsetConflict, OutboxRow, TimerRow
 from incident_engine.domain import Incident
+from incident_engine.gc_pause import gc_paused
 
 Conn: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
@@ -188,18 +186,6 @@ class PostgresStore:
         """Every durable timer's due moment, by incident id (for replay checks)."""
         rows = await self.pool.fetch("SELECT incident_id, due_at FROM timers")
         return {r["incident_id"]: r["due_at"] for r in rows}
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while allocating many acyclic objects."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _outbox_rows(outputs: list[OutboxRow]) -> list[tuple[int, int, bytes]]:
