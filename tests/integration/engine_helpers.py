@@ -75,8 +75,14 @@ class OutputCollector:
         await self._consumer.stop()
 
     async def _run(self) -> None:
+        from aiokafka.errors import KafkaError
+
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200)
+            except KafkaError:  # a broker of a test cluster restarting: metadata catches up, go on
+                await asyncio.sleep(0.5)
+                continue
             for records in batch.values():
                 for r in records:
                     if r.key is not None and r.key.decode().startswith(self.prefix) and r.value:

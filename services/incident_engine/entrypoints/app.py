@@ -101,6 +101,7 @@ class EngineService:
     domain: SlaDomain | None = None
     gauges: dict[str, int] = field(default_factory=dict)
     lag: dict[int, int] = field(default_factory=dict)
+    kafka_seen: float = 0.0  # loop time of the last answer from the Kafka cluster
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -192,7 +193,7 @@ class EngineService:
             lambda: [Observation(lag, {"partition": str(p)}) for p, lag in self.lag.items()],
         )
 
-    async def _sample_gauges(self, every: float = 5.0) -> None:
+    async def _sample_gauges(self, every: float = 3.0) -> None:
         """Refresh the scrape-time gauges that need I/O (scrapes must stay cheap and synchronous).
 
         Lag = end of each assigned partition - the next offset committed in Postgres: how far the
@@ -225,8 +226,11 @@ class EngineService:
         partitions = sorted(self.loop.assigned)
         if not partitions:
             self.lag = {}
+            await probe.topics()  # still proves the cluster answers
+            self.kafka_seen = asyncio.get_running_loop().time()
             return
         ends = await probe.end_offsets([TopicPartition(TOPIC_EVENTS, p) for p in partitions])
+        self.kafka_seen = asyncio.get_running_loop().time()
         done = await self.store.committed_offsets(
             self.settings.incidents_consumer_group, TOPIC_EVENTS, partitions
         )
@@ -239,9 +243,21 @@ class EngineService:
         return self.domain.policies.get(incident.policy).calendar(incident.severity, incident.region)
 
     def ready(self) -> dict[str, Any]:
-        """Readiness: partitions assigned, timers loaded, Postgres reachable."""
+        """Readiness without I/O: started, partitions assigned and their timers loaded."""
         loop_ready = self.loop is not None and self.loop.ready.is_set()
         return {"ready": bool(self.started and loop_ready), **(self.loop.status() if self.loop else {})}
+
+    async def readiness(self) -> dict[str, Any]:
+        """`ready` plus Postgres answering a query and Kafka answering the lag probe lately."""
+        status = self.ready()
+        postgres = False
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                postgres = await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2.0) == 1
+        kafka_age = asyncio.get_running_loop().time() - self.kafka_seen if self.kafka_seen else None
+        kafka = kafka_age is not None and kafka_age < 30.0
+        status.update(postgres=postgres, kafka=kafka, ready=status["ready"] and postgres and kafka)
+        return status
 
     async def stop(self) -> None:
         """Finish the batch in flight, flush the outbox, leave the group, close connections."""

@@ -41,12 +41,12 @@ def create_http_app(service: EngineService) -> Starlette:
 
     async def readyz(_request: Request) -> JSONResponse:
         """
-        summary: Readiness (partitions assigned, their timers loaded)
+        summary: Readiness (partitions assigned, their timers loaded, Postgres and Kafka answering)
         responses:
           200: {description: Ready, content: {application/json: {schema: {$ref: "#/components/schemas/Ready"}}}}
           503: {description: Not ready yet, content: {application/json: {schema: {$ref: "#/components/schemas/Ready"}}}}
         """
-        status = service.ready()
+        status = await service.readiness()
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
     async def metrics(_request: Request) -> Response:
@@ -153,6 +153,7 @@ OPENAPI_BASE: dict[str, Any] = {
                                        "description": "INCIDENTS_API_TOKEN (the read API is open without one)"}},
         "schemas": {
             "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"},
+                      "postgres": {"type": "boolean"}, "kafka": {"type": "boolean"},
                       "partitions": {"type": "array", "items": {"type": "integer"}},
                       "timers": {"type": "integer"}, "batches": {"type": "integer"}}},
             "Clock": _CLOCK,
