@@ -179,6 +179,7 @@ async def test_a_restarted_engine_resumes_from_the_offsets_in_postgres(
     """Exactly-once must not lean on id deduplication alone: nothing committed is read again."""
     incident = f"resume-{uuid.uuid4().hex[:6]}"
     settings = settings_for(kafka.url, await fresh_database(postgres.url))
+    await start_at_end(kafka.url, settings.database_url.get_secret_value(), settings.incidents_consumer_group)
     first = EngineService(settings)
     await first.start()
     await publish_events(kafka.url, [event("reported", incident, severity="low", region="au")])
