@@ -81,6 +81,15 @@ def ensure_jars() -> Path:
     return libs
 
 
+def random_cluster_id() -> str:
+    """A KRaft cluster id (base64url of a UUID). Like Kafka's own Uuid.randomUuid, never one starting
+    with "-": the storage tool would read it as an option (1 run in 64 failed to format)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a private loop (callers may be inside a running loop)."""
     box: dict[str, Any] = {}
@@ -137,8 +146,7 @@ class KafkaCluster:
             )
             for i in range(size)
         ]
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        return cls(base_dir=base_dir, nodes=nodes, cluster_id=cid)
+        return cls(base_dir=base_dir, nodes=nodes, cluster_id=random_cluster_id())
 
     @property
     def bootstrap_servers(self) -> str:

@@ -45,3 +45,9 @@ def test_maven_failure_is_reported_with_its_output(monkeypatch: pytest.MonkeyPat
         DevstackError, match=r"Fetching the Kafka broker jars with Maven failed.*Maven Central"
     ):
         kafka_mod.ensure_jars()
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    ids = {kafka_mod.random_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert not any(cid.startswith("-") for cid in ids) and all(len(cid) == 22 for cid in ids)
