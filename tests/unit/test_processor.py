@@ -142,3 +142,22 @@ async def test_replay_of_the_log_equals_the_live_state(processor: BatchProcessor
     rebuilt = rebuild(processor.domain, await store.read_log(), await store.read_firings())
     assert differences(rebuilt.incidents, await store.incident_rows(), await store.timer_rows()) == []
     assert rebuilt.incidents["F"].clocks["ack"].status == "breached"  # the late ack does not un-breach
+
+
+async def test_root_events_are_traced_at_the_configured_ratio_once(store: MemoryStore) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from incident_engine.adapters.telemetry import create_telemetry
+
+    exporter = InMemorySpanExporter()
+    telemetry = create_telemetry("test", span_exporters=[exporter])
+    processor = BatchProcessor(
+        SlaDomain(PolicyRegistry.load()), store, "g", tracer=telemetry.tracer, root_sample_ratio=0.1
+    )
+    feed = Feed()
+    events = [feed(ev("reported", f"R{i}", T0, severity="low", region="uk")) for i in range(3000)]
+    await processor.process(events, [], T0)
+    telemetry.tracer_provider.force_flush()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "incidents.events process"]
+    telemetry.shutdown()
+    assert 200 <= len(spans) <= 400, len(spans)  # 10 % of 3000, not 1 % (sampled twice)

@@ -171,13 +171,21 @@ def test_sdk_disabled_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     tel.shutdown()
 
 
-def test_default_sampler_is_parent_based_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_sampler_is_parent_based_with_roots_sampled_by_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from incident_engine.adapters.telemetry import root_sample_ratio
+
     for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SDK_DISABLED"):
         monkeypatch.delenv(name, raising=False)
     tel = create_telemetry(span_exporters=[])
     description = tel.tracer_provider.sampler.get_description()
     tel.shutdown()
-    assert description.startswith("ParentBased{root:TraceIdRatioBased{0.1}")
+    # the engine draws the 10 % of roots itself, before building a span; the SDK must not draw again
+    assert description.startswith("ParentBased{root:AlwaysOnSampler")
+    assert root_sample_ratio() == 0.1
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    assert root_sample_ratio() == 0.25
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     tel = create_telemetry(span_exporters=[])
     assert tel.tracer_provider.sampler.get_description() == "AlwaysOffSampler"

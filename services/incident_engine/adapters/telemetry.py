@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -266,9 +266,12 @@ def root_sample_ratio() -> float | None:
 
 
 def _sampler() -> Sampler | None:
-    """None lets the SDK honour OTEL_TRACES_SAMPLER itself; otherwise parent-based ratio sampling."""
+    """None lets the SDK honour OTEL_TRACES_SAMPLER itself. Otherwise parent-based, and roots are
+    kept: the engine, which makes roots in bulk (an event without a trace, a timer firing), applies
+    `root_sample_ratio()` itself before building a span at all (an unsampled span still costs), so
+    the SDK must not sample those roots a second time."""
     ratio = root_sample_ratio()
-    return None if ratio is None else ParentBased(TraceIdRatioBased(ratio))
+    return None if ratio is None else ParentBased(ALWAYS_ON)
 
 
 def _exporters(signal: str, default: str) -> set[str]:

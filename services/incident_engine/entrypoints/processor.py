@@ -246,9 +246,8 @@ class BatchProcessor:
     def _span_for(self, record: InputRecord, event: CloudEvent) -> Span | None:
         assert self.tracer is not None
         has_parent = any(name == "traceparent" for name, _ in record.headers or ())
-        ratio = self.root_sample_ratio
-        if not has_parent and ratio is not None and self._random.random() >= ratio:
-            return None  # what the parent-based ratio sampler would drop, without building the span
+        if not has_parent and not self._sample_root():
+            return None  # an unsampled root: no span built at all
         return self.tracer.start_span(
             f"{TOPIC_EVENTS} process",
             context=extract_context(record.headers) if has_parent else None,
@@ -261,11 +260,16 @@ class BatchProcessor:
             },
         )  # fmt: skip
 
+    def _sample_root(self) -> bool:
+        """Whether a new root trace (an event without a parent, a timer firing) is recorded."""
+        ratio = self.root_sample_ratio
+        return ratio is None or self._random.random() < ratio
+
     def _fire(self, result: BatchResult, incident: Incident, partition: int, now: datetime) -> None:
         due_before = [t.due_at for t in incident.timers if t.due_at <= now]
         armed_by = self.armed_traces.get(incident.id)
         span = None
-        if self.tracer is not None:
+        if self.tracer is not None and self._sample_root():
             link = link_from_carrier(armed_by, {"incident.link": "armed by"})
             span = self.tracer.start_span(
                 "incident SLA timers fire",
