@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from devstack.process import free_port
+from devstack.engine import spawn_engine as devstack_spawn_engine
 from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
 
 PARTITIONS = 6
@@ -25,27 +24,9 @@ PARTITIONS = 6
 
 def spawn_engine(kafka: str, dsn: str, group: str, log_file: Path) -> tuple[subprocess.Popen[bytes], int]:
     """`incidents serve` as a child process (so it can be SIGKILLed and measured alone); with its port."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka,
-        "DATABASE_URL": dsn,
-        "INCIDENTS_CONSUMER_GROUP": group,
-        "INCIDENTS_HTTP_PORT": str(port),
-        "INCIDENTS_HTTP_HOST": "127.0.0.1",
-        "INCIDENTS_TOPIC_PARTITIONS": str(PARTITIONS),
-        "INCIDENTS_LOG_LEVEL": "WARNING",
-        "OTEL_SDK_DISABLED": "true",
-    }
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "incident_engine.cli", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, port
+    return devstack_spawn_engine(
+        kafka, dsn, group, log_file, INCIDENTS_TOPIC_PARTITIONS=str(PARTITIONS), INCIDENTS_LOG_LEVEL="WARNING"
+    )
 
 
 async def wait_status(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from devstack.process import free_port
+from devstack.engine import spawn_engine
 from incident_contracts import TOPIC_BREACHES, TOPIC_REJECTED, TOPIC_STATE
 from incident_engine.config import Settings
 from incident_engine.entrypoints.commands import build_event
@@ -114,24 +112,8 @@ class OutputCollector:
 
 def engine_process(settings: Settings, log_file: Path) -> tuple[subprocess.Popen[bytes], int]:
     """`incidents serve` as a child process (to be killed for real); returns it and its HTTP port."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "INCIDENTS_CONSUMER_GROUP": settings.incidents_consumer_group,
-        "INCIDENTS_HTTP_PORT": str(port),
-        "INCIDENTS_HTTP_HOST": "127.0.0.1",
-        "OTEL_SDK_DISABLED": "true",
-    }
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "incident_engine.cli", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, port
+    dsn = settings.database_url.get_secret_value()
+    return spawn_engine(settings.kafka_bootstrap_servers, dsn, settings.incidents_consumer_group, log_file)
 
 
 async def wait_ready(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
