@@ -24,7 +24,8 @@ from incident_contracts.constants import INCIDENT_REPORTED
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.fast import FastEvent, decode_fast
 from incident_contracts.models import INPUT_ADAPTER, CloudEvent
-from incident_engine.domain import Incident, SlaDomain
+from incident_engine.domain import Incident, SlaDomain, Timer
+from incident_engine.domain.clocks import ClockPlan
 
 # A logged step: (processed_at, envelope, ...) — a tuple or a database record whose first two fields
 # are the moment the engine applied the event and the envelope (JSON text, bytes or a decoded dict).
@@ -70,67 +71,84 @@ def replay_incident(
     policy_override: str | None = None,
     on_time_until: datetime | None = None,
     outputs: list[OutputEvent] | None = None,
+    fired: list[Timer] | None = None,
 ) -> tuple[Incident | None, int]:
     """Replay one incident's logged steps (in seq order); return its state and how many steps applied.
 
     Exact mode merges the recorded `firings` (sorted); at equal moments the event goes first, as in
     the engine's batches. With `as_of`, nothing after it is applied. With `on_time_until`, timers
-    fire at their due moments up to that horizon instead. Outputs are appended to `outputs`.
+    fire at their due moments up to that horizon instead. Outputs are appended to `outputs` (none is
+    built without it), and the timers that fire to `fired`.
     """
-    handle, fire_due = domain.handle, domain.fire_due
+    apply = domain.apply
     on_time = on_time_until is not None
     incident: Incident | None = None
-    applied = fired = 0
+    plan: ClockPlan | None = None
+    applied = done = 0
+    pending = len(firings)
     for step in steps:
         moment = step[0]
         if as_of is not None and moment > as_of:
             break
-        if incident is not None:
+        if plan is not None:
+            assert incident is not None  # the two are set together
             if on_time:
-                _fire_on_time(domain, incident, moment, outputs, strict=True)
+                _fire_on_time(plan, incident, moment, outputs, fired, strict=True)
             else:
-                while fired < len(firings) and firings[fired] < moment:
-                    decision = fire_due(incident, firings[fired])
-                    fired += 1
-                    if outputs is not None:
-                        outputs += decision.outputs
+                while done < pending and firings[done] < moment:
+                    _fire(plan, incident, firings[done], outputs, fired)
+                    done += 1
         else:
-            while fired < len(firings) and firings[fired] < moment:
-                fired += 1  # a firing before the report cannot concern this incident
+            while done < pending and firings[done] < moment:
+                done += 1  # a firing before the report cannot concern this incident
         event = parse_logged(step[1])
         if policy_override is not None and event.type == INCIDENT_REPORTED:
             event = pin_policy(event, policy_override)
-        decision = handle(incident, event, moment)
-        if decision.incident is not None:
-            incident = decision.incident
+        result, _ = apply(incident, event, moment, None, outputs, fired)
+        if result is not None and incident is None:
+            incident, plan = result, domain.plan(result)
         applied += 1
-        if outputs is not None:
-            outputs += decision.outputs
-    if incident is not None:
+    if plan is not None:
+        assert incident is not None
         if on_time_until is not None:
             horizon = min(on_time_until, as_of) if as_of is not None else on_time_until
-            _fire_on_time(domain, incident, horizon, outputs, strict=False)
+            _fire_on_time(plan, incident, horizon, outputs, fired, strict=False)
         else:
-            for moment in firings[fired:]:
+            for moment in firings[done:]:
                 if as_of is not None and moment > as_of:
                     break
-                decision = fire_due(incident, moment)
-                if outputs is not None:
-                    outputs += decision.outputs
+                _fire(plan, incident, moment, outputs, fired)
     return incident, applied
 
 
+def _fire(
+    plan: ClockPlan,
+    incident: Incident,
+    now: datetime,
+    outputs: list[OutputEvent] | None,
+    fired: list[Timer] | None,
+) -> None:
+    """`SlaDomain.fire_due(incident, now)`, its outputs appended to `outputs`."""
+    timers = incident.timers
+    if timers and timers[0][0] <= now:
+        plan.fire(incident, now, now, outputs, fired)
+
+
 def _fire_on_time(
-    domain: SlaDomain, incident: Incident, until: datetime, outputs: list[OutputEvent] | None, *, strict: bool
+    plan: ClockPlan,
+    incident: Incident,
+    until: datetime,
+    outputs: list[OutputEvent] | None,
+    fired: list[Timer] | None,
+    *,
+    strict: bool,
 ) -> None:
     """Fire each pending timer at its own due moment, up to `until` (excluded when `strict`)."""
     while incident.timers:
-        due = incident.timers[0].due_at
+        due = incident.timers[0][0]
         if due > until or (strict and due == until):
             return
-        decision = domain.fire_due(incident, due)
-        if outputs is not None:
-            outputs += decision.outputs
+        plan.fire(incident, due, due, outputs, fired)
 
 
 def rebuild(

@@ -203,8 +203,19 @@ class ClockPlan:
             due = at + first_budget if add is None else add(at, first_budget)
         insort(incident.timers, _new_timer(Timer, (due, name, kind, threshold, cycle, incident.id)))
 
-    def fire(self, incident: Incident, until: datetime, now: datetime, outputs: list[OutputEvent]) -> None:
-        """`fire_timers`: fire every timer due by `until` (successors included), emitting at `now`."""
+    def fire(
+        self,
+        incident: Incident,
+        until: datetime,
+        now: datetime,
+        outputs: list[OutputEvent] | None,
+        fired: list[Timer] | None = None,
+    ) -> None:
+        """`fire_timers`: fire every timer due by `until` (successors included), emitting at `now`.
+
+        With `outputs` None no output event is built (a replay after state alone); `fired`, when
+        given, receives each fired timer (what a replay needs of its outputs, for less than their cost).
+        """
         timers = incident.timers
         clocks = incident.clocks
         next_warnings = self._next_warning
@@ -213,7 +224,10 @@ class ClockPlan:
             timer = timers.pop(0)
             due, name, kind, threshold, cycle, incident_id = timer
             clock = clocks[name]
-            outputs.append(timer_fired(incident, timer, now))
+            if outputs is not None:
+                outputs.append(timer_fired(incident, timer, now))
+            if fired is not None:
+                fired.append(timer)
             if kind == WARNING:
                 following = next_warnings.get((name, threshold or 0.0), _UNKNOWN)
                 if following is None:

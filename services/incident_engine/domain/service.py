@@ -16,7 +16,7 @@ from incident_contracts.envelope import OutputEvent
 from incident_contracts.models import CloudEvent
 from incident_engine.domain.clocks import ClockPlan
 from incident_engine.domain.lifecycle import TRIGGER_REPORTED, TRIGGERS, Outcome, transition, trigger_of
-from incident_engine.domain.model import Decision, Incident
+from incident_engine.domain.model import Decision, Incident, Timer
 from incident_engine.domain.outputs import rejected, state_changed
 from incident_engine.domain.policy import DEFAULT_POLICY, PolicyRegistry
 
@@ -50,28 +50,31 @@ class SlaDomain:
         event: CloudEvent,
         now: datetime,
         raw: bytes | None,
-        outputs: list[OutputEvent],
+        outputs: list[OutputEvent] | None,
+        fired: list[Timer] | None = None,
     ) -> tuple[Incident | None, bool]:
         """`handle`, appending the outputs to `outputs`: (the incident, whether the event was accepted).
 
         For a caller that batches outputs (`simulate`); `event` may be any object with the attributes
-        of a CloudEvent (e.g. a `FastEvent`, then with `raw`).
+        of a CloudEvent (e.g. a `FastEvent`, then with `raw`). A replay that needs no outputs passes
+        None (none is built), and a `fired` list to receive the timers that fire instead.
         """
         event_type = event.type
         trigger = _TRIGGERS.get(event_type) or trigger_of(event_type)
         if incident is None:
             if trigger == TRIGGER_REPORTED:
-                return self._create(event, now, raw, outputs)
-            outputs.append(self._reject(event, REASON_UNKNOWN_INCIDENT, raw, now))
+                return self._create(event, now, raw, outputs, fired)
+            if outputs is not None:
+                outputs.append(self._reject(event, REASON_UNKNOWN_INCIDENT, raw, now))
             return None, False
         if trigger == TRIGGER_REPORTED:
             detail = "the incident is already reported"
-            return self._refuse(incident, event, REASON_DUPLICATE, detail, raw, now, outputs)
+            return self._refuse(incident, event, REASON_DUPLICATE, detail, raw, now, outputs, fired)
         state = incident.state
         outcome, dest = _OUTCOMES.get((state, trigger)) or transition(state, trigger)
         if outcome == Outcome.DUPLICATE or outcome == Outcome.INVALID:
             detail = f"{event_type} is not allowed in state {state}"
-            return self._refuse(incident, event, outcome, detail, raw, now, outputs)
+            return self._refuse(incident, event, outcome, detail, raw, now, outputs, fired)
         at = event.time
         if at.tzinfo is not UTC:
             at = at.astimezone(UTC)
@@ -80,16 +83,17 @@ class SlaDomain:
         plan = self.plans.get((incident.policy, incident.severity, incident.region)) or self.plan(incident)
         timers = incident.timers
         if timers and timers[0][0] <= at:
-            plan.fire(incident, at, now, outputs)  # what was overdue when the event happened
+            plan.fire(incident, at, now, outputs, fired)  # what was overdue when the event happened
         if dest is not None:
             incident.state = dest
-            outputs.append(state_changed(incident, state, event.id, now))
+            if outputs is not None:
+                outputs.append(state_changed(incident, state, event.id, now))
         plan.apply(incident, trigger, at)
         incident.seq += 1
         incident.last_event_at = at
         timers = incident.timers
         if timers and timers[0][0] <= now:
-            plan.fire(incident, now, now, outputs)
+            plan.fire(incident, now, now, outputs, fired)
         return incident, True
 
     def fire_due(self, incident: Incident, now: datetime) -> Decision:
@@ -101,24 +105,31 @@ class SlaDomain:
         return Decision(incident, False, outputs)
 
     def _create(
-        self, event: CloudEvent, now: datetime, raw: bytes | None, outputs: list[OutputEvent]
+        self,
+        event: CloudEvent,
+        now: datetime,
+        raw: bytes | None,
+        outputs: list[OutputEvent] | None,
+        fired: list[Timer] | None,
     ) -> tuple[Incident | None, bool]:
         data = event.data  # type: ignore[attr-defined]
         policy = data.policy or self.default_policy
         if policy not in self.policies:
-            detail = f"data.policy: unknown policy {policy!r} (known: {', '.join(self.policies.names())})"
-            outputs.append(self._reject(event, REASON_SCHEMA, raw, now, detail))
+            if outputs is not None:
+                detail = f"data.policy: unknown policy {policy!r} (known: {', '.join(self.policies.names())})"
+                outputs.append(self._reject(event, REASON_SCHEMA, raw, now, detail))
             return None, False
         at = event.time
         if at.tzinfo is not UTC:
             at = at.astimezone(UTC)
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
-        outputs.append(state_changed(incident, None, event.id, now))
+        if outputs is not None:
+            outputs.append(state_changed(incident, None, event.id, now))
         plan = self.plans.get((policy, data.severity, data.region)) or self.plan(incident)
         plan.apply(incident, TRIGGER_REPORTED, at)
         timers = incident.timers
         if timers and timers[0][0] <= now:
-            plan.fire(incident, now, now, outputs)
+            plan.fire(incident, now, now, outputs, fired)
         return incident, True
 
     def plan(self, incident: Incident) -> ClockPlan:
@@ -139,10 +150,12 @@ class SlaDomain:
         detail: str,
         raw: bytes | None,
         now: datetime,
-        outputs: list[OutputEvent],
+        outputs: list[OutputEvent] | None,
+        fired: list[Timer] | None,
     ) -> tuple[Incident, bool]:
-        self.plan(incident).fire(incident, now, now, outputs)
-        outputs.append(self._reject(event, reason, raw, now, detail))
+        self.plan(incident).fire(incident, now, now, outputs, fired)
+        if outputs is not None:
+            outputs.append(self._reject(event, reason, raw, now, detail))
         return incident, False
 
     @staticmethod

@@ -11,15 +11,13 @@ from incident_contracts.constants import (
     CLOCK_ACK,
     CLOCK_RESOLUTION,
     CLOCK_RESTORE,
-    FAILOVER_REQUIRED,
     INCIDENT_FAILED_OVER,
     INCIDENT_REPORTED,
     INCIDENT_RESTORED,
     INCIDENT_UPDATED,
-    SLA_BREACHED,
 )
-from incident_contracts.envelope import OutputEvent
-from incident_engine.domain import Incident, SlaDomain
+from incident_engine.domain import Incident, SlaDomain, Timer
+from incident_engine.domain.model import BREACH, FAILOVER
 from incident_engine.reporting.source import EVENT_TIME, TYPE
 
 _RESTORING = frozenset({INCIDENT_FAILED_OVER, INCIDENT_RESTORED})
@@ -58,9 +56,10 @@ class IncidentFacts:
 
 
 def incident_facts(
-    domain: SlaDomain, incident: Incident, rows: list[Any], outputs: list[OutputEvent]
+    domain: SlaDomain, incident: Incident, rows: list[Any], fired: list[Timer]
 ) -> IncidentFacts:
-    """The facts of a replayed incident, from its log rows (type, event time) and replay outputs."""
+    """The facts of a replayed incident, from its log rows (type, event time) and the timers its replay
+    fired (each the warning, breach or failover order it emitted)."""
     facts = IncidentFacts(
         incident.id, incident.severity, incident.region, incident.policy, incident.reported_at
     )
@@ -89,9 +88,9 @@ def incident_facts(
         facts.ack_business = calendar.elapsed(facts.reported_at, facts.acknowledged_at)
     if facts.restored_at is not None:
         facts.restore_business = calendar.elapsed(facts.reported_at, facts.restored_at)
-    for output in outputs:
-        if output.type == SLA_BREACHED:
-            facts.breaches[output.data["clock"]] += 1
-        elif output.type == FAILOVER_REQUIRED:
+    for timer in fired:
+        if timer.kind == BREACH:
+            facts.breaches[timer.clock] += 1
+        elif timer.kind == FAILOVER:
             facts.failovers_ordered += 1
     return facts

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from incident_contracts.envelope import OutputEvent
-from incident_engine.domain import Incident, SlaDomain
+from incident_engine.domain import Incident, SlaDomain, Timer
 from incident_engine.gc_pause import gc_paused
 from incident_engine.replay import replay_incident
 from incident_engine.reporting.compliance import Report, build_report
@@ -74,12 +73,12 @@ class _Collect:
     events: int = 0
 
     def visit(self, groups: list[Group]) -> None:
-        for _, rows, fired in groups:
-            outputs: list[OutputEvent] = []
-            incident, applied = replay_incident(self.domain, rows, fired, outputs=outputs)
+        for _, rows, firings in groups:
+            fired: list[Timer] = []
+            incident, applied = replay_incident(self.domain, rows, firings, fired=fired)
             self.events += applied
             if incident is not None:
-                self.facts.append(incident_facts(self.domain, incident, rows, outputs))
+                self.facts.append(incident_facts(self.domain, incident, rows, fired))
 
 
 async def compliance_report(

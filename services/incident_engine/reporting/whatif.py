@@ -1,9 +1,9 @@
 """What-if: the logged events re-evaluated under another policy, compared with the policies they ran under.
 
 Both sides are replayed on time (every timer fires at its due moment, see incident_engine.replay),
-so only the policy differs between them. Warnings, breaches and failover orders are matched by
-their deterministic output ids (incident, clock, cycle, kind, threshold): an id only the shadow run
-emits would appear, one only the baseline emits would disappear. Nothing is written anywhere.
+so only the policy differs between them. Warnings, breaches and failover orders are matched by what
+their deterministic output ids derive from (incident, clock, cycle, kind, threshold): an id only the
+shadow run emits would appear, one only the baseline emits would disappear. Nothing is written anywhere.
 
 An incident whose severity has the same clocks and calendar under both policies cannot change
 (the policy's name is all that differs in its outputs), so unless `exhaustive`, it is replayed once.
@@ -18,7 +18,8 @@ from typing import Any
 
 from incident_contracts.constants import FAILOVER_REQUIRED, SLA_BREACHED, SLA_WARNING
 from incident_contracts.envelope import OutputEvent
-from incident_engine.domain import Incident, SlaDomain
+from incident_engine.domain import Incident, SlaDomain, Timer
+from incident_engine.domain.model import BREACH, WARNING
 from incident_engine.replay import replay_incident
 from incident_engine.reporting.source import Group
 
@@ -39,6 +40,16 @@ class Finding:
         """The finding an output event reports."""
         data = output.data
         return cls(KINDS[output.type], data.get("clock"), data.get("threshold"), data["due_at"])
+
+    @classmethod
+    def fired(cls, timer: Timer) -> Finding:
+        """The finding of the output event a fired timer emits (= `of(timer_fired(..., timer, ...))`)."""
+        kind = timer.kind
+        if kind == WARNING:
+            return cls("warning", timer.clock, timer.threshold, timer.due_at)
+        if kind == BREACH:
+            return cls("breach", timer.clock, None, timer.due_at)
+        return cls("failover", None, None, timer.due_at)
 
     def label(self) -> str:
         """`breach restore`, `warning ack 80%`, `failover`."""
@@ -75,18 +86,17 @@ class WhatIf:
     def visit(self, baseline: SlaDomain, shadow: SlaDomain, groups: list[Group]) -> None:
         """Replay each incident under both sides and keep what differs."""
         for incident_id, rows, _ in groups:
-            before: list[OutputEvent] = []
-            after: list[OutputEvent] = []
-            incident, applied = replay_incident(baseline, rows, on_time_until=self.horizon, outputs=before)
+            before: list[Timer] = []
+            after: list[Timer] = []
+            incident, applied = replay_incident(baseline, rows, on_time_until=self.horizon, fired=before)
             self.events += applied
             if incident is None:
                 continue
             self.incidents += 1
             if not self.exhaustive and self._same_rules(baseline, shadow, incident):
                 continue
-            replay_incident(
-                shadow, rows, policy_override=self.policy, on_time_until=self.horizon, outputs=after
-            )
+            horizon = self.horizon
+            replay_incident(shadow, rows, policy_override=self.policy, on_time_until=horizon, fired=after)
             old, new = _findings(before), _findings(after)
             if old.keys() != new.keys():
                 change = IncidentChange(
@@ -138,8 +148,10 @@ class WhatIf:
         return [(c.incident_id, f) for c in self.changes for f in c.appeared if f.kind == "failover"]
 
 
-def _findings(outputs: list[OutputEvent]) -> dict[str, Finding]:
-    return {o.id: Finding.of(o) for o in outputs if o.type in KINDS}
+def _findings(fired: list[Timer]) -> dict[tuple[str, int, str, float | None], Finding]:
+    """The findings of the timers one incident fired, by what its output ids derive from: (clock, cycle,
+    kind, threshold) names an output as uniquely as its id does (which costs a hash to compute)."""
+    return {(t.clock, t.cycle, t.kind, t.threshold): Finding.fired(t) for t in fired}
 
 
 def _order(finding: Finding) -> tuple[datetime, str]:
