@@ -76,7 +76,7 @@ class MemoryStore:
             if out.partition not in row_ids:
                 row_ids[out.partition] = self._next_id
                 self._next_id += 1
-            rid = row_ids[out.partition]
+            rid = out.id = row_ids[out.partition]
             self.outbox.append(
                 OutboxRow(out.partition, out.topic, out.key, out.event_id, out.payload, out.headers, rid)
             )

@@ -91,7 +91,10 @@ class EventStore(Protocol):
         ...
 
     async def commit(self, batch: BatchWrite) -> None:
-        """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us."""
+        """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
+
+        Sets the `id` of each of `batch.outbox` to its outbox row's (the relay deletes by it).
+        """
         ...
 
     async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:

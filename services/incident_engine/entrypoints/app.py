@@ -161,7 +161,7 @@ class EngineService:
 
     def _after_batch(self, result: BatchResult, seconds: float) -> None:
         if self.relay is not None:
-            self.relay.wake()
+            self.relay.offer(result.write.outbox)
         if self.telemetry is None:
             return
         m = self.telemetry.metrics

@@ -1,9 +1,20 @@
-"""The outbox relay: committed outputs of owned partitions to Kafka, in order, by an idempotent producer."""
+"""The outbox relay: committed outputs of owned partitions to Kafka, in order, by an idempotent producer.
+
+Postgres holds the truth (the outbox rows), but reading back what the engine has just written is
+pure overhead: the engine hands each committed batch's rows to the relay (`offer`), which sends
+them from memory and deletes the rows once Kafka acknowledged them. The relay *sweeps* the outbox
+table (reads it in id order) on start, after any failure, when the owned partitions change, and at
+least every `sweep_seconds`: that catches rows nobody offered (written before a crash or restart,
+by a previous owner of a partition, or committed when an offer could not be made). A row is deleted
+only after Kafka acknowledged it, so nothing is lost; output ids are deterministic, so the rare
+double send (a sweep racing a commit) is recognisable downstream.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +28,7 @@ from incident_engine.adapters.store import EventStore, OutboxRow
 
 log = logging.getLogger(__name__)
 _CONTENT_TYPE = ("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())
+_PARTITION_CACHE = 100_000  # (topic, key) -> partition entries kept (murmur2 is pure Python in aiokafka)
 
 
 class OutboxRelay:
@@ -33,21 +45,48 @@ class OutboxRelay:
         *,
         batch: int = 50,
         idle_seconds: float = 0.2,
+        sweep_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.producer = producer
         self.owned = owned
         self.batch = batch
         self.idle_seconds = idle_seconds
+        self.sweep_seconds = sweep_seconds
         self.sent_total = 0
+        self.swept_total = 0  # outputs that were sent by a sweep rather than from memory
         self._wake = asyncio.Event()
+        self._round = asyncio.Lock()  # rounds never overlap (the run loop and a shutdown drain)
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes | None], int] = {}
+        self._hot: dict[int, list[OutboxRow]] = {}  # offered rows by outbox id, in commit order
+        self._swept_upto = 0  # highest outbox id a sweep has read: offers at or below it are stale
+        self._next_sweep = 0.0  # loop time of the next sweep (0: at once)
+        self._owned_before: list[int] = []
         self._stopping = False
 
-    def wake(self) -> None:
-        """Tell the relay a batch was committed (it also polls, so a lost wake-up only delays)."""
+    def offer(self, rows: list[OutboxRow]) -> None:
+        """Rows just committed (their ids assigned by the store): they are sent from memory."""
+        hot = self._hot
+        for row in rows:
+            if row.id > self._swept_upto:
+                entry = hot.get(row.id)
+                if entry is None:
+                    hot[row.id] = [row]
+                else:
+                    entry.append(row)
         self._wake.set()
+
+    def wake(self) -> None:
+        """Tell the relay something was committed that it was not offered: sweep soon."""
+        self._next_sweep = 0.0
+        self._wake.set()
+
+    def resync(self) -> None:
+        """Forget what was offered and read the outbox table next (after any doubt)."""
+        self._hot.clear()
+        self._next_sweep = 0.0
 
     async def run(self) -> None:
         """Relay until stopped; errors are logged and retried (outputs stay in the outbox meanwhile)."""
@@ -58,41 +97,71 @@ class OutboxRelay:
                 backoff = 0.1
             except (KafkaError, OSError, ConnectionError) as exc:
                 log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, exc)
+                self.resync()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except Exception as exc:  # e.g. Postgres restarting: keep trying, never lose rows
                 log.warning("outbox relay failed, retrying in %.1fs: %r", backoff, exc)
+                self.resync()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if sent < self.batch:
+            if sent < self.batch and not self._hot:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_seconds)
 
     async def relay_once(self) -> int:
-        """Send one round of pending outputs; return how many were sent."""
-        partitions = self.owned()
-        if not partitions:
-            return 0
+        """Send one round of pending outputs; return how many outbox rows it took."""
+        async with self._round:
+            partitions = self.owned()
+            if partitions != self._owned_before:  # a rebalance: the outbox may hold rows of new ones
+                self._owned_before = partitions
+                self.resync()
+            if not partitions:
+                return 0
+            now = asyncio.get_running_loop().time()
+            if now >= self._next_sweep or self._stopping:
+                rows = await self._sweep(partitions, now)
+            elif self._hot:
+                rows = self._take_hot(set(partitions))
+            else:
+                return 0
+            if not rows:
+                return 0
+            await self._send(rows)
+            ids = sorted({row.id for row in rows})
+            await self.store.mark_sent(ids)
+            self.sent_total += len(rows)
+            return len(ids)
+
+    async def _sweep(self, partitions: list[int], now: float) -> list[OutboxRow]:
         rows = await self.store.pending_outbox(partitions, self.batch)
-        if not rows:
-            return 0
-        await self._send(rows)
-        await self.store.mark_sent([row.id for row in rows])
-        self.sent_total += len(rows)
-        return len({row.id for row in rows})
+        if len(rows) == 0 or len({row.id for row in rows}) < self.batch:
+            self._next_sweep = now + self.sweep_seconds  # caught up: back to sending from memory
+        if rows:
+            self._swept_upto = max(self._swept_upto, max(row.id for row in rows))
+            for row in rows:
+                self._hot.pop(row.id, None)
+            self.swept_total += len(rows)
+        return rows
+
+    def _take_hot(self, owned: set[int]) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        for row_id in list(itertools.islice(self._hot, self.batch)):
+            # Rows of a partition given up stay in the table for its new owner.
+            rows.extend(row for row in self._hot.pop(row_id) if row.partition in owned)
+        return rows
 
     async def _send(self, rows: list[OutboxRow]) -> None:
         """Produce in native batches per (topic, partition): far cheaper than a future per message."""
         batches: dict[tuple[str, int], list[Any]] = {}
+        partition_of = self._partition_of
         for row in rows:
-            partitions = self._partitions.get(row.topic)
-            if partitions is None:
-                found = await self.producer.partitions_for(row.topic)
-                partitions = self._partitions[row.topic] = sorted(found)
-            partition = self._partitioner(row.key, partitions, partitions)
+            partition = partition_of.get((row.topic, row.key))
+            if partition is None:
+                partition = await self._partition(row.topic, row.key)
             pending = batches.get((row.topic, partition))
             if pending is None:
                 pending = batches[(row.topic, partition)] = [self.producer.create_batch()]
@@ -107,9 +176,23 @@ class OutboxRelay:
                 futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
+    async def _partition(self, topic: str, key: bytes | None) -> int:
+        """The partition the default partitioner picks for a key (as any Kafka client would)."""
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            found = await self.producer.partitions_for(topic)
+            partitions = self._partitions[topic] = sorted(found)
+        partition: int = self._partitioner(key, partitions, partitions)
+        if key is not None:
+            if len(self._partition_of) >= _PARTITION_CACHE:
+                self._partition_of.clear()
+            self._partition_of[(topic, key)] = partition
+        return partition
+
     async def drain(self, timeout: float = 10.0) -> None:
         """Send everything pending (on shutdown), within `timeout`."""
         deadline = asyncio.get_running_loop().time() + timeout
+        self.resync()
         while asyncio.get_running_loop().time() < deadline:
             try:
                 if await self.relay_once() == 0:

@@ -14,6 +14,11 @@ from incident_engine.adapters.store import BatchWrite, OffsetConflict, OutboxRow
 from incident_engine.domain import Incident
 from incident_engine.gc_pause import gc_paused
 
+_EVENT_COLUMNS = (
+    "incident_id", "seq", "event_id", "type", "source", "event_time", "processed_at",
+    "kafka_partition", "kafka_offset", "envelope", "trace_context",
+)  # fmt: skip
+
 Conn: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 SQL = {
@@ -22,12 +27,24 @@ SQL = {
 }  # fmt: skip
 
 
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)  # jsonb's binary format: a version byte, then the text
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # json/jsonb through orjson: several times faster than the json module on the hot path.
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
-        )
+    # json/jsonb through orjson (several times faster than the json module on the hot path), in the
+    # binary wire format so that COPY (binary only) can write them too. Already serialized JSON goes
+    # in as `orjson.Fragment(raw)`, copied as is.
+    await conn.set_type_codec(
+        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -91,14 +108,17 @@ class PostgresStore:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._advance_offsets(conn, batch)
             if batch.events:
-                e = batch.events
-                await conn.execute(
-                    SQL["append_events"],
-                    [x.incident_id for x in e], [x.seq for x in e], [x.event_id for x in e],
-                    [x.type for x in e], [x.source for x in e], [x.event_time for x in e],
-                    [x.processed_at for x in e], [x.partition for x in e], [x.offset for x in e],
-                    [x.envelope.decode() for x in e],
-                    [orjson.dumps(x.trace_context).decode() if x.trace_context else None for x in e],
+                # COPY (binary): about half the client CPU of an INSERT from unnest'ed arrays, whose
+                # text elements asyncpg type-checks one by one; the constraints apply all the same.
+                fragment = orjson.Fragment
+                await conn.copy_records_to_table(
+                    "event_log",
+                    columns=_EVENT_COLUMNS,
+                    records=[
+                        (x.incident_id, x.seq, x.event_id, x.type, x.source, x.event_time, x.processed_at,
+                         x.partition, x.offset, fragment(x.envelope), x.trace_context or None)
+                        for x in batch.events
+                    ],
                 )  # fmt: skip
             if batch.incidents:
                 await self._upsert_incidents(conn, batch.incidents)
@@ -113,7 +133,7 @@ class PostgresStore:
                     list(batch.firings.values()),
                 )
             if batch.outbox:
-                await conn.executemany(SQL["enqueue_outbox"], _outbox_rows(batch.outbox))
+                await self._enqueue_outbox(conn, batch.outbox)
 
     async def _advance_offsets(self, conn: Conn, batch: BatchWrite) -> None:
         # Fencing: the row must still hold the offset this batch started from, else a newer owner
@@ -137,6 +157,23 @@ class PostgresStore:
             [p for _, p in items], [inc.reported_at for inc, _ in items],
             [inc.last_event_at for inc, _ in items], [orjson.dumps(b).decode() for b in bodies],
         )  # fmt: skip
+
+    @staticmethod
+    async def _enqueue_outbox(conn: Conn, outbox: list[OutboxRow]) -> None:
+        """One outbox row per input partition; each output learns its row's id (for the relay)."""
+        grouped: dict[int, list[OutboxRow]] = {}
+        for out in outbox:
+            grouped.setdefault(out.partition, []).append(out)
+        partitions = list(grouped)
+        rows = await conn.fetch(
+            SQL["enqueue_outbox"],
+            partitions,
+            [len(grouped[p]) for p in partitions],
+            [encode_messages(grouped[p]) for p in partitions],
+        )
+        for row in rows:
+            for out in grouped[row["kafka_partition"]]:
+                out.id = row["id"]
 
     @staticmethod
     async def _write_timers(conn: Conn, timers: dict[str, TimerRow | None]) -> None:
@@ -186,11 +223,3 @@ class PostgresStore:
         """Every durable timer's due moment, by incident id (for replay checks)."""
         rows = await self.pool.fetch("SELECT incident_id, due_at FROM timers")
         return {r["incident_id"]: r["due_at"] for r in rows}
-
-
-def _outbox_rows(outputs: list[OutboxRow]) -> list[tuple[int, int, bytes]]:
-    """One outbox row per input partition, its messages in emission order."""
-    grouped: dict[int, list[OutboxRow]] = {}
-    for out in outputs:
-        grouped.setdefault(out.partition, []).append(out)
-    return [(partition, len(outs), encode_messages(outs)) for partition, outs in grouped.items()]

@@ -1,0 +1,142 @@
+"""The outbox relay on the in-memory store: sends offered rows from memory, sweeps what nobody offered."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from incident_engine.adapters.memory import MemoryStore
+from incident_engine.adapters.store import BatchWrite, OutboxRow
+from incident_engine.entrypoints.relay import OutboxRelay
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "incidents.breaches"
+
+
+class Batch:
+    """Stands in for aiokafka's BatchBuilder: collects appended messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes | None, bytes]] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: Any, headers: Any) -> object:
+        self.messages.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class Producer:
+    """Records what was sent, per (topic, partition), in order; can be told to fail once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bytes]] = []
+        self.fail_next = False
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("broker gone")
+        self.sent.extend((topic, partition, value) for _, value in batch.messages)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class CountingStore(MemoryStore):
+    """Counts the reads of the outbox table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sweeps = 0
+
+    async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
+        self.sweeps += 1
+        return await super().pending_outbox(partitions, limit)
+
+
+async def commit(store: MemoryStore, *payloads: tuple[int, str]) -> list[OutboxRow]:
+    """Commit one batch of outputs ((input partition, payload) each); return the rows, ids set."""
+    batch = BatchWrite("g")
+    for partition, payload in payloads:
+        batch.outbox.append(OutboxRow(partition, TOPIC, b"INC-1", payload, payload.encode()))
+    await store.commit(batch)
+    return batch.outbox
+
+
+def payloads(producer: Producer) -> list[str]:
+    return [value.decode() for _, _, value in producer.sent]
+
+
+async def test_offered_rows_are_sent_from_memory_in_commit_order_and_deleted() -> None:
+    store, producer = CountingStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0, 1], sweep_seconds=3600)  # type: ignore[arg-type]
+    assert await relay.relay_once() == 0  # the first round sweeps (nothing there yet)
+    assert store.sweeps == 1
+    relay.offer(await commit(store, (0, "a1"), (1, "b1"), (0, "a2")))
+    relay.offer(await commit(store, (0, "a3")))
+    assert await relay.relay_once() == 3  # three outbox rows: two partitions, then one
+    assert payloads(producer) == ["a1", "a2", "b1", "a3"]  # per outbox row, rows in commit order
+    assert store.sweeps == 1  # nothing was read back from the table
+    assert await store.outbox_backlog() == 0
+
+
+async def test_a_sweep_sends_rows_nobody_offered_and_stale_offers_are_dropped() -> None:
+    store, producer = CountingStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0], sweep_seconds=3600)  # type: ignore[arg-type]
+    before = await commit(store, (0, "left by a crashed engine"))
+    assert await relay.relay_once() == 1  # the start-up sweep finds it
+    relay.offer(before)  # an offer of a row a sweep already sent is ignored
+    assert await relay.relay_once() == 0
+    assert payloads(producer) == ["left by a crashed engine"]
+
+
+async def test_rows_of_partitions_given_up_stay_for_their_new_owner() -> None:
+    store, producer = CountingStore(), Producer()
+    owned = [0, 1]
+    relay = OutboxRelay(store, producer, lambda: list(owned), sweep_seconds=3600)  # type: ignore[arg-type]
+    await relay.relay_once()
+    relay.offer(await commit(store, (0, "mine"), (1, "theirs")))
+    owned.remove(1)  # revoked before the relay ran: the new owner's sweep sends it
+    assert await relay.relay_once() == 1
+    assert payloads(producer) == ["mine"]
+    assert [row.payload for row in await store.pending_outbox([1], 10)] == [b"theirs"]
+
+
+async def test_after_a_failed_send_everything_is_resent_from_the_table_in_order() -> None:
+    store, producer = CountingStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0], sweep_seconds=3600, idle_seconds=0.01)  # type: ignore[arg-type]
+    await relay.relay_once()
+    relay.offer(await commit(store, (0, "x1")))
+    relay.offer(await commit(store, (0, "x2")))
+    producer.fail_next = True
+    runner = asyncio.create_task(relay.run())
+    for _ in range(200):
+        if await store.outbox_backlog() == 0:
+            break
+        await asyncio.sleep(0.01)
+    relay.stop()
+    await runner
+    assert payloads(producer) == ["x1", "x2"]
+    assert store.sweeps >= 2  # the failure made it read the table again
+
+
+async def test_drain_sends_what_is_left() -> None:
+    store, producer = CountingStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0], sweep_seconds=3600)  # type: ignore[arg-type]
+    await relay.relay_once()
+    await commit(store, (0, "committed, never offered"))
+    relay.stop()
+    await relay.drain()
+    assert payloads(producer) == ["committed, never offered"]
+    assert await store.outbox_backlog() == 0
