@@ -6,18 +6,16 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from heapq import heappop, heappush
 from math import inf
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-import orjson
 import typer
 from pydantic import ValidationError
 
 from incident_contracts.decode import parse_event
-from incident_contracts.envelope import JSON_LINE_OPTIONS, OutputEvent
+from incident_contracts.envelope import OutputEvent, encode_output_lines
 from incident_contracts.errors import DecodeError, SchemaError
 from incident_contracts.fast import decode_fast
 from incident_contracts.models import INPUT_ADAPTER
@@ -206,13 +204,8 @@ def run_simulation(lines: Iterable[bytes], until: datetime, domain: SlaDomain, e
 def writer(stream: BinaryIO) -> Emit:
     """An Emit that writes each output CloudEvent as one JSON line."""
 
-    envelope, line = OutputEvent.to_json, partial(orjson.dumps, option=JSON_LINE_OPTIONS)
-
     def emit(outputs: list[OutputEvent]) -> None:
-        # `o.to_json_line()` for each, line by line into the stream's buffer (no Python frame per line):
-        # each line is freed at once. Joining a batch first keeps thousands of orjson buffers alive,
-        # and the C heap growing and shrinking under them costs a million page faults per million events.
-        stream.writelines(map(line, map(envelope, outputs)))
+        stream.write(encode_output_lines(outputs))  # `o.to_json_line()` of each, in one call
 
     return emit
 

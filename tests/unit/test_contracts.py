@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import jsonschema
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from incident_contracts import DecodeError, SchemaError, parse_event, stable_id
 from incident_contracts.constants import OUTPUT_TOPICS, TOPICS
+from incident_contracts.envelope import OutputEvent, encode_output_lines
 from incident_contracts.schema_export import REGENERATE_HINT, stale_schemas
 from incident_engine.domain import reject_input
 from tests.unit.sla_helpers import wire
@@ -120,3 +124,33 @@ def _validate(text: bytes) -> None:
     document = json.loads(text)
     schema = json.loads((SCHEMAS / f"{document['type']}.schema.json").read_text())
     jsonschema.validate(document, schema, format_checker=jsonschema.FormatChecker())
+
+
+texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # no lone surrogates: not UTF-8
+instants = st.datetimes(
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=11)), timezone(timedelta(hours=-5, minutes=-30))]
+    )
+)
+values = st.one_of(
+    st.none(), texts, instants, st.floats(min_value=0, max_value=1, exclude_min=True, exclude_max=True)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    event_id=texts,
+    kind=texts,
+    subject=st.none() | texts,
+    time=instants,
+    data=st.dictionaries(texts, values, max_size=6),
+)
+def test_output_bytes_are_orjsons(
+    event_id: str, kind: str, subject: str | None, time: datetime, data: dict[str, object]
+) -> None:
+    """OutputEvent serializes itself with msgspec; the wire bytes stay what orjson made of `to_json()`."""
+    event = OutputEvent(id=event_id, type=kind, subject=subject, time=time, data=data)
+    expected = orjson.dumps(event.to_json(), option=orjson.OPT_UTC_Z)
+    assert event.to_json_bytes() == expected
+    assert event.to_json_line() == expected + b"\n"
+    assert encode_output_lines([event, event]) == (expected + b"\n") * 2

@@ -23,11 +23,11 @@ def state_changed(incident: Incident, from_state: str | None, cause: str, now: d
     """`incident.state.changed`; its id derives from (incident, cause event)."""
     incident_id = incident.id
     return OutputEvent(
-        stable_id(f"{incident_id}/state/{cause}"),
-        STATE_CHANGED,
-        incident_id,
-        now,
-        {
+        id=stable_id(f"{incident_id}/state/{cause}"),
+        type=STATE_CHANGED,
+        subject=incident_id,
+        time=now,
+        data={
             "from": from_state,
             "to": incident.state,
             "cause": cause,
@@ -43,11 +43,11 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
     due, clock, kind, threshold, cycle, incident_id = timer
     if kind == WARNING:
         return OutputEvent(
-            stable_id(f"{incident_id}/{clock}/{cycle}/warning/{threshold}"),  # = Timer.output_id
-            SLA_WARNING,
-            incident.id,
-            now,
-            {
+            id=stable_id(f"{incident_id}/{clock}/{cycle}/warning/{threshold}"),  # = Timer.output_id
+            type=SLA_WARNING,
+            subject=incident.id,
+            time=now,
+            data={
                 "clock": clock,
                 "threshold": threshold,
                 "due_at": due,
@@ -69,7 +69,13 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
     else:
         event_type = FAILOVER_REQUIRED
         data = {"due_at": due, "policy": incident.policy, "region": incident.region}
-    return OutputEvent(stable_id(f"{incident_id}/{clock}/{cycle}/{kind}"), event_type, incident.id, now, data)
+    return OutputEvent(
+        id=stable_id(f"{incident_id}/{clock}/{cycle}/{kind}"),
+        type=event_type,
+        subject=incident.id,
+        time=now,
+        data=data,
+    )
 
 
 def rejected(
