@@ -70,7 +70,7 @@ async def test_a_committed_batch_reads_back(store: EventStore) -> None:
     await store.commit(batch(
         0, 2,
         events=[logged("A", 1, "e1", 0), logged("B", 1, "e2", 1)],
-        incidents={"A": (incident("A"), 0), "B": (incident("B"), 0)},
+        incidents={"A": (incident("A"), 0), "B": (incident("B"), 0)}, created={"A", "B"},
         timers={"A": TimerRow("A", 0, T0 + timedelta(minutes=5), {"traceparent": "t"}), "B": None},
         outbox=outputs,
         firings={("A", T0): 0},
@@ -96,7 +96,9 @@ async def test_a_committed_batch_reads_back(store: EventStore) -> None:
 
 
 async def test_a_fenced_batch_writes_nothing(store: EventStore) -> None:
-    await store.commit(batch(0, 5, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}))
+    await store.commit(
+        batch(0, 5, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}, created={"A"})
+    )
     with pytest.raises(OffsetConflict):  # a zombie that still thinks offset 3 is next
         await store.commit(
             batch(3, 4, events=[logged("A", 2, "e9", 3)], incidents={"A": (incident("A", 2), 0)})
@@ -114,3 +116,16 @@ async def test_a_batch_that_fails_half_way_writes_nothing(store: EventStore) -> 
     assert await store.known_event_ids(["e2", "e3"]) == set()
     assert await store.outbox_backlog() == 0
     assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 1}
+
+
+async def test_incidents_are_created_once_and_only_existing_ones_change(store: EventStore) -> None:
+    await store.commit(batch(0, 1, incidents={"A": (incident("A"), 0)}, created={"A"}))
+    await store.commit(batch(1, 2, incidents={"A": (incident("A", 2), 0)}))  # an update
+    assert (await store.load_incidents(["A"]))["A"].seq == 2
+    with pytest.raises(Exception):  # noqa: B017 - reported twice: the twin and Postgres raise their own
+        await store.commit(batch(2, 3, incidents={"A": (incident("A", 3), 0)}, created={"A"}))
+    with pytest.raises(Exception):  # noqa: B017 - a change to an incident that was never stored
+        await store.commit(batch(2, 3, incidents={"Z": (incident("Z", 2), 0)}))
+    assert (await store.load_incidents(["A", "Z"])).keys() == {"A"}
+    assert (await store.load_incidents(["A"]))["A"].seq == 2
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 2}

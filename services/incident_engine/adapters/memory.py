@@ -52,6 +52,9 @@ class MemoryStore:
         for event in batch.events:
             if (event.incident_id, event.seq) in self.log or event.event_id in self.event_ids:
                 raise ValueError(f"event log conflict on {event.incident_id}#{event.seq} / {event.event_id}")
+        for incident_id in batch.incidents:
+            if (incident_id in batch.created) == (incident_id in self.incidents):
+                raise ValueError(f"incident {incident_id} created twice, or changed before it was created")
         for (topic, partition), (_, next_offset) in batch.offsets.items():
             self.offsets[(batch.group_id, topic, partition)] = next_offset
         for event in batch.events:

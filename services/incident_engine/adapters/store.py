@@ -60,6 +60,7 @@ class BatchWrite:
     group_id: str
     events: list[LoggedEvent] = field(default_factory=list)
     incidents: dict[str, tuple[Incident, int]] = field(default_factory=dict)  # id -> (state, partition)
+    created: set[str] = field(default_factory=set)  # those of `incidents` reported in this batch
     timers: dict[str, TimerRow | None] = field(default_factory=dict)  # None: no pending timer any more
     outbox: list[OutboxRow] = field(default_factory=list)
     firings: dict[tuple[str, datetime], int] = field(default_factory=dict)  # (incident, at) -> partition

@@ -16,12 +16,15 @@ from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_contracts.constants import INCIDENT_REJECTED
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
+from incident_contracts.fast import FastEvent, decode_fast
 from incident_contracts.models import CloudEvent
 from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, OutboxRow, TimerRow
 from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
 
 TRACE_HEADERS = ("traceparent", "tracestate")
+# A validated input event: the pydantic model, or (the common shape, decoded ~5x cheaper) msgspec's.
+Event = CloudEvent | FastEvent
 _ORIGINAL_LIMIT = 64 * 1024  # bytes of an oversized message quoted in its dead letter
 
 
@@ -123,7 +126,7 @@ class BatchProcessor:
         so the next batch can be decided while this one commits (see `commit`, `abandon`)."""
         result = BatchResult(BatchWrite(self.group_id))
         parsed = [self._parse(record, now) for record in records]
-        events = [p for p in parsed if isinstance(p, CloudEvent)]
+        events = [p for p in parsed if not isinstance(p, OutputEvent)]
         ids = [e.id for e in events]
         known = await self.store.known_event_ids(ids)
         known.update(i for i in ids if i in self.uncommitted_ids)
@@ -132,7 +135,7 @@ class BatchProcessor:
         try:
             for record, item in zip(records, parsed, strict=True):
                 self._offset(result.write, record)
-                if isinstance(item, CloudEvent):
+                if not isinstance(item, OutputEvent):
                     if item.id in known:
                         result.outcomes[(item.type, "ignored_repeat")] += 1
                         continue  # exactly-once effect: an id already applied is dropped silently
@@ -180,7 +183,7 @@ class BatchProcessor:
             states.update(await self.store.load_incidents(missing))
         return states
 
-    def _parse(self, record: InputRecord, now: datetime) -> CloudEvent | OutputEvent:
+    def _parse(self, record: InputRecord, now: datetime) -> Event | OutputEvent:
         raw = record.value or b""
         origin = f"{record.topic}/{record.partition}/{record.offset}"
         if len(raw) > self.max_message_bytes:
@@ -193,8 +196,13 @@ class BatchProcessor:
             return reject_input(
                 DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=origin
             )
+        headers = record.headers
+        event: Event | None = None
+        if raw[:1] == b"{" and not any(name == "ce_specversion" for name, _ in headers or ()):
+            event = decode_fast(raw)  # None: not the common shape, pydantic decides and explains
         try:
-            event = parse_event(raw, record.headers)
+            if event is None:
+                event = parse_event(raw, headers)
         except InputError as exc:
             return reject_input(exc, raw, now, key=record.key, origin=origin)
         key = record.key.decode(errors="replace") if record.key is not None else None
@@ -213,19 +221,21 @@ class BatchProcessor:
         result: BatchResult,
         states: dict[str, Incident],
         record: InputRecord,
-        event: CloudEvent,
+        event: Event,
         now: datetime,
     ) -> None:
         incident = states.get(event.subject)
         before = incident.state if incident is not None else None
         span = self._span_for(record, event) if self.tracer is not None else None
         trace = _carrier(span) if span is not None else _trace_of(record)
-        decision = self.domain.handle(incident, event, now, record.value)
+        decision = self.domain.handle(incident, event, now, record.value)  # type: ignore[arg-type]
         outcome = "accepted" if decision.accepted else "rejected"
         result.outcomes[(event.type, outcome)] += 1
         if decision.accepted and decision.incident is not None:
             inc = decision.incident
             states[inc.id] = inc
+            if incident is None:
+                result.write.created.add(inc.id)
             if trace:
                 self.armed_traces[inc.id] = trace  # a timer firing later links back to this trace
             result.write.events.append(
@@ -243,7 +253,7 @@ class BatchProcessor:
                                  "incident.outcome": outcome})  # fmt: skip
             span.end()
 
-    def _span_for(self, record: InputRecord, event: CloudEvent) -> Span | None:
+    def _span_for(self, record: InputRecord, event: Event) -> Span | None:
         assert self.tracer is not None
         has_parent = any(name == "traceparent" for name, _ in record.headers or ())
         if not has_parent and not self._sample_root():
@@ -335,9 +345,11 @@ def _trace_of(record: InputRecord) -> dict[str, str] | None:
     return found or None
 
 
-def _structured(record: InputRecord, event: CloudEvent) -> bytes:
+def _structured(record: InputRecord, event: Event) -> bytes:
     """The event as structured JSON for the log (binary-mode input is re-serialized)."""
     raw = record.value or b""
-    if raw[:1] == b"{" and not any(name == "ce_specversion" for name, _ in record.headers or ()):
-        return raw
+    if isinstance(event, FastEvent) or (
+        raw[:1] == b"{" and not any(name == "ce_specversion" for name, _ in record.headers or ())
+    ):
+        return raw  # a FastEvent is only ever decoded from a structured message
     return orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))

@@ -19,6 +19,11 @@ _EVENT_COLUMNS = (
     "kafka_partition", "kafka_offset", "envelope", "trace_context",
 )  # fmt: skip
 
+_INCIDENT_COLUMNS = (
+    "incident_id", "state", "policy", "severity", "region", "seq", "kafka_partition", "reported_at",
+    "updated_at", "body",
+)  # fmt: skip
+
 Conn: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 SQL = {
@@ -121,7 +126,7 @@ class PostgresStore:
                     ],
                 )  # fmt: skip
             if batch.incidents:
-                await self._upsert_incidents(conn, batch.incidents)
+                await self._write_incidents(conn, batch.incidents, batch.created)
             if batch.timers:
                 await self._write_timers(conn, batch.timers)
             if batch.firings:
@@ -146,17 +151,39 @@ class PostgresStore:
                 raise OffsetConflict(f"{topic}[{partition}] moved past offset {expected} under this consumer")
 
     @staticmethod
-    async def _upsert_incidents(conn: Conn, incidents: dict[str, tuple[Incident, int]]) -> None:
-        items = list(incidents.values())
-        bodies = [inc.to_json() for inc, _ in items]
-        await conn.execute(
-            SQL["upsert_incidents"],
-            [inc.id for inc, _ in items], [inc.state for inc, _ in items],
-            [inc.policy for inc, _ in items], [inc.severity for inc, _ in items],
-            [inc.region for inc, _ in items], [inc.seq for inc, _ in items],
-            [p for _, p in items], [inc.reported_at for inc, _ in items],
-            [inc.last_event_at for inc, _ in items], [orjson.dumps(b).decode() for b in bodies],
-        )  # fmt: skip
+    async def _write_incidents(
+        conn: Conn, incidents: dict[str, tuple[Incident, int]], created: set[str]
+    ) -> None:
+        """New incidents by COPY; the others get their changing columns updated.
+
+        A new incident that exists after all (another engine's zombie batch) fails the batch on the
+        primary key, like any other conflict: it is redone from the stored offsets.
+        """
+        dumps, fragment = orjson.dumps, orjson.Fragment
+        new: list[tuple[Incident, int]] = []
+        changed: list[tuple[Incident, int]] = []
+        for incident_id, (inc, partition) in incidents.items():
+            (new if incident_id in created else changed).append((inc, partition))
+        if new:
+            await conn.copy_records_to_table(
+                "incidents",
+                columns=_INCIDENT_COLUMNS,
+                records=[
+                    (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
+                     inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
+                    for inc, partition in new
+                ],
+            )  # fmt: skip
+        if changed:
+            status = await conn.execute(
+                SQL["update_incidents"],
+                [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
+                [inc.seq for inc, _ in changed], [p for _, p in changed],
+                [inc.last_event_at for inc, _ in changed],
+                [dumps(inc.to_json()).decode() for inc, _ in changed],
+            )  # fmt: skip
+            if status != f"UPDATE {len(changed)}":  # a projection row missing: never lose the change
+                raise RuntimeError(f"incident projection out of step ({status} of {len(changed)} rows)")
 
     @staticmethod
     async def _enqueue_outbox(conn: Conn, outbox: list[OutboxRow]) -> None:
