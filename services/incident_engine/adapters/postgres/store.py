@@ -109,13 +109,57 @@ class PostgresStore:
             return [TimerRow(*r) for r in rows]
 
     async def commit(self, batch: BatchWrite) -> None:
-        """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us."""
+        """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
+
+        Four round trips whatever the batch holds: one statement for the offsets (checked first,
+        so a zombie batch stops there), changed incidents, timers, firings and the outbox; then
+        the new events and the new incidents by COPY; then COMMIT.
+        """
+        dumps, fragment = orjson.dumps, orjson.Fragment
+        offsets = list(batch.offsets.items())
+        grouped: dict[int, list[OutboxRow]] = {}
+        for out in batch.outbox:
+            grouped.setdefault(out.partition, []).append(out)
+        queued = list(grouped)
+        new: list[tuple[Incident, int]] = []
+        changed: list[tuple[Incident, int]] = []
+        for incident_id, (inc, partition) in batch.incidents.items():
+            (new if incident_id in batch.created else changed).append((inc, partition))
+        gone = [incident_id for incident_id, row in batch.timers.items() if row is None]
+        armed = [row for row in batch.timers.values() if row is not None]
+        firings = list(batch.firings.items())
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._advance_offsets(conn, batch)
+            done = await conn.fetchrow(
+                SQL["write_batch"],
+                [t for (t, _), _ in offsets], [p for (_, p), _ in offsets],
+                [n for _, (_, n) in offsets], [e for _, (e, _) in offsets],
+                [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
+                [inc.seq for inc, _ in changed], [p for _, p in changed],
+                [inc.last_event_at for inc, _ in changed],
+                [dumps(inc.to_json()).decode() for inc, _ in changed],
+                gone,
+                [t.incident_id for t in armed], [t.partition for t in armed], [t.due_at for t in armed],
+                [dumps(t.trace_context).decode() if t.trace_context else None for t in armed],
+                [i for (i, _), _ in firings], [at for (_, at), _ in firings], [p for _, p in firings],
+                queued, [len(grouped[p]) for p in queued], [encode_messages(grouped[p]) for p in queued],
+                batch.group_id,
+            )  # fmt: skip
+            assert done is not None  # the statement always returns its one row of counts
+            if done["offsets"] != len(offsets):
+                raise OffsetConflict(
+                    f"partitions {sorted(p for (_, p), _ in offsets)} moved past the offsets this batch"
+                    " started from, under this consumer"
+                )
+            if done["changed"] != len(changed):  # a projection row missing: never lose the change
+                raise RuntimeError(
+                    f"incident projection out of step ({done['changed']} of {len(changed)} rows updated)"
+                )
+            for row_id, partition in zip(done["outbox_ids"], done["outbox_partitions"], strict=True):
+                for out in grouped[partition]:
+                    out.id = row_id
             if batch.events:
                 # COPY (binary): about half the client CPU of an INSERT from unnest'ed arrays, whose
                 # text elements asyncpg type-checks one by one; the constraints apply all the same.
-                fragment = orjson.Fragment
                 await conn.copy_records_to_table(
                     "event_log",
                     columns=_EVENT_COLUMNS,
@@ -125,95 +169,18 @@ class PostgresStore:
                         for x in batch.events
                     ],
                 )  # fmt: skip
-            if batch.incidents:
-                await self._write_incidents(conn, batch.incidents, batch.created)
-            if batch.timers:
-                await self._write_timers(conn, batch.timers)
-            if batch.firings:
-                keys = list(batch.firings)
-                await conn.execute(
-                    SQL["record_firings"],
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    list(batch.firings.values()),
-                )
-            if batch.outbox:
-                await self._enqueue_outbox(conn, batch.outbox)
-
-    async def _advance_offsets(self, conn: Conn, batch: BatchWrite) -> None:
-        # Fencing: the row must still hold the offset this batch started from, else a newer owner
-        # of the partition has moved on and this (zombie) batch must not land.
-        for (topic, partition), (expected, next_offset) in batch.offsets.items():
-            done = await conn.fetchval(
-                SQL["advance_offset"], batch.group_id, topic, partition, next_offset, expected
-            )
-            if not done:
-                raise OffsetConflict(f"{topic}[{partition}] moved past offset {expected} under this consumer")
-
-    @staticmethod
-    async def _write_incidents(
-        conn: Conn, incidents: dict[str, tuple[Incident, int]], created: set[str]
-    ) -> None:
-        """New incidents by COPY; the others get their changing columns updated.
-
-        A new incident that exists after all (another engine's zombie batch) fails the batch on the
-        primary key, like any other conflict: it is redone from the stored offsets.
-        """
-        dumps, fragment = orjson.dumps, orjson.Fragment
-        new: list[tuple[Incident, int]] = []
-        changed: list[tuple[Incident, int]] = []
-        for incident_id, (inc, partition) in incidents.items():
-            (new if incident_id in created else changed).append((inc, partition))
-        if new:
-            await conn.copy_records_to_table(
-                "incidents",
-                columns=_INCIDENT_COLUMNS,
-                records=[
-                    (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
-                     inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
-                    for inc, partition in new
-                ],
-            )  # fmt: skip
-        if changed:
-            status = await conn.execute(
-                SQL["update_incidents"],
-                [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
-                [inc.seq for inc, _ in changed], [p for _, p in changed],
-                [inc.last_event_at for inc, _ in changed],
-                [dumps(inc.to_json()).decode() for inc, _ in changed],
-            )  # fmt: skip
-            if status != f"UPDATE {len(changed)}":  # a projection row missing: never lose the change
-                raise RuntimeError(f"incident projection out of step ({status} of {len(changed)} rows)")
-
-    @staticmethod
-    async def _enqueue_outbox(conn: Conn, outbox: list[OutboxRow]) -> None:
-        """One outbox row per input partition; each output learns its row's id (for the relay)."""
-        grouped: dict[int, list[OutboxRow]] = {}
-        for out in outbox:
-            grouped.setdefault(out.partition, []).append(out)
-        partitions = list(grouped)
-        rows = await conn.fetch(
-            SQL["enqueue_outbox"],
-            partitions,
-            [len(grouped[p]) for p in partitions],
-            [encode_messages(grouped[p]) for p in partitions],
-        )
-        for row in rows:
-            for out in grouped[row["kafka_partition"]]:
-                out.id = row["id"]
-
-    @staticmethod
-    async def _write_timers(conn: Conn, timers: dict[str, TimerRow | None]) -> None:
-        gone = [incident_id for incident_id, row in timers.items() if row is None]
-        armed = [row for row in timers.values() if row is not None]
-        if gone:
-            await conn.execute("DELETE FROM timers WHERE incident_id = ANY($1::text[])", gone)
-        if armed:
-            await conn.execute(
-                SQL["upsert_timers"],
-                [t.incident_id for t in armed], [t.partition for t in armed], [t.due_at for t in armed],
-                [orjson.dumps(t.trace_context).decode() if t.trace_context else None for t in armed],
-            )  # fmt: skip
+            if new:
+                # A new incident that exists after all (another engine's zombie batch) fails the
+                # batch on the primary key, like any other conflict: it is redone from the offsets.
+                await conn.copy_records_to_table(
+                    "incidents",
+                    columns=_INCIDENT_COLUMNS,
+                    records=[
+                        (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
+                         inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
+                        for inc, partition in new
+                    ],
+                )  # fmt: skip
 
     async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
         """The oldest unsent outputs of these partitions, in commit order (`limit` counts rows of batches)."""
