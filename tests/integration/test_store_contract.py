@@ -129,3 +129,12 @@ async def test_incidents_are_created_once_and_only_existing_ones_change(store: E
     assert (await store.load_incidents(["A", "Z"])).keys() == {"A"}
     assert (await store.load_incidents(["A"]))["A"].seq == 2
     assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 2}
+
+
+async def test_lookup_is_known_ids_and_stored_incidents_at_once(store: EventStore) -> None:
+    await store.commit(
+        batch(0, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}, created={"A"})
+    )
+    known, loaded = await store.lookup(["e1", "e2"], ["A", "B"])
+    assert known == {"e1"} and list(loaded) == ["A"] and loaded["A"].to_json() == incident("A").to_json()
+    assert await store.lookup([], []) == (set(), {})

@@ -88,7 +88,37 @@ async def test_offered_rows_are_sent_from_memory_in_commit_order_and_deleted() -
     assert await relay.relay_once() == 3  # three outbox rows: two partitions, then one
     assert payloads(producer) == ["a1", "a2", "b1", "a3"]  # per outbox row, rows in commit order
     assert store.sweeps == 1  # nothing was read back from the table
+    assert await store.outbox_backlog() == 4  # sent: deleted by the next batch's transaction
+    taken = relay.take_sent()
+    assert sorted(taken) == [1, 2, 3] and relay.take_sent() == []
+    await store.commit(BatchWrite("g", sent_outbox=taken))
+    relay.deleted(taken)
     assert await store.outbox_backlog() == 0
+
+
+async def test_sent_rows_no_batch_takes_are_deleted_by_the_relay_and_never_resent() -> None:
+    store, producer = CountingStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0], sweep_seconds=0, idle_seconds=3600)  # type: ignore[arg-type]
+    relay.offer(await commit(store, (0, "once")))
+    assert await relay.relay_once() == 1  # by a sweep (sweep_seconds=0: every round sweeps)
+    assert await relay.relay_once() == 0  # the row is still there, sent: not sent again
+    assert await store.outbox_backlog() == 1
+    relay.idle_seconds = 0  # nobody took it in time
+    assert await relay.relay_once() == 0
+    assert await store.outbox_backlog() == 0 and payloads(producer) == ["once"]
+
+
+async def test_ids_a_failed_batch_took_are_deleted_by_the_relay_later() -> None:
+    store, producer = CountingStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0], sweep_seconds=3600, idle_seconds=3600)  # type: ignore[arg-type]
+    await relay.relay_once()
+    relay.offer(await commit(store, (0, "x")))
+    await relay.relay_once()
+    taken = relay.take_sent()  # ... and the batch that took them never commits
+    assert taken and await store.outbox_backlog() == 1
+    relay.stop()  # on shutdown (or after a timeout) the relay deletes them itself
+    await relay.drain()
+    assert await store.outbox_backlog() == 0 and payloads(producer) == ["x"]
 
 
 async def test_a_sweep_sends_rows_nobody_offered_and_stale_offers_are_dropped() -> None:
@@ -111,6 +141,8 @@ async def test_rows_of_partitions_given_up_stay_for_their_new_owner() -> None:
     assert await relay.relay_once() == 1
     assert payloads(producer) == ["mine"]
     assert [row.payload for row in await store.pending_outbox([1], 10)] == [b"theirs"]
+    await store.commit(BatchWrite("g", sent_outbox=relay.take_sent()))
+    assert [row.payload for row in await store.pending_outbox([0, 1], 10)] == [b"theirs"]
 
 
 async def test_after_a_failed_send_everything_is_resent_from_the_table_in_order() -> None:

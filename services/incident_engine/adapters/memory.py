@@ -39,6 +39,12 @@ class MemoryStore:
         """Current state of these incidents (absent ones are unknown)."""
         return {i: Incident.from_json(self.incidents[i]) for i in incident_ids if i in self.incidents}
 
+    async def lookup(
+        self, event_ids: list[str], incident_ids: list[str]
+    ) -> tuple[set[str], dict[str, Incident]]:
+        """`known_event_ids` and `load_incidents` together."""
+        return await self.known_event_ids(event_ids), await self.load_incidents(incident_ids)
+
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
         """Every pending timer row of these partitions."""
         return [copy.copy(t) for t in self.timers.values() if t.partition in partitions]
@@ -74,6 +80,9 @@ class MemoryStore:
             else:
                 self.timers[incident_id] = copy.copy(row)
         self.firings.update(batch.firings)
+        if batch.sent_outbox:
+            gone = set(batch.sent_outbox)
+            self.outbox = [row for row in self.outbox if row.id not in gone]
         row_ids: dict[int, int] = {}  # one row id per input partition and batch, as in Postgres
         for out in batch.outbox:
             if out.partition not in row_ids:

@@ -64,6 +64,7 @@ class BatchWrite:
     timers: dict[str, TimerRow | None] = field(default_factory=dict)  # None: no pending timer any more
     outbox: list[OutboxRow] = field(default_factory=list)
     firings: dict[tuple[str, datetime], int] = field(default_factory=dict)  # (incident, at) -> partition
+    sent_outbox: list[int] = field(default_factory=list)  # outbox rows Kafka acknowledged: delete them
     # (topic, partition) -> (offset the batch started from, next offset after it)
     offsets: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
 
@@ -85,6 +86,12 @@ class EventStore(Protocol):
 
     async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
         """Current state of these incidents (absent ones are unknown)."""
+        ...
+
+    async def lookup(
+        self, event_ids: list[str], incident_ids: list[str]
+    ) -> tuple[set[str], dict[str, Incident]]:
+        """`known_event_ids` and `load_incidents` at once (in one round trip where that matters)."""
         ...
 
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:

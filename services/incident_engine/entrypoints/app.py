@@ -131,6 +131,7 @@ class EngineService:
             batch_max=s.incidents_batch_max,
             batch_timeout_ms=s.incidents_batch_timeout_ms,
             on_batch=self._after_batch,
+            before_commit=self._before_commit,
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -159,8 +160,13 @@ class EngineService:
         self.started = True
         log.info("engine started: group %s on %s", s.incidents_consumer_group, s.kafka_bootstrap_servers)
 
+    def _before_commit(self, result: BatchResult) -> None:
+        if self.relay is not None:
+            result.write.sent_outbox = self.relay.take_sent()
+
     def _after_batch(self, result: BatchResult, seconds: float) -> None:
         if self.relay is not None:
+            self.relay.deleted(result.write.sent_outbox)
             self.relay.offer(result.write.outbox)
         if self.telemetry is None:
             return

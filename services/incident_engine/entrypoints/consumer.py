@@ -31,6 +31,7 @@ class EngineLoop:
         batch_max: int = 500,
         batch_timeout_ms: int = 50,
         on_batch: Callable[[BatchResult, float], None] | None = None,
+        before_commit: Callable[[BatchResult], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.processor = processor
@@ -38,6 +39,7 @@ class EngineLoop:
         self.batch_max = batch_max
         self.batch_timeout_ms = batch_timeout_ms
         self.on_batch = on_batch
+        self.before_commit = before_commit  # e.g. the relay adding the outbox rows it has sent
         self.clock = clock
         self.timers = TimerHeap()
         self.consumer: AIOKafkaConsumer | None = None
@@ -164,6 +166,8 @@ class EngineLoop:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
                 raise
+            if self.before_commit is not None:
+                self.before_commit(result)
             self._inflight = asyncio.create_task(self._commit(result, started))
             return result
 

@@ -130,10 +130,12 @@ class BatchProcessor:
         parsed = [self._parse(record, now) for record in records]
         events = [p for p in parsed if not isinstance(p, OutputEvent)]
         ids = [e.id for e in events]
-        known = await self.store.known_event_ids(ids)
-        known.update(i for i in ids if i in self.uncommitted_ids)
         wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
-        states = await self._load([i for i in wanted if i is not None])
+        cache = self.cache
+        states = {i: inc for i in wanted if (inc := cache.get(i)) is not None}
+        known, loaded = await self.store.lookup(ids, [i for i in wanted if i not in states])
+        states.update(loaded)
+        known.update(i for i in ids if i in self.uncommitted_ids)
         try:
             for n, (record, item) in enumerate(zip(records, parsed, strict=True), 1):
                 if n % _YIELD_EVERY == 0:
@@ -181,13 +183,6 @@ class BatchProcessor:
         self.cache.forget()
         self.uncommitted_ids.clear()
         self.uncommitted_incidents.clear()
-
-    async def _load(self, incident_ids: list[str]) -> dict[str, Incident]:
-        states = {i: inc for i in incident_ids if (inc := self.cache.get(i)) is not None}
-        missing = [i for i in incident_ids if i not in states]
-        if missing:
-            states.update(await self.store.load_incidents(missing))
-        return states
 
     def _parse(self, record: InputRecord, now: datetime) -> Event | OutputEvent:
         raw = record.value or b""

@@ -7,7 +7,9 @@ table (reads it in id order) on start, after any failure, when the owned partiti
 least every `sweep_seconds`: that catches rows nobody offered (written before a crash or restart,
 by a previous owner of a partition, or committed when an offer could not be made). A row is deleted
 only after Kafka acknowledged it, so nothing is lost; output ids are deterministic, so the rare
-double send (a sweep racing a commit) is recognisable downstream.
+double send (a sweep racing a commit) is recognisable downstream. The deletes ride on the engine's
+next batch transaction (`take_sent`/`deleted`): a transaction (and WAL flush) of their own per
+round cost Postgres more than the deletes; with no batch coming, the relay deletes them itself.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from incident_engine.adapters.store import EventStore, OutboxRow
 
 log = logging.getLogger(__name__)
 _CONTENT_TYPE = ("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())
+_DELETE_TIMEOUT = 5.0  # seconds a batch may hold sent ids before the relay deletes them itself
 _PARTITION_CACHE = 100_000  # (topic, key) -> partition entries kept (murmur2 is pure Python in aiokafka)
 
 
@@ -64,6 +67,8 @@ class OutboxRelay:
         self._swept_upto = 0  # highest outbox id a sweep has read: offers at or below it are stale
         self._next_sweep = 0.0  # loop time of the next sweep (0: at once)
         self._owned_before: list[int] = []
+        self._sent: dict[int, float] = {}  # ids of rows Kafka acknowledged, not deleted -> when
+        self._deleting: dict[int, float] = {}  # of those, handed to a batch transaction -> when
         self._stopping = False
 
     def offer(self, rows: list[OutboxRow]) -> None:
@@ -77,6 +82,20 @@ class OutboxRelay:
                 else:
                     entry.append(row)
         self._wake.set()
+
+    def take_sent(self) -> list[int]:
+        """Ids of sent rows, for the next batch transaction to delete (see `deleted`)."""
+        if not self._sent:
+            return []
+        ids = list(self._sent)
+        self._deleting.update(dict.fromkeys(ids, asyncio.get_running_loop().time()))
+        self._sent.clear()
+        return ids
+
+    def deleted(self, ids: list[int]) -> None:
+        """The batch transaction that took these ids committed."""
+        for row_id in ids:
+            self._deleting.pop(row_id, None)
 
     def wake(self) -> None:
         """Tell the relay something was committed that it was not offered: sweep soon."""
@@ -107,7 +126,7 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if sent < self.batch and not self._hot:
+            if sent < self.batch and not self._hot:  # (sent rows left for a batch: deleted after this)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_seconds)
@@ -119,9 +138,10 @@ class OutboxRelay:
             if partitions != self._owned_before:  # a rebalance: the outbox may hold rows of new ones
                 self._owned_before = partitions
                 self.resync()
+            now = asyncio.get_running_loop().time()
+            await self._delete_leftovers(now)
             if not partitions:
                 return 0
-            now = asyncio.get_running_loop().time()
             if now >= self._next_sweep or self._stopping:
                 rows = await self._sweep(partitions, now)
             elif self._hot:
@@ -132,14 +152,27 @@ class OutboxRelay:
                 return 0
             await self._send(rows)
             ids = sorted({row.id for row in rows})
-            await self.store.mark_sent(ids)
+            self._sent.update(dict.fromkeys(ids, asyncio.get_running_loop().time()))
             self.sent_total += len(rows)
             return len(ids)
+
+    async def _delete_leftovers(self, now: float) -> None:
+        """Delete sent rows no batch took in time (idle input), or that a failed batch took."""
+        for row_id, handed in list(self._deleting.items()):
+            if now - handed > _DELETE_TIMEOUT or self._stopping:
+                self._sent[row_id] = self._deleting.pop(row_id)
+        if self._sent and (self._stopping or now - next(iter(self._sent.values())) >= self.idle_seconds):
+            ids = sorted(self._sent)
+            await self.store.mark_sent(ids)
+            for row_id in ids:
+                self._sent.pop(row_id, None)
 
     async def _sweep(self, partitions: list[int], now: float) -> list[OutboxRow]:
         rows = await self.store.pending_outbox(partitions, self.batch)
         if len(rows) == 0 or len({row.id for row in rows}) < self.batch:
             self._next_sweep = now + self.sweep_seconds  # caught up: back to sending from memory
+        sent, deleting = self._sent, self._deleting
+        rows = [row for row in rows if row.id not in sent and row.id not in deleting]  # sent already
         if rows:
             self._swept_upto = max(self._swept_upto, max(row.id for row in rows))
             for row in rows:

@@ -96,6 +96,16 @@ class PostgresStore:
         )
         return {r["incident_id"]: Incident.from_json(r["body"]) for r in rows}
 
+    async def lookup(
+        self, event_ids: list[str], incident_ids: list[str]
+    ) -> tuple[set[str], dict[str, Incident]]:
+        """`known_event_ids` and `load_incidents` in one round trip (the start of every batch)."""
+        if not event_ids and not incident_ids:
+            return set(), {}
+        rows = await self.pool.fetch(SQL["lookup"], event_ids, incident_ids)
+        known = {r["id"] for r in rows if r["body"] is None}
+        return known, {r["id"]: Incident.from_json(r["body"]) for r in rows if r["body"] is not None}
+
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
         """Every pending timer row of these partitions."""
         # A million rows are a million acyclic objects: without the cyclic GC running over and over
@@ -112,8 +122,8 @@ class PostgresStore:
         """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
 
         Four round trips whatever the batch holds: one statement for the offsets (checked first,
-        so a zombie batch stops there), changed incidents, timers, firings and the outbox; then
-        the new events and the new incidents by COPY; then COMMIT.
+        so a zombie batch stops there), changed incidents, timers, firings, the outbox and the
+        outbox rows already sent; then the new events and the new incidents by COPY; then COMMIT.
         """
         dumps, fragment = orjson.dumps, orjson.Fragment
         offsets = list(batch.offsets.items())
@@ -142,7 +152,7 @@ class PostgresStore:
                 [dumps(t.trace_context).decode() if t.trace_context else None for t in armed],
                 [i for (i, _), _ in firings], [at for (_, at), _ in firings], [p for _, p in firings],
                 queued, [len(grouped[p]) for p in queued], [encode_messages(grouped[p]) for p in queued],
-                batch.group_id,
+                batch.group_id, batch.sent_outbox,
             )  # fmt: skip
             assert done is not None  # the statement always returns its one row of counts
             if done["offsets"] != len(offsets):

@@ -8,6 +8,8 @@
 --  $12-$15 timers armed: incident id, partition, due_at, trace context (JSON text)
 --  $16-$18 timer firings outside an event: incident id, moment, partition
 --  $19-$21 outbox rows: input partition, message count, messages
+--  $22     the consumer group; $23 outbox rows the relay has sent (deleted here: no transaction of
+--          their own)
 WITH offsets AS (
     INSERT INTO consumer_offsets AS c (group_id, topic, kafka_partition, next_offset)
     SELECT $22, u.topic, u.kafka_partition, u.next_offset
@@ -45,6 +47,8 @@ WITH offsets AS (
     INSERT INTO outbox (kafka_partition, message_count, messages)
     SELECT * FROM unnest($19::int[], $20::int[], $21::bytea[])
     RETURNING id, kafka_partition
+), sent AS (
+    DELETE FROM outbox WHERE id = ANY($23::bigint[])
 )
 SELECT (SELECT count(*) FROM offsets) AS offsets,
        (SELECT count(*) FROM changed) AS changed,
