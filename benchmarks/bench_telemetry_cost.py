@@ -11,13 +11,13 @@ FastStream's telemetry middleware is not in the path: the engine consumes with i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
 from collections.abc import Sequence
 
 import orjson
+import uvloop
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -84,4 +84,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
-    asyncio.run(main())
+    uvloop.run(main())  # the loop `incidents serve` runs on (uvicorn picks uvloop)

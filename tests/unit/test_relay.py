@@ -172,3 +172,35 @@ async def test_drain_sends_what_is_left() -> None:
     await relay.drain()
     assert payloads(producer) == ["committed, never offered"]
     assert await store.outbox_backlog() == 0
+
+
+class SlowSweepStore(CountingStore):
+    """A sweep whose read takes a while: something else can commit meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_read: list[BatchWrite] = []
+
+    async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
+        rows = await super().pending_outbox(partitions, limit)  # the read's snapshot ...
+        for batch in self.during_read:  # ... then a batch deletes sent rows before it returns
+            await self.commit(batch)
+            self.on_commit(batch)
+        self.during_read.clear()
+        return rows
+
+    def on_commit(self, batch: BatchWrite) -> None:
+        pass
+
+
+async def test_a_sweep_never_resends_rows_deleted_while_it_read() -> None:
+    store, producer = SlowSweepStore(), Producer()
+    relay = OutboxRelay(store, producer, lambda: [0], sweep_seconds=3600, idle_seconds=3600)  # type: ignore[arg-type]
+    await relay.relay_once()
+    relay.offer(await commit(store, (0, "sent once")))
+    assert await relay.relay_once() == 1
+    store.during_read.append(BatchWrite("g", sent_outbox=relay.take_sent()))
+    store.on_commit = lambda batch: relay.deleted(batch.sent_outbox)  # type: ignore[method-assign]
+    relay.wake()  # sweep now
+    assert await relay.relay_once() == 0
+    assert payloads(producer) == ["sent once"] and await store.outbox_backlog() == 0

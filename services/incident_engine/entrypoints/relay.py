@@ -69,6 +69,7 @@ class OutboxRelay:
         self._owned_before: list[int] = []
         self._sent: dict[int, float] = {}  # ids of rows Kafka acknowledged, not deleted -> when
         self._deleting: dict[int, float] = {}  # of those, handed to a batch transaction -> when
+        self._gone: set[int] = set()  # deleted while a sweep's read may still have seen them
         self._stopping = False
 
     def offer(self, rows: list[OutboxRow]) -> None:
@@ -96,6 +97,7 @@ class OutboxRelay:
         """The batch transaction that took these ids committed."""
         for row_id in ids:
             self._deleting.pop(row_id, None)
+        self._gone.update(ids)
 
     def wake(self) -> None:
         """Tell the relay something was committed that it was not offered: sweep soon."""
@@ -166,13 +168,17 @@ class OutboxRelay:
             await self.store.mark_sent(ids)
             for row_id in ids:
                 self._sent.pop(row_id, None)
+            self._gone.update(ids)
 
     async def _sweep(self, partitions: list[int], now: float) -> list[OutboxRow]:
+        # Rows deleted before this read starts cannot be in it; rows deleted while it runs (a batch
+        # committing) may be: those are remembered in _gone until the next sweep.
+        self._gone.clear()
         rows = await self.store.pending_outbox(partitions, self.batch)
         if len(rows) == 0 or len({row.id for row in rows}) < self.batch:
             self._next_sweep = now + self.sweep_seconds  # caught up: back to sending from memory
-        sent, deleting = self._sent, self._deleting
-        rows = [row for row in rows if row.id not in sent and row.id not in deleting]  # sent already
+        sent, deleting, gone = self._sent, self._deleting, self._gone
+        rows = [r for r in rows if r.id not in sent and r.id not in deleting and r.id not in gone]
         if rows:
             self._swept_upto = max(self._swept_upto, max(row.id for row in rows))
             for row in rows:
