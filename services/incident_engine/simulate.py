@@ -136,7 +136,7 @@ class Simulation:
     def advance(self, until: datetime) -> None:
         """Move the virtual clock to `until`, firing every timer due on the way at its own due moment."""
         buckets, order, pending = self._buckets, self._order, self._pending
-        plans, plan_of, limit, clock = self.domain.plans, self.domain.plan, until.timestamp(), self.clock
+        domain, limit, clock = self.domain, until.timestamp(), self.clock
         while order:
             bucket = order[0]
             entries = buckets[bucket]
@@ -152,7 +152,9 @@ class Simulation:
             due = timer[0]
             if due > clock:
                 clock = due
-            plan = plans.get((incident.policy, incident.severity, incident.region)) or plan_of(incident)
+            plan = incident.plan
+            if plan is None or plan.owner is not domain:
+                plan = domain.plan(incident)
             plan.fire(incident, clock, clock, pending)  # = domain.fire_due(incident, clock), batched
             timers = incident.timers
             if timers:

@@ -144,11 +144,12 @@ class ClockPlan:
     and 24x7 time added directly.
     """
 
-    __slots__ = ("_actions", "_add", "_failover", "_first", "_next_warning", "calendar", "specs")
+    __slots__ = ("_actions", "_add", "_failover", "_first", "_next_warning", "calendar", "owner", "specs")
 
-    def __init__(self, specs: dict[str, ClockSpec], calendar: Calendar) -> None:
+    def __init__(self, specs: dict[str, ClockSpec], calendar: Calendar, owner: object = None) -> None:
         self.specs = specs
         self.calendar = calendar
+        self.owner = owner  # the SlaDomain that made it (whose plan an Incident caches)
         self._add = None if isinstance(calendar, AlwaysOpen) else calendar.add
         self._actions: dict[str, tuple[Action, ...]] = {}
         for trigger in _TRIGGERS:

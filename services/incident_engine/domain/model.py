@@ -121,6 +121,9 @@ class Incident:
     seq: int = 0  # accepted input events so far
     clocks: dict[str, ClockState] = field(default_factory=dict)
     timers: list[Timer] = field(default_factory=list)  # pending, sorted by Timer.sort_key
+    # The ClockPlan of the incident's (policy, severity, region) in the SlaDomain that last handled
+    # it: a cache of that domain's, not state (no part of equality, the JSON or a copy).
+    plan: Any = field(default=None, compare=False, repr=False)
 
     @property
     def next_due(self) -> datetime | None:

@@ -60,7 +60,7 @@ class SlaDomain:
         None (none is built), and a `fired` list to receive the timers that fire instead.
         """
         event_type = event.type
-        trigger = _TRIGGERS.get(event_type) or trigger_of(event_type)
+        trigger, outcomes = _BY_TYPE.get(event_type) or _by_type(event_type)
         if incident is None:
             if trigger == TRIGGER_REPORTED:
                 return self._create(event, now, raw, outputs, fired)
@@ -71,7 +71,7 @@ class SlaDomain:
             detail = "the incident is already reported"
             return self._refuse(incident, event, REASON_DUPLICATE, detail, raw, now, outputs, fired)
         state = incident.state
-        outcome, dest = _OUTCOMES.get((state, trigger)) or transition(state, trigger)
+        outcome, dest = outcomes.get(state) or transition(state, trigger)
         if outcome == Outcome.DUPLICATE or outcome == Outcome.INVALID:
             detail = f"{event_type} is not allowed in state {state}"
             return self._refuse(incident, event, outcome, detail, raw, now, outputs, fired)
@@ -80,7 +80,9 @@ class SlaDomain:
             at = at.astimezone(UTC)
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
-        plan = self.plans.get((incident.policy, incident.severity, incident.region)) or self.plan(incident)
+        plan = incident.plan
+        if plan is None or plan.owner is not self:
+            plan = self.plan(incident)
         timers = incident.timers
         if timers and timers[0][0] <= at:
             plan.fire(incident, at, now, outputs, fired)  # what was overdue when the event happened
@@ -125,7 +127,7 @@ class SlaDomain:
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
         if outputs is not None:
             outputs.append(state_changed(incident, None, event.id, now))
-        plan = self.plans.get((policy, data.severity, data.region)) or self.plan(incident)
+        plan = self.plan(incident)
         plan.apply(incident, TRIGGER_REPORTED, at)
         timers = incident.timers
         if timers and timers[0][0] <= now:
@@ -133,13 +135,19 @@ class SlaDomain:
         return incident, True
 
     def plan(self, incident: Incident) -> ClockPlan:
-        """The clock plan of an incident's (policy, severity, region), memoized."""
+        """The clock plan of an incident's (policy, severity, region), memoized (and cached on the
+        incident: `incident.plan`, when its `owner` is this domain, saves the look-up)."""
+        plan = incident.plan
+        if plan is not None and plan.owner is self:
+            return plan
         key = (incident.policy, incident.severity, incident.region)
         plan = self.plans.get(key)
         if plan is None:
             policy = self.policies.get(incident.policy)
             specs = policy.rules(incident.severity).clocks
-            plan = self.plans[key] = ClockPlan(specs, policy.calendar(incident.severity, incident.region))
+            calendar = policy.calendar(incident.severity, incident.region)
+            plan = self.plans[key] = ClockPlan(specs, calendar, self)
+        incident.plan = plan
         return plan
 
     def _refuse(
@@ -168,5 +176,10 @@ class SlaDomain:
         return rejected(reason, detail, original, now, subject=event.subject, origin=event.id)
 
 
-_TRIGGERS = {event_type: trigger_of(event_type) for event_type in INPUT_TYPES}
-_OUTCOMES = {(state, trigger): transition(state, trigger) for state in STATES for trigger in TRIGGERS}
+def _by_type(event_type: str) -> tuple[str, dict[str, tuple[str, str | None]]]:
+    """The trigger of an input type and its outcome (with the state it leads to) in every state."""
+    trigger = trigger_of(event_type)
+    return trigger, {state: transition(state, trigger) for state in STATES if trigger in TRIGGERS}
+
+
+_BY_TYPE = {event_type: _by_type(event_type) for event_type in INPUT_TYPES}
