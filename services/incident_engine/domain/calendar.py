@@ -76,6 +76,7 @@ class BusinessCalendar:
     holidays: HolidaySource | None = None
     _windows: dict[int, Window] = field(default_factory=dict, repr=False)
     _holiday_years: dict[int, set[int]] = field(default_factory=dict, repr=False)
+    _first_open: dict[int, int] = field(default_factory=dict, repr=False, compare=False)  # see _open_from
 
     def window(self, ordinal: int) -> Window:
         """The UTC [open, close) window of a local date (by ordinal), or None when closed all day."""
@@ -125,7 +126,13 @@ class BusinessCalendar:
         """The first instant at which `budget` of business time has passed since `start`."""
         if budget <= ZERO:
             return start
-        ordinal = start.toordinal() - 1 if start.tzinfo is UTC else self._first_ordinal(start)
+        if start.tzinfo is UTC:
+            day = start.toordinal()
+            ordinal = self._first_open.get(day)
+            if ordinal is None:
+                ordinal = self._open_from(day)
+        else:
+            ordinal = self._first_ordinal(start)
         remaining = budget
         windows = self._windows
         for _ in range(_MAX_DAYS):
@@ -142,6 +149,22 @@ class BusinessCalendar:
                     remaining -= available
             ordinal += 1
         raise ValueError(f"no business time within {_MAX_DAYS} days of {start.isoformat()}")
+
+    def _open_from(self, day: int) -> int:
+        """Where `add` starts walking for an instant of the UTC date `day`: the first local date whose
+        window closes after that date begins (memoized). The dates before it, from the day before
+        (`_first_ordinal`), are closed or close before the instant: they add nothing but a step."""
+        midnight = datetime.combine(date.fromordinal(day), time(), UTC)
+        ordinal = day - 1
+        for _ in range(_MAX_DAYS):
+            window = self.window(ordinal)
+            if window is not None and window[1] > midnight:
+                break
+            ordinal += 1
+        else:
+            ordinal = day - 1  # no window for years: let `add` walk and fail as it would
+        self._first_open[day] = ordinal
+        return ordinal
 
     def elapsed(self, start: datetime, end: datetime) -> timedelta:
         """Business time between `start` and `end` (zero when `end` <= `start`)."""

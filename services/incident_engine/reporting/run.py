@@ -43,7 +43,7 @@ async def state_at(
 ) -> tuple[StateAt, LogSummary]:
     """Replay the scope up to `scope.processed_until`."""
     state = StateAt(scope.processed_until)
-    with gc_paused():
+    with gc_paused(keep=True):
         summary = await scan(dsn, scope, lambda groups: state.visit(domain, groups), progress=progress)
     return state, summary
 
@@ -61,7 +61,7 @@ async def what_if(
 ) -> WhatIf:
     """Compare the scope's incidents under their pinned policies and under `policy` (in `shadow`)."""
     result = WhatIf(policy, horizon, exhaustive=exhaustive)
-    with gc_paused():
+    with gc_paused(keep=True):
         await scan(dsn, scope, lambda groups: result.visit(baseline, shadow, groups), progress=progress)
     return result
 
@@ -98,7 +98,7 @@ async def compliance_report(
         reported_since=since, reported_until=until, severity=severity, region=region, down_since=True
     )
     collect = _Collect(domain)
-    with gc_paused():
+    with gc_paused(keep=True):
         await scan(dsn, scope, collect.visit, progress=progress)
     start = since or min(f.reported_at for f in collect.facts)
     report = build_report(collect.facts, start, until or now, now=now)
