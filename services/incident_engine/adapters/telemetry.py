@@ -177,13 +177,13 @@ class EngineMetrics:
         """Count processed input events of `type` with `outcome` (accepted, rejected, duplicate...)."""
         self._events.add(count, self._event_labels.get((type, outcome)))
 
-    def rejection(self, reason: str) -> None:
-        """Count one dead-lettered input event by reason."""
-        self._rejections.add(1, self._rejection_labels.get((reason,)))
+    def rejection(self, reason: str, count: int = 1) -> None:
+        """Count dead-lettered input events by reason."""
+        self._rejections.add(count, self._rejection_labels.get((reason,)))
 
-    def sla_output(self, kind: str, clock: str, severity: str) -> None:
-        """Count one SLA output; kind is warning, breached or failover."""
-        self._sla_outputs.add(1, self._sla_labels.get((kind, clock, severity)))
+    def sla_output(self, kind: str, clock: str, severity: str, count: int = 1) -> None:
+        """Count SLA outputs; kind is warning, breached or failover."""
+        self._sla_outputs.add(count, self._sla_labels.get((kind, clock, severity)))
 
     def timer_lateness(self, seconds: float) -> None:
         """Record how late a timer fired (negative values, from clock skew, count as 0)."""

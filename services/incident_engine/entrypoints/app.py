@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,11 @@ from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
+_SLA_KINDS = {
+    "incident.sla.warning": "warning",
+    "incident.sla.breached": "breached",
+    "incident.failover.required": "failover",
+}
 OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
 
 
@@ -174,16 +180,21 @@ class EngineService:
         m.batch(sum(result.outcomes.values()), seconds)
         for (event_type, outcome), count in result.outcomes.items():
             m.event(event_type, outcome, count)
+        rejections: Counter[str] = Counter()
+        sla: Counter[tuple[str, str, str]] = Counter()  # one add per label set, not per output
         for out in result.outputs:
-            data = out.data
-            if out.type == "incident.rejected":
-                m.rejection(data["reason"])
-            elif out.type == "incident.sla.warning":
-                m.sla_output("warning", data["clock"], data["severity"])
-            elif out.type == "incident.sla.breached":
-                m.sla_output("breached", data["clock"], data["severity"])
-            elif out.type == "incident.failover.required":
-                m.sla_output("failover", "restore", "")
+            kind = _SLA_KINDS.get(out.type)
+            if kind is None:
+                if out.type == "incident.rejected":
+                    rejections[out.data["reason"]] += 1
+            elif kind == "failover":
+                sla[("failover", "restore", "")] += 1
+            else:
+                sla[(kind, out.data["clock"], out.data["severity"])] += 1
+        for reason, count in rejections.items():
+            m.rejection(reason, count)
+        for (kind, clock, severity), count in sla.items():
+            m.sla_output(kind, clock, severity, count)
         for lateness in result.fired_lateness:
             m.timer_lateness(lateness)
 

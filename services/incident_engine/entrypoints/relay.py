@@ -246,8 +246,10 @@ class OutboxRelay:
         self._wake.set()
 
 
+_PLAIN_HEADERS = [_CONTENT_TYPE]  # shared by every output without trace headers (never mutated)
+
+
 def _headers(row: OutboxRow) -> list[tuple[str, bytes]]:
-    headers = [_CONTENT_TYPE]
-    if row.headers:
-        headers.extend((name, value.encode()) for name, value in row.headers.items())
-    return headers
+    if not row.headers:
+        return _PLAIN_HEADERS
+    return [_CONTENT_TYPE, *((name, value.encode()) for name, value in row.headers.items())]
