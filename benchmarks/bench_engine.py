@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from bench_common import spawn_engine, wait_status
 from devstack.stack import fresh_database, start_kafka, start_postgres
 from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_engine.adapters.postgres.migrate import migrate
@@ -53,6 +54,7 @@ from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.app import EngineService
 
 PARTITIONS = 6
+OUT = Path(__file__).parent / "out"  # replica logs (git-ignored)
 
 
 def generate(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -269,40 +271,23 @@ async def engine_run(
 async def replicas_run(bootstrap: str, dsn: str, ends: dict[int, int], replicas: int) -> float:
     """`replicas` engines as `incidents serve` processes in one group: events/s from the moment all
     are ready (partitions assigned, timers loaded) until everything is committed and relayed."""
-    import httpx
-
-    from devstack.engine import spawn_engine
-
     await migrate(dsn)
     group = f"bench-{uuid.uuid4().hex[:8]}"
-    logs = Path(os.environ.get("DEVSTACK_HOME", ".devstack")) / "bench-logs"
     procs = [
-        spawn_engine(bootstrap, dsn, group, logs / f"{group}-{i}.log",
-                     INCIDENTS_TOPIC_PARTITIONS=str(PARTITIONS), INCIDENTS_LOG_LEVEL="WARNING")
-        for i in range(replicas)
-    ]  # fmt: skip
+        spawn_engine(bootstrap, dsn, group, OUT / f"bench_engine-{group}-{i}.log") for i in range(replicas)
+    ]
     total = sum(ends.values())
     conn = await asyncpg.connect(dsn)
     consumed_sql = "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1"
     try:
-        async with httpx.AsyncClient() as client:
-            deadline = time.monotonic() + 120
-            pending = {port for _, port in procs}
-            while pending:
-                if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
-                    raise RuntimeError(f"engine replicas not ready (logs in {logs})")
-                for port in list(pending):
-                    try:
-                        if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                            pending.discard(port)
-                    except httpx.HTTPError:
-                        pass
-                await asyncio.sleep(0.02)
-        started, at_start = time.perf_counter(), await conn.fetchval(consumed_sql, group)
+        await asyncio.gather(
+            *(wait_status(port, proc, lambda s: s["ready"], every=0.02) for proc, port in procs)
+        )
+        started, at_start = time.perf_counter(), int(await conn.fetchval(consumed_sql, group))
         while True:
             consumed = await conn.fetchval(consumed_sql, group)
             if consumed >= total and await conn.fetchval("SELECT count(*) FROM outbox") == 0:
-                return (total - int(at_start)) / (time.perf_counter() - started)
+                return (total - at_start) / (time.perf_counter() - started)
             await asyncio.sleep(0.05)
     finally:
         await conn.close()
