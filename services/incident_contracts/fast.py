@@ -10,14 +10,23 @@ About five times cheaper than the pydantic validation, which dominates a simulat
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
+# The one time form taken here (ASCII digits, in-range fields); every other form goes to pydantic.
+# Checked by msgspec as it decodes (`search`, hence the anchors; `(?a)`: ASCII digits only).
+_TIME_PATTERN = (
+    r"(?a)^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z"
+)
+if TYPE_CHECKING:
+    TimeText = Any  # a datetime once decode_fast returns the event: readers see what they always saw
+else:
+    TimeText = Annotated[str, Meta(pattern=_TIME_PATTERN)]
 
 
 class _Data(Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -53,13 +62,13 @@ class UpdatedData(_Data, frozen=True):
 
 
 class FastEvent(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True, gc=False):
-    """The envelope; `time` holds the raw JSON value until `decode_fast` makes it a datetime."""
+    """The envelope; `time` holds the text (of the one form taken) until `decode_fast` makes it a datetime."""
 
     specversion: Literal["1.0"]
     id: NonEmpty
     source: NonEmpty
     subject: NonEmpty
-    time: Any
+    time: TimeText
     datacontenttype: Literal["application/json"] | None = None
     dataschema: str | None = None
     data: Any = None
@@ -85,13 +94,6 @@ EVENT_STRUCTS: tuple[type[FastEvent], ...] = (
     _event_struct("incident.updated", UpdatedData, required=True),
 )
 _DECODER = msgspec.json.Decoder(Union[EVENT_STRUCTS])  # noqa: UP007 (a Union of a tuple of types)
-# The one time form taken here (ASCII digits, in-range fields); every other form goes to pydantic.
-_TIME = re.compile(
-    r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
-    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
-    re.ASCII,
-)
-_match_time = _TIME.fullmatch
 _parse_time = datetime.fromisoformat
 _decode = _DECODER.decode
 
@@ -102,11 +104,8 @@ def decode_fast(raw: bytes) -> FastEvent | None:
         event: FastEvent = _decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
-    text = event.time
-    if type(text) is not str or _match_time(text) is None:
-        return None
     try:
-        event.time = _parse_time(text)
+        event.time = _parse_time(event.time)
     except ValueError:  # e.g. 2025-02-30
         return None
     return event

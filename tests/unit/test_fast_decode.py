@@ -77,6 +77,9 @@ def test_every_type_takes_the_fast_path(event_type: str) -> None:
         {"time": "2025-06-11t10:00:00z"},
         {"time": 1749636000},
         {"time": "2025-02-30T10:00:00Z"},
+        {"time": "2025-06-11T10:00:00Z\n"},  # the pattern is anchored at the very end
+        {"time": "\uff12025-06-11T10:00:00Z"},  # a full-width digit: ASCII digits only
+        {"time": None},
         {"id": ""},
         {"id": 5},
         {"specversion": "0.3"},

@@ -38,12 +38,20 @@ def state_changed(incident: Incident, from_state: str | None, cause: str, now: d
     )
 
 
+_THRESHOLD_TEXT: dict[float, str] = {}  # f"{threshold}" of the thresholds met: formatting floats costs
+
+
 def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
     """The warning, breach or failover order of a due timer; `due_at` stays the true due moment."""
     due, clock, kind, threshold, cycle, incident_id = timer
     if kind == WARNING:
+        text = _THRESHOLD_TEXT.get(threshold) if type(threshold) is float else None
+        if text is None:
+            text = f"{threshold}"
+            if type(threshold) is float:
+                _THRESHOLD_TEXT[threshold] = text
         return OutputEvent(
-            id=stable_id(f"{incident_id}/{clock}/{cycle}/warning/{threshold}"),  # = Timer.output_id
+            id=stable_id(f"{incident_id}/{clock}/{cycle}/warning/{text}"),  # = Timer.output_id
             type=SLA_WARNING,
             subject=incident.id,
             time=now,
