@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
+import msgspec
+
 from incident_contracts.envelope import OutputEvent, stable_id
 
 RUNNING: Final = "running"
@@ -18,9 +20,11 @@ BREACH: Final = "breached"
 FAILOVER: Final = "failover"
 
 
-@dataclass(slots=True)
-class ClockState:
-    """One SLA clock of an incident (its current cycle)."""
+class ClockState(msgspec.Struct, gc=False):
+    """One SLA clock of an incident (its current cycle).
+
+    A msgspec Struct rather than a slots dataclass: the same fields and behaviour, built in C (one
+    is made per clock start); not tracked by the cyclic GC (it holds no container)."""
 
     started_at: datetime
     due_at: datetime
