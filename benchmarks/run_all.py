@@ -61,7 +61,7 @@ def _engine(r: dict[str, Any]) -> list[Row]:
         _row("  end-to-end / raw pipe (one unindexed jsonb row per message)", raw_ratio, "ratio",
              "(info)", None, f"{raw} events/s (raw pipe)", raw_ratio),
     ]  # fmt: skip
-    if r.get("replicas"):
+    if r.get("replicas_events_per_s"):
         rows.append(_row(f"  same, {r['replicas']} engine processes in one group (from all ready)",
                          r["replicas_events_per_s"], "events/s", "(info)", None,
                          f"{base} events/s (same rows)", r["replicas_ratio"]))  # fmt: skip
