@@ -101,7 +101,6 @@ def main() -> None:
     domain = SlaDomain(PolicyRegistry.load())
     until = START + SPAN + timedelta(days=14)
     rates, baseline = [], []
-    result = None
     for run in range(1, args.repeat + 1):
         # Free the previous run's state first: `result = run_simulation(...)` frees it on assignment,
         # inside the timed span (its 250k incidents cost half a second to free, counted against
