@@ -12,12 +12,9 @@
 3. Baseline "raw pipe" (informational, a floor that writes far less): each message as one jsonb row
    of an unindexed table, with its offset.
 4. Engine: the real EngineService (same process, on uvloop as `incidents serve`) from a fresh database
-   and consumer group, timed from ready until every message is committed in Postgres AND every
-   output is relayed to Kafka (outbox empty).
-5. `--replicas N` (default 2): N `incidents serve` processes in one consumer group (the way the
-   service scales, each Python process on its own core), timed from the moment all are ready to the
-   same end; events consumed before that are not counted.
-Runs alternate same-rows/raw/engine/replicas `--runs` times; prints medians and the ratios.
+   and consumer group, timed until every message is committed in Postgres AND every output is
+   relayed to Kafka (outbox empty).
+Runs alternate same-rows/raw/engine `--runs` times; prints medians and the ratios.
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
 """
 
@@ -42,7 +39,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bench_common import spawn_engine, wait_status
 from devstack.stack import fresh_database, start_kafka, start_postgres
 from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_engine.adapters.postgres.migrate import migrate
@@ -54,7 +50,6 @@ from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.app import EngineService
 
 PARTITIONS = 6
-OUT = Path(__file__).parent / "out"  # replica logs (git-ignored)
 
 
 def generate(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -268,35 +263,6 @@ async def engine_run(
         await service.stop()
 
 
-async def replicas_run(bootstrap: str, dsn: str, ends: dict[int, int], replicas: int) -> float:
-    """`replicas` engines as `incidents serve` processes in one group: events/s from the moment all
-    are ready (partitions assigned, timers loaded) until everything is committed and relayed."""
-    await migrate(dsn)
-    group = f"bench-{uuid.uuid4().hex[:8]}"
-    procs = [
-        spawn_engine(bootstrap, dsn, group, OUT / f"bench_engine-{group}-{i}.log") for i in range(replicas)
-    ]
-    total = sum(ends.values())
-    conn = await asyncpg.connect(dsn)
-    consumed_sql = "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1"
-    try:
-        await asyncio.gather(
-            *(wait_status(port, proc, lambda s: s["ready"], every=0.02) for proc, port in procs)
-        )
-        started, at_start = time.perf_counter(), int(await conn.fetchval(consumed_sql, group))
-        while True:
-            consumed = await conn.fetchval(consumed_sql, group)
-            if consumed >= total and await conn.fetchval("SELECT count(*) FROM outbox") == 0:
-                return (total - at_start) / (time.perf_counter() - started)
-            await asyncio.sleep(0.05)
-    finally:
-        await conn.close()
-        for proc, _ in procs:
-            proc.terminate()
-        for proc, _ in procs:
-            proc.wait(30)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -304,10 +270,6 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument(
-        "--replicas", type=int, default=2,
-        help="also measure this many `incidents serve` processes in one group (0: skip)",
-    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
@@ -319,7 +281,7 @@ async def main() -> None:
         total = sum(ends.values())
         print(f"{total} messages in {TOPIC_EVENTS} ({args.events} produced now)", file=sys.stderr)
         rows = await precompute_rows(kafka.url, ends)
-        base, raw, eng, many, outputs = [], [], [], [], 0
+        base, raw, eng, outputs = [], [], [], 0
         for run in range(args.runs):
             seconds = await same_rows(kafka.url, await fresh_database(postgres.url), ends, rows)
             base.append(total / seconds)
@@ -327,14 +289,8 @@ async def main() -> None:
             raw.append(total / seconds)
             seconds, outputs = await engine_run(kafka.url, await fresh_database(postgres.url), ends)
             eng.append(total / seconds)
-            line = (f"run {run + 1}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, "
-                    f"engine {eng[-1]:,.0f} ev/s ({outputs} outputs relayed)")  # fmt: skip
-            if args.replicas:
-                many.append(
-                    await replicas_run(kafka.url, await fresh_database(postgres.url), ends, args.replicas)
-                )
-                line += f", {args.replicas} replicas {many[-1]:,.0f} ev/s"
-            print(line, file=sys.stderr)
+            print(f"run {run + 1}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, "
+                  f"engine {eng[-1]:,.0f} ev/s ({outputs} outputs relayed)", file=sys.stderr)  # fmt: skip
         result = {
             "figure": "engine end-to-end throughput",
             "events": total,
@@ -345,9 +301,6 @@ async def main() -> None:
             "ratio": round(statistics.median(eng) / statistics.median(base), 3),
             "raw_pipe_events_per_s": round(statistics.median(raw)),
             "ratio_to_raw_pipe": round(statistics.median(eng) / statistics.median(raw), 3),
-            "replicas": args.replicas,
-            "replicas_events_per_s": round(statistics.median(many)) if many else None,
-            "replicas_ratio": round(statistics.median(many) / statistics.median(base), 3) if many else None,
             "targets": {"engine_events_per_s": 20_000, "ratio": 0.35},
             "command": "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
         }

@@ -53,7 +53,7 @@ def _row(figure: str, value: Any, unit: str, target: str, met: bool | None, base
 def _engine(r: dict[str, Any]) -> list[Row]:
     eng, base, ratio = r["engine_events_per_s"], r["baseline_events_per_s"], r["ratio"]
     raw, raw_ratio = r["raw_pipe_events_per_s"], r["ratio_to_raw_pipe"]
-    rows = [
+    return [
         _row("end-to-end throughput (accepted, committed, relayed)", eng, "events/s", ">= 20,000",
              eng >= 20_000, f"{base} events/s (same rows, no logic)", ratio),
         _row("end-to-end / same-rows baseline (aiokafka + asyncpg writing the engine's rows)", ratio,
@@ -61,11 +61,6 @@ def _engine(r: dict[str, Any]) -> list[Row]:
         _row("  end-to-end / raw pipe (one unindexed jsonb row per message)", raw_ratio, "ratio",
              "(info)", None, f"{raw} events/s (raw pipe)", raw_ratio),
     ]  # fmt: skip
-    if r.get("replicas_events_per_s"):
-        rows.append(_row(f"  same, {r['replicas']} engine processes in one group (from all ready)",
-                         r["replicas_events_per_s"], "events/s", "(info)", None,
-                         f"{base} events/s (same rows)", r["replicas_ratio"]))  # fmt: skip
-    return rows
 
 
 def _timers(r: dict[str, Any]) -> list[Row]:
