@@ -14,7 +14,9 @@
 4. Engine: the real EngineService (same process, on uvloop as `incidents serve`) from a fresh database
    and consumer group, timed until every message is committed in Postgres AND every output is
    relayed to Kafka (outbox empty).
-Runs alternate same-rows/raw/engine `--runs` times; prints medians and the ratios.
+Runs alternate same-rows/raw/engine `--runs` times, after `--warmup` rounds that are not counted
+(the first round of a fresh broker runs cold: its JIT has not compiled the produce and fetch paths
+yet); prints medians and the ratios.
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
 """
 
@@ -269,6 +271,10 @@ async def main() -> None:
     )
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=1,
+        help="rounds run first and not counted (the broker's JIT, Postgres' and the OS's caches)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -282,19 +288,23 @@ async def main() -> None:
         print(f"{total} messages in {TOPIC_EVENTS} ({args.events} produced now)", file=sys.stderr)
         rows = await precompute_rows(kafka.url, ends)
         base, raw, eng, outputs = [], [], [], 0
-        for run in range(args.runs):
+        for run in range(-args.warmup, args.runs):
             seconds = await same_rows(kafka.url, await fresh_database(postgres.url), ends, rows)
             base.append(total / seconds)
             seconds = await raw_pipe(kafka.url, await fresh_database(postgres.url), ends)
             raw.append(total / seconds)
             seconds, outputs = await engine_run(kafka.url, await fresh_database(postgres.url), ends)
             eng.append(total / seconds)
-            print(f"run {run + 1}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, "
+            label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
+            print(f"{label}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, "
                   f"engine {eng[-1]:,.0f} ev/s ({outputs} outputs relayed)", file=sys.stderr)  # fmt: skip
+            if run < 0:
+                base, raw, eng = [], [], []
         result = {
             "figure": "engine end-to-end throughput",
             "events": total,
             "runs": args.runs,
+            "warmup_rounds": args.warmup,
             "baseline": "same rows: aiokafka reads the messages, the engine's store writes their rows",
             "baseline_events_per_s": round(statistics.median(base)),
             "engine_events_per_s": round(statistics.median(eng)),

@@ -186,16 +186,15 @@ class BatchProcessor:
 
     def _parse(self, record: InputRecord, now: datetime) -> Event | OutputEvent:
         raw = record.value or b""
-        origin = f"{record.topic}/{record.partition}/{record.offset}"
         if len(raw) > self.max_message_bytes:
             error: InputError = DecodeError(
                 f"message of {len(raw)} bytes exceeds the limit of {self.max_message_bytes} bytes"
                 f" (INCIDENTS_MAX_MESSAGE_BYTES); original truncated to {_ORIGINAL_LIMIT} bytes"
             )
-            return reject_input(error, raw[:_ORIGINAL_LIMIT], now, key=record.key, origin=origin)
+            return reject_input(error, raw[:_ORIGINAL_LIMIT], now, key=record.key, origin=_origin(record))
         if record.value is None:
             return reject_input(
-                DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=origin
+                DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=_origin(record)
             )
         headers = record.headers
         event: Event | None = None
@@ -205,7 +204,7 @@ class BatchProcessor:
             if event is None:
                 event = parse_event(raw, headers)
         except InputError as exc:
-            return reject_input(exc, raw, now, key=record.key, origin=origin)
+            return reject_input(exc, raw, now, key=record.key, origin=_origin(record))
         key = record.key.decode(errors="replace") if record.key is not None else None
         if key != event.subject:
             # The key decides the partition, and one incident must live in one partition.
@@ -331,6 +330,11 @@ class BatchProcessor:
         tp = (record.topic, record.partition)
         start = write.offsets[tp][0] if tp in write.offsets else record.offset
         write.offsets[tp] = (start, record.offset + 1)
+
+
+def _origin(record: InputRecord) -> str:
+    """Where an unreadable message came from, quoted in its dead letter."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
 
 
 def _carrier(span: Span) -> dict[str, str] | None:
