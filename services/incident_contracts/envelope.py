@@ -17,7 +17,9 @@ _NAMESPACE = bytes.fromhex("81ac74af14ef56a1b0896e6f1a79ab3c")
 
 
 _KEYED_HASH = hashlib.blake2b(digest_size=16, key=_NAMESPACE)
-_new_digest = _KEYED_HASH.copy
+new_id_digest: Callable[[], Any] = _KEYED_HASH.copy
+"""A fresh keyed hash of `stable_id`: `stable_id(name)` is `d = new_id_digest(); d.update(name.encode());
+d.hexdigest()` (which a hot path may inline to save the call)."""
 
 
 def stable_id(name: str) -> str:
@@ -25,7 +27,7 @@ def stable_id(name: str) -> str:
 
     About 7x cheaper than `uuid.uuid5`, which matters: every output event needs one.
     """
-    digest = _new_digest()
+    digest = new_id_digest()
     digest.update(name.encode())
     return digest.hexdigest()
 

@@ -10,6 +10,7 @@ About five times cheaper than the pydantic validation, which dominates a simulat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
@@ -96,10 +97,16 @@ EVENT_STRUCTS: tuple[type[FastEvent], ...] = (
 _DECODER = msgspec.json.Decoder(Union[EVENT_STRUCTS])  # noqa: UP007 (a Union of a tuple of types)
 _parse_time = datetime.fromisoformat
 _decode = _DECODER.decode
+# For a hot loop that inlines `decode_fast`: `event = decode_struct(raw)`, then
+# `event.time = parse_time(event.time)`, any ValueError of either meaning None.
+decode_struct: Callable[[bytes], FastEvent] = _decode
+parse_time: Callable[[str], datetime] = _parse_time
 
 
 def decode_fast(raw: bytes) -> FastEvent | None:
-    """The input CloudEvent of `raw` when it has the common shape, else None (use `parse_event`)."""
+    """The input CloudEvent of `raw` when it has the common shape, else None (use `parse_event`).
+
+    (`msgspec.DecodeError` and `UnicodeDecodeError` are ValueErrors.)"""
     try:
         event: FastEvent = _decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):

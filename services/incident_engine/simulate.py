@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from incident_contracts.decode import parse_event
 from incident_contracts.envelope import OutputEvent, encode_output_lines
 from incident_contracts.errors import DecodeError, SchemaError
-from incident_contracts.fast import decode_fast
+from incident_contracts.fast import decode_struct, parse_time
 from incident_contracts.models import INPUT_ADAPTER
 from incident_engine.domain import DomainError, Incident, PolicyRegistry, SlaDomain, Timer, reject_input
 from incident_engine.domain.policy import DEFAULT_POLICY, POLICY_DIR
@@ -82,7 +82,12 @@ class Simulation:
                     continue
                 raw = line.rstrip(b"\r\n")  # quoted as is in a rejection
                 read += 1
-                event: Any = decode_fast(raw)  # the common shape; parse_event decides the rest
+                event: Any
+                try:  # decode_fast(raw), inline: the common shape; parse_event decides the rest
+                    event = decode_struct(raw)
+                    event.time = parse_time(event.time)
+                except ValueError:  # msgspec.DecodeError, UnicodeDecodeError, or e.g. 2025-02-30
+                    event = None
                 if event is None:
                     try:
                         event = parse(raw)  # the fast path of parse_event, which explains a failure below

@@ -14,7 +14,7 @@ from incident_contracts.constants import (
     SLA_WARNING,
     STATE_CHANGED,
 )
-from incident_contracts.envelope import OutputEvent, stable_id
+from incident_contracts.envelope import OutputEvent, new_id_digest, stable_id
 from incident_contracts.errors import InputError
 from incident_engine.domain.model import BREACH, WARNING, Incident, Timer
 
@@ -22,8 +22,10 @@ from incident_engine.domain.model import BREACH, WARNING, Incident, Timer
 def state_changed(incident: Incident, from_state: str | None, cause: str, now: datetime) -> OutputEvent:
     """`incident.state.changed`; its id derives from (incident, cause event)."""
     incident_id = incident.id
+    digest = new_id_digest()  # = stable_id(f"{incident_id}/state/{cause}"), one call less
+    digest.update(f"{incident_id}/state/{cause}".encode())
     return OutputEvent(
-        id=stable_id(f"{incident_id}/state/{cause}"),
+        id=digest.hexdigest(),
         type=STATE_CHANGED,
         subject=incident_id,
         time=now,
@@ -50,8 +52,10 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
             text = f"{threshold}"
             if type(threshold) is float:
                 _THRESHOLD_TEXT[threshold] = text
+        digest = new_id_digest()  # = stable_id(...) = Timer.output_id, one call less
+        digest.update(f"{incident_id}/{clock}/{cycle}/warning/{text}".encode())
         return OutputEvent(
-            id=stable_id(f"{incident_id}/{clock}/{cycle}/warning/{text}"),  # = Timer.output_id
+            id=digest.hexdigest(),
             type=SLA_WARNING,
             subject=incident.id,
             time=now,
@@ -77,8 +81,10 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
     else:
         event_type = FAILOVER_REQUIRED
         data = {"due_at": due, "policy": incident.policy, "region": incident.region}
+    digest = new_id_digest()  # = stable_id(...) = Timer.output_id, one call less
+    digest.update(f"{incident_id}/{clock}/{cycle}/{kind}".encode())
     return OutputEvent(
-        id=stable_id(f"{incident_id}/{clock}/{cycle}/{kind}"),
+        id=digest.hexdigest(),
         type=event_type,
         subject=incident.id,
         time=now,
