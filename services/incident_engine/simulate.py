@@ -78,7 +78,7 @@ class Simulation:
         read = 0
         try:
             for number, line in enumerate(lines, start=1):
-                if not line or line.isspace():
+                if not line or (line[0] != 123 and line.isspace()):  # 123: b"{", the common start
                     continue
                 raw = line.rstrip(b"\r\n")  # quoted as is in a rejection
                 read += 1
@@ -123,8 +123,7 @@ class Simulation:
                 else:
                     timers = incident.timers
                     first = timers[0] if timers else None
-                    apply(incident, event, clock, raw, pending)
-                    timers = incident.timers  # stopping a clock replaces the list
+                    apply(incident, event, clock, raw, pending)  # updates `timers` in place
                 if incident is not None and timers and timers[0] is not first:
                     timer = timers[0]
                     _enqueue(buckets, order, subject, incident, timer)

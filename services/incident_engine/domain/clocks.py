@@ -89,9 +89,9 @@ def stop_clock(incident: Incident, name: str, clock: ClockState, at: datetime) -
     if clock.status != BREACHED:
         clock.status = MET
     timers = incident.timers
-    for timer in timers:
+    for index, timer in enumerate(timers):
         if timer[1] == name:  # the clock's pending timer: drop it (most clocks stop before any fires)
-            incident.timers = [t for t in timers if t[1] != name]
+            del timers[index]  # in place, and the only one: a clock has one pending timer at a time
             return
 
 
