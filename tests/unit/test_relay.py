@@ -201,6 +201,6 @@ async def test_a_sweep_never_resends_rows_deleted_while_it_read() -> None:
     assert await relay.relay_once() == 1
     store.during_read.append(BatchWrite("g", sent_outbox=relay.take_sent()))
     store.on_commit = lambda batch: relay.deleted(batch.sent_outbox)  # type: ignore[method-assign]
-    relay.wake()  # sweep now
+    relay.resync()  # sweep now
     assert await relay.relay_once() == 0
     assert payloads(producer) == ["sent once"] and await store.outbox_backlog() == 0

@@ -17,6 +17,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
 from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
+from incident_contracts.constants import FAILOVER_REQUIRED, INCIDENT_REJECTED, SLA_BREACHED, SLA_WARNING
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
@@ -28,11 +29,7 @@ from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
-_SLA_KINDS = {
-    "incident.sla.warning": "warning",
-    "incident.sla.breached": "breached",
-    "incident.failover.required": "failover",
-}
+_SLA_KINDS = {SLA_WARNING: "warning", SLA_BREACHED: "breached", FAILOVER_REQUIRED: "failover"}
 OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
 
 
@@ -185,7 +182,7 @@ class EngineService:
         for out in result.outputs:
             kind = _SLA_KINDS.get(out.type)
             if kind is None:
-                if out.type == "incident.rejected":
+                if out.type == INCIDENT_REJECTED:
                     rejections[out.data["reason"]] += 1
             elif kind == "failover":
                 sla[("failover", "restore", "")] += 1

@@ -139,8 +139,8 @@ class BatchProcessor:
         try:
             for n, (record, item) in enumerate(zip(records, parsed, strict=True), 1):
                 if n % _YIELD_EVERY == 0:
-                    # Let the previous batch's commit send its next statement: it is a dozen round
-                    # trips, each waiting for this loop otherwise (commit and decide then overlap).
+                    # Let the previous batch's commit send its next statement (each of its round
+                    # trips would otherwise wait for this loop): commit and decide overlap.
                     await asyncio.sleep(0)
                 self._offset(result.write, record)
                 if not isinstance(item, OutputEvent):

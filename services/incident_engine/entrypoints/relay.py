@@ -57,7 +57,6 @@ class OutboxRelay:
         self.idle_seconds = idle_seconds
         self.sweep_seconds = sweep_seconds
         self.sent_total = 0
-        self.swept_total = 0  # outputs that were sent by a sweep rather than from memory
         self._wake = asyncio.Event()
         self._round = asyncio.Lock()  # rounds never overlap (the run loop and a shutdown drain)
         self._partitioner = DefaultPartitioner()
@@ -98,11 +97,6 @@ class OutboxRelay:
         for row_id in ids:
             self._deleting.pop(row_id, None)
         self._gone.update(ids)
-
-    def wake(self) -> None:
-        """Tell the relay something was committed that it was not offered: sweep soon."""
-        self._next_sweep = 0.0
-        self._wake.set()
 
     def resync(self) -> None:
         """Forget what was offered and read the outbox table next (after any doubt)."""
@@ -183,7 +177,6 @@ class OutboxRelay:
             self._swept_upto = max(self._swept_upto, max(row.id for row in rows))
             for row in rows:
                 self._hot.pop(row.id, None)
-            self.swept_total += len(rows)
         return rows
 
     def _take_hot(self, owned: set[int]) -> list[OutboxRow]:
