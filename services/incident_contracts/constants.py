@@ -32,12 +32,14 @@ STATE_CHANGED: Final = "incident.state.changed"
 SLA_WARNING: Final = "incident.sla.warning"
 SLA_BREACHED: Final = "incident.sla.breached"
 FAILOVER_REQUIRED: Final = "incident.failover.required"
+SLA_RETRACTED: Final = "incident.sla.retracted"
 INCIDENT_REJECTED: Final = "incident.rejected"
 OUTPUT_TOPICS: Final = {
     STATE_CHANGED: TOPIC_STATE,
     SLA_WARNING: TOPIC_BREACHES,
     SLA_BREACHED: TOPIC_BREACHES,
     FAILOVER_REQUIRED: TOPIC_BREACHES,
+    SLA_RETRACTED: TOPIC_BREACHES,
     INCIDENT_REJECTED: TOPIC_REJECTED,
 }
 

@@ -148,6 +148,19 @@ class FailoverRequiredData(_Out):
     region: Region
 
 
+class SlaRetractedData(_Out):
+    retracts: str = Field(description="id of the breach or failover order this retracts")
+    retracted_type: Literal["incident.sla.breached", "incident.failover.required"]
+    clock: ClockName
+    due_at: AwareDatetime = Field(description="the due moment of the retracted output")
+    stopped_at: AwareDatetime = Field(
+        description="when the clock stopped (the `time` of the proving event), at or before `due_at`"
+    )
+    cause: str = Field(description="id of the input event that proves the clock stopped in time")
+    severity: Severity
+    region: Region
+
+
 class RejectedData(_Data):
     reason: Reason
     detail: str
@@ -179,6 +192,11 @@ class FailoverRequired(_OutputEnvelope):
     data: FailoverRequiredData
 
 
+class SlaRetracted(_OutputEnvelope):
+    type: Literal["incident.sla.retracted"]
+    data: SlaRetractedData
+
+
 class IncidentRejected(_OutputEnvelope):
     type: Literal["incident.rejected"]
     subject: NonEmpty | None = Field(  # type: ignore[assignment]
@@ -192,6 +210,7 @@ OUTPUT_MODELS: tuple[type[CloudEvent], ...] = (
     SlaWarning,
     SlaBreached,
     FailoverRequired,
+    SlaRetracted,
     IncidentRejected,
 )
 

@@ -30,6 +30,10 @@ from incident_engine.domain.clocks import ClockPlan
 # A logged step: (processed_at, envelope, ...) — a tuple or a database record whose first two fields
 # are the moment the engine applied the event and the envelope (JSON text, bytes or a decoded dict).
 Step = Sequence[Any]
+# A recorded timer firing: when the engine fired (emission moment), what was due by `until` fired,
+# breaches and failover orders only by `breach_until` (both None in rows recorded before horizons
+# were: then everything due by the moment fired). A bare datetime is the same as (moment, None, None).
+Firing = datetime | tuple[datetime, datetime | None, datetime | None]
 
 
 @dataclass
@@ -65,7 +69,7 @@ def pin_policy(event: CloudEvent, policy: str) -> CloudEvent:
 def replay_incident(
     domain: SlaDomain,
     steps: Sequence[Step],
-    firings: Sequence[datetime] = (),
+    firings: Sequence[Firing] = (),
     *,
     as_of: datetime | None = None,
     policy_override: str | None = None,
@@ -95,11 +99,11 @@ def replay_incident(
             if on_time:
                 _fire_on_time(plan, incident, moment, outputs, fired, strict=True)
             else:
-                while done < pending and firings[done] < moment:
+                while done < pending and fired_at(firings[done]) < moment:
                     _fire(plan, incident, firings[done], outputs, fired)
                     done += 1
         else:
-            while done < pending and firings[done] < moment:
+            while done < pending and fired_at(firings[done]) < moment:
                 done += 1  # a firing before the report cannot concern this incident
         event = parse_logged(step[1])
         if policy_override is not None and event.type == INCIDENT_REPORTED:
@@ -114,24 +118,35 @@ def replay_incident(
             horizon = min(on_time_until, as_of) if as_of is not None else on_time_until
             _fire_on_time(plan, incident, horizon, outputs, fired, strict=False)
         else:
-            for moment in firings[done:]:
-                if as_of is not None and moment > as_of:
+            for firing in firings[done:]:
+                if as_of is not None and fired_at(firing) > as_of:
                     break
-                _fire(plan, incident, moment, outputs, fired)
+                _fire(plan, incident, firing, outputs, fired)
     return incident, applied
+
+
+def fired_at(firing: Firing) -> datetime:
+    """When the engine fired (the emission moment), whichever form the firing has."""
+    return firing if type(firing) is datetime else firing[0]  # type: ignore[index,return-value]
 
 
 def _fire(
     plan: ClockPlan,
     incident: Incident,
-    now: datetime,
+    firing: Firing,
     outputs: list[OutputEvent] | None,
     fired: list[Timer] | None,
 ) -> None:
-    """`SlaDomain.fire_due(incident, now)`, its outputs appended to `outputs`."""
+    """What the engine fired then: `SlaDomain.fire_due(incident, now, until=, breach_until=)`."""
+    if type(firing) is datetime:
+        now = until = firing
+        breach_until = None
+    else:
+        now, until, breach_until = firing  # type: ignore[misc]
+        until = until or now  # rows from before horizons were recorded: all that was due by then
     timers = incident.timers
-    if timers and timers[0][0] <= now:
-        plan.fire(incident, now, now, outputs, fired)
+    if timers and timers[0][0] <= until:
+        plan.fire(incident, until, now, outputs, fired, breach_until)
 
 
 def _fire_on_time(
@@ -154,7 +169,7 @@ def _fire_on_time(
 def rebuild(
     domain: SlaDomain,
     log_rows: Iterable[Mapping[str, Any]],
-    firings: Iterable[tuple[str, datetime]] = (),
+    firings: Iterable[tuple[str, datetime] | tuple[str, datetime, datetime | None, datetime | None]] = (),
     *,
     as_of: datetime | None = None,
     policy_override: str | None = None,
@@ -169,19 +184,19 @@ def rebuild(
     events: dict[str, list[tuple[int, datetime, Any]]] = defaultdict(list)
     for row in log_rows:
         events[row["incident_id"]].append((row["seq"], row["processed_at"], row["envelope"]))
-    fired: dict[str, list[datetime]] = defaultdict(list)
-    for incident_id, moment in firings:
-        fired[incident_id].append(moment)
+    fired: dict[str, list[Firing]] = defaultdict(list)
+    for incident_id, *firing in firings:
+        fired[incident_id].append(tuple(firing) if len(firing) > 1 else firing[0])  # type: ignore[arg-type]
     result = Rebuilt()
     for incident_id, rows in events.items():
         rows.sort(key=lambda r: r[0])
-        moments = sorted(fired.get(incident_id, ()))
+        moments = sorted(fired.get(incident_id, ()), key=fired_at)
         steps = [(moment, envelope) for _, moment, envelope in rows]
         incident, applied = replay_incident(
             domain, steps, moments, as_of=as_of, policy_override=policy_override
         )
         result.events += applied
-        result.firings += sum(1 for m in moments if as_of is None or m <= as_of)
+        result.firings += sum(1 for m in moments if as_of is None or fired_at(m) <= as_of)
         if incident is not None:
             result.incidents[incident_id] = incident
     return result

@@ -107,9 +107,9 @@ class Simulation:
                 if moment > clock:
                     if moment.tzinfo is not UTC:
                         moment = moment.astimezone(UTC)
-                    if earliest <= moment:
+                    if earliest < moment:
                         self.clock, self._next = clock, earliest
-                        self.advance(moment)
+                        self.advance(moment, before=True)
                         earliest = self._next
                     clock = moment
                 subject = event.subject
@@ -137,14 +137,19 @@ class Simulation:
         self.advance(until.astimezone(UTC))
         self.flush()
 
-    def advance(self, until: datetime) -> None:
-        """Move the virtual clock to `until`, firing every timer due on the way at its own due moment."""
+    def advance(self, until: datetime, *, before: bool = False) -> None:
+        """Move the virtual clock to `until`, firing every timer due on the way at its own due moment.
+
+        With `before`, a timer due at `until` itself stays pending: an event stamped `until` is about
+        to be applied, and at a threshold's very moment the action is in time (design §5).
+        """
         buckets, order, pending = self._buckets, self._order, self._pending
         domain, limit, clock = self.domain, until.timestamp(), self.clock
         while order:
             bucket = order[0]
             entries = buckets[bucket]
-            if entries[0][0] > limit:
+            key = entries[0][0]
+            if key > limit or (before and key == limit):
                 break
             _, incident_id, incident, timer = heappop(entries)
             if not entries:

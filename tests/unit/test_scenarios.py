@@ -131,9 +131,11 @@ def test_critical_is_real_time_across_a_dst_jump() -> None:
     ("offset", "fired"),
     [
         (timedelta(minutes=7, seconds=29), []),
-        (timedelta(minutes=7, seconds=30), [0.5]),  # reaching a threshold's moment counts
-        (timedelta(minutes=12), [0.5, 0.8]),
-        (timedelta(minutes=15), [0.5, 0.8, None]),  # acknowledged at the due moment: breached
+        (timedelta(minutes=7, seconds=30), []),  # at a threshold's very moment the action is in time
+        (timedelta(minutes=7, seconds=30, microseconds=1), [0.5]),
+        (timedelta(minutes=12), [0.5]),
+        (timedelta(minutes=15), [0.5, 0.8]),  # acknowledged at the due moment: met, no breach
+        (timedelta(minutes=15, microseconds=1), [0.5, 0.8, None]),  # a microsecond later: breached
     ],
 )
 def test_ack_exactly_at_a_threshold(offset: timedelta, fired: list[float | None]) -> None:
@@ -211,12 +213,18 @@ def test_overdue_timers_fire_at_once_with_their_true_due_moment() -> None:
     )
     now = reported + 40 * M
     decision = sla.handle(first.incident, event("acknowledged", reported + 20 * M), now)
+    # Applying the event fires what was due before the event's own time, never what is due before
+    # the wall clock: that is the timer path's, once no earlier evidence can still come.
     assert [brief(o) for o in decision.outputs] == [
         ("warning", now, "ack", 0.5, reported + 7.5 * M),
         ("warning", now, "ack", 0.8, reported + 12 * M),
         ("breached", now, "ack", None, reported + 15 * M),
         ("warning", now, "restore", 0.5, reported + 15 * M),
         ("state", now, "reported", "acknowledged"),
+    ]
+    assert decision.incident is not None
+    rest = sla.fire_due(decision.incident, now)
+    assert [brief(o) for o in rest.outputs] == [
         ("warning", now, "restore", 0.8, reported + 24 * M),
         ("breached", now, "restore", None, reported + 30 * M),
         ("required", now, None, None, reported + 30 * M),

@@ -102,10 +102,17 @@ def fire_timers(
     outputs: list[OutputEvent],
     specs: dict[str, ClockSpec],
     calendar: Calendar,
+    breach_until: datetime | None = None,
 ) -> None:
-    """Fire, in order, every timer due at or before `until` (successors included), emitting at `now`."""
+    """Fire, in order, every timer due at or before `until` (successors included), emitting at `now`.
+
+    Breaches and failover orders only when due by `breach_until` (default `until`), as `ClockPlan.fire`.
+    """
     timers = incident.timers
+    held = until if breach_until is None else breach_until
     while timers and timers[0].due_at <= until:
+        if timers[0].kind != WARNING and timers[0].due_at > held:
+            return
         timer = timers.pop(0)
         clock = incident.clocks[timer.clock]
         if timer.kind == BREACH:
@@ -145,6 +152,11 @@ class ClockPlan:
     """
 
     __slots__ = ("_actions", "_add", "_failover", "_first", "_next_warning", "calendar", "owner", "specs")
+
+    @property
+    def failover_clocks(self) -> frozenset[str]:
+        """The clocks whose breach also orders a failover."""
+        return self._failover
 
     def __init__(self, specs: dict[str, ClockSpec], calendar: Calendar, owner: object = None) -> None:
         self.specs = specs
@@ -211,17 +223,25 @@ class ClockPlan:
         now: datetime,
         outputs: list[OutputEvent] | None,
         fired: list[Timer] | None = None,
+        breach_until: datetime | None = None,
     ) -> None:
         """`fire_timers`: fire every timer due by `until` (successors included), emitting at `now`.
 
-        With `outputs` None no output event is built (a replay after state alone); `fired`, when
-        given, receives each fired timer (what a replay needs of its outputs, for less than their cost).
+        Breaches and failover orders fire only when due by `breach_until` (default `until`): the
+        live engine holds them for a grace after their due moment, so that evidence in flight can
+        still stop the clock. A held breach also holds the timers after it (they are never more
+        than the grace late). With `outputs` None no output event is built (a replay after state
+        alone); `fired`, when given, receives each fired timer (what a replay needs of its outputs,
+        for less than their cost).
         """
         timers = incident.timers
         clocks = incident.clocks
         next_warnings = self._next_warning
         successor: tuple[datetime, str, str, float | None, int, str]
+        held = until if breach_until is None else breach_until
         while timers and timers[0][0] <= until:
+            if timers[0][2] != WARNING and timers[0][0] > held:
+                return
             timer = timers.pop(0)
             due, name, kind, threshold, cycle, incident_id = timer
             clock = clocks[name]

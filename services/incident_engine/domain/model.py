@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -14,6 +14,9 @@ RUNNING: Final = "running"
 MET: Final = "met"
 BREACHED: Final = "breached"
 CANCELLED: Final = "cancelled"
+
+# The resolution of every moment (datetimes count microseconds): "strictly before t" is "by t - TICK".
+TICK: Final = timedelta(microseconds=1)
 
 WARNING: Final = "warning"
 BREACH: Final = "breached"

@@ -11,12 +11,13 @@ from incident_contracts.constants import (
     FAILOVER_REQUIRED,
     INCIDENT_REJECTED,
     SLA_BREACHED,
+    SLA_RETRACTED,
     SLA_WARNING,
     STATE_CHANGED,
 )
 from incident_contracts.envelope import OutputEvent, new_id_digest, stable_id
 from incident_contracts.errors import InputError
-from incident_engine.domain.model import BREACH, WARNING, Incident, Timer
+from incident_engine.domain.model import BREACH, WARNING, ClockState, Incident, Timer
 
 
 def state_changed(incident: Incident, from_state: str | None, cause: str, now: datetime) -> OutputEvent:
@@ -89,6 +90,38 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
         subject=incident.id,
         time=now,
         data=data,
+    )
+
+
+def retracted(
+    incident: Incident,
+    clock_name: str,
+    clock: ClockState,
+    kind: str,
+    stopped_at: datetime,
+    cause: str,
+    now: datetime,
+) -> OutputEvent:
+    """`incident.sla.retracted`: the breach (or failover order, by `kind`) of a clock cycle was sent,
+    but the event `cause`, read later, proves the clock stopped in time. Its id derives from the
+    retracted output's, which it names."""
+    retracts = stable_id(f"{incident.id}/{clock_name}/{clock.cycle}/{kind}")  # = Timer.output_id
+    return OutputEvent(
+        id=stable_id(f"{incident.id}/{clock_name}/{clock.cycle}/{kind}/retracted"),
+        type=SLA_RETRACTED,
+        subject=incident.id,
+        time=now,
+        data={
+            "retracts": retracts,
+            "retracted_type": SLA_BREACHED if kind == BREACH else FAILOVER_REQUIRED,
+            "clock": clock_name,
+            "due_at": clock.due_at,
+            "stopped_at": stopped_at,
+            "cause": cause,
+            "policy": incident.policy,
+            "severity": incident.severity,
+            "region": incident.region,
+        },
     )
 
 

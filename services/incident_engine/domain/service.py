@@ -16,8 +16,19 @@ from incident_contracts.envelope import OutputEvent
 from incident_contracts.models import CloudEvent
 from incident_engine.domain.clocks import ClockPlan
 from incident_engine.domain.lifecycle import TRIGGER_REPORTED, TRIGGERS, Outcome, transition, trigger_of
-from incident_engine.domain.model import Decision, Incident, Timer
-from incident_engine.domain.outputs import rejected, state_changed
+from incident_engine.domain.model import (
+    BREACH,
+    BREACHED,
+    FAILOVER,
+    MET,
+    TICK,
+    WARNING,
+    ClockState,
+    Decision,
+    Incident,
+    Timer,
+)
+from incident_engine.domain.outputs import rejected, retracted, state_changed
 from incident_engine.domain.policy import DEFAULT_POLICY, PolicyRegistry
 
 
@@ -78,33 +89,77 @@ class SlaDomain:
         at = event.time
         if at.tzinfo is not UTC:
             at = at.astimezone(UTC)
+        stamped = at  # when it happened: what a retraction is judged on
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
         plan = incident.plan
         if plan is None or plan.owner is not self:
             plan = self.plan(incident)
         timers = incident.timers
-        if timers and timers[0][0] <= at:
-            plan.fire(incident, at, now, outputs, fired)  # what was overdue when the event happened
+        if timers and timers[0][0] < at:
+            # What was overdue when the event happened. Strictly before it: an event at a
+            # threshold's very moment is in time and cancels it (the same rule as the timer path).
+            plan.fire(incident, at - TICK, now, outputs, fired)
+        breached = _breached_in_time(incident, stamped)
         if dest is not None:
             incident.state = dest
             if outputs is not None:
                 outputs.append(state_changed(incident, state, event.id, now))
         plan.apply(incident, trigger, at)
+        if breached:
+            self._retract(incident, breached, stamped, event.id, now, outputs, fired)
         incident.seq += 1
         incident.last_event_at = at
-        timers = incident.timers
-        if timers and timers[0][0] <= now:
-            plan.fire(incident, now, now, outputs, fired)
         return incident, True
 
-    def fire_due(self, incident: Incident, now: datetime) -> Decision:
-        """Fire every pending timer due at or before `now` (emission time `now`)."""
+    def fire_due(
+        self,
+        incident: Incident,
+        now: datetime,
+        *,
+        until: datetime | None = None,
+        breach_until: datetime | None = None,
+    ) -> Decision:
+        """Fire every pending timer due at or before `until` (default `now`), emitting at `now`.
+
+        Breaches and failover orders fire only when due by `breach_until` (default `until`).
+        """
         outputs: list[OutputEvent] = []
+        horizon = now if until is None else until
         timers = incident.timers
-        if timers and timers[0][0] <= now:
-            self.plan(incident).fire(incident, now, now, outputs)
+        if timers and timers[0][0] <= horizon:
+            self.plan(incident).fire(incident, horizon, now, outputs, None, breach_until)
         return Decision(incident, False, outputs)
+
+    def _retract(
+        self,
+        incident: Incident,
+        breached: list[tuple[str, ClockState]],
+        stamped: datetime,
+        cause: str,
+        now: datetime,
+        outputs: list[OutputEvent] | None,
+        fired: list[Timer] | None,
+    ) -> None:
+        """Breached clocks that the event stopped by their due moment were met: retract what was sent.
+
+        The breach went out before the event was read (it was in flight past the grace); the clock's
+        status says met, and each breach and failover order it emitted gets an `incident.sla.retracted`
+        (a replay's `fired` list loses them: what a report counts is what stands).
+        """
+        failover = self.plan(incident).failover_clocks
+        for name, clock in breached:
+            if clock.stopped_at is None:
+                continue  # this event does not stop that clock: the breach stands
+            clock.status = MET
+            if fired is not None:
+                fired[:] = [
+                    t for t in fired if not (t.clock == name and t.cycle == clock.cycle and t.kind != WARNING)
+                ]
+            if outputs is not None:
+                outputs.append(retracted(incident, name, clock, BREACH, stamped, cause, now))
+                if name in failover:
+                    outputs.append(retracted(incident, name, clock, FAILOVER, stamped, cause, now))
 
     def _create(
         self,
@@ -127,12 +182,8 @@ class SlaDomain:
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
         if outputs is not None:
             outputs.append(state_changed(incident, None, event.id, now))
-        plan = self.plan(incident)
-        plan.apply(incident, TRIGGER_REPORTED, at)
-        timers = incident.timers
-        if timers and timers[0][0] <= now:
-            plan.fire(incident, now, now, outputs, fired)
-        return incident, True
+        self.plan(incident).apply(incident, TRIGGER_REPORTED, at)
+        return incident, True  # its timers fire on the timer path, once time has passed them
 
     def plan(self, incident: Incident) -> ClockPlan:
         """The clock plan of an incident's (policy, severity, region), memoized (and cached on the
@@ -161,7 +212,7 @@ class SlaDomain:
         outputs: list[OutputEvent] | None,
         fired: list[Timer] | None,
     ) -> tuple[Incident, bool]:
-        self.plan(incident).fire(incident, now, now, outputs, fired)
+        # A refused event changes nothing, and fires nothing: time is not its to move.
         if outputs is not None:
             outputs.append(self._reject(event, reason, raw, now, detail))
         return incident, False
@@ -174,6 +225,16 @@ class SlaDomain:
             detail = f"no incident {event.subject!r} has been reported"
         original = raw if raw is not None else event.model_dump_json(by_alias=True, exclude_unset=True)
         return rejected(reason, detail, original, now, subject=event.subject, origin=event.id)
+
+
+def _breached_in_time(incident: Incident, stamped: datetime) -> list[tuple[str, ClockState]]:
+    """Running clocks that breached although an event stamped `stamped` (at or before their due
+    moment) may still stop them: the breach was emitted before the event was read."""
+    found: list[tuple[str, ClockState]] = []
+    for name, clock in incident.clocks.items():
+        if clock.status == BREACHED and clock.stopped_at is None and stamped <= clock.due_at:
+            found.append((name, clock))
+    return found
 
 
 def _by_type(event_type: str) -> tuple[str, dict[str, tuple[str, str | None]]]:

@@ -17,7 +17,13 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
 from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
-from incident_contracts.constants import FAILOVER_REQUIRED, INCIDENT_REJECTED, SLA_BREACHED, SLA_WARNING
+from incident_contracts.constants import (
+    FAILOVER_REQUIRED,
+    INCIDENT_REJECTED,
+    SLA_BREACHED,
+    SLA_RETRACTED,
+    SLA_WARNING,
+)
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
@@ -29,7 +35,12 @@ from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
-_SLA_KINDS = {SLA_WARNING: "warning", SLA_BREACHED: "breached", FAILOVER_REQUIRED: "failover"}
+_SLA_KINDS = {
+    SLA_WARNING: "warning",
+    SLA_BREACHED: "breached",
+    FAILOVER_REQUIRED: "failover",
+    SLA_RETRACTED: "retracted",
+}
 OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
 
 

@@ -14,6 +14,7 @@ from incident_contracts.models import (
     IncidentRejected,
     InputEvent,
     SlaBreached,
+    SlaRetracted,
     SlaWarning,
     StateChanged,
 )
@@ -24,7 +25,8 @@ CHANNELS = {
     TOPIC_EVENTS: "Incident events from the upstream channels (email, phone lines, monitors). "
     "CloudEvents 1.0, structured JSON (binary mode accepted), keyed by incident id.",
     TOPIC_STATE: "Accepted transitions: incident.state.changed.",
-    TOPIC_BREACHES: "SLA warnings (50 %, 80 %), breaches and failover orders.",
+    TOPIC_BREACHES: "SLA warnings (50 %, 80 %), breaches and failover orders, and retractions of a breach "
+    "or failover order that evidence read later proved false.",
     TOPIC_REJECTED: "Dead letters: the reason, a detail and the original message.",
 }
 
@@ -49,7 +51,7 @@ def asyncapi_document() -> dict[str, object]:
     broker.publisher(
         TOPIC_BREACHES,
         title=TOPIC_BREACHES,
-        schema=SlaWarning | SlaBreached | FailoverRequired,
+        schema=SlaWarning | SlaBreached | FailoverRequired | SlaRetracted,
         description=CHANNELS[TOPIC_BREACHES],
     )
     broker.publisher(

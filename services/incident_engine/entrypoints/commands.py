@@ -167,7 +167,12 @@ async def replay_check(dsn: str, settings: Settings) -> tuple[int, int, list[str
             log_rows = await conn.fetch(
                 "SELECT incident_id, seq, processed_at, envelope FROM event_log ORDER BY incident_id, seq"
             )
-            firings = [tuple(r) for r in await conn.fetch("SELECT incident_id, fired_at FROM timer_firings")]
+            firings = [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT incident_id, fired_at, fire_until, breach_until FROM timer_firings"
+                )
+            ]
             live = {
                 r["incident_id"]: r["body"]
                 for r in await conn.fetch("SELECT incident_id, body FROM incidents")

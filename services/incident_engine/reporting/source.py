@@ -14,11 +14,13 @@ from typing import Any
 
 import asyncpg
 
+from incident_engine.replay import Firing
+
 # Positions in a log row: the replay reads the first two (see incident_engine.replay.Step).
 MOMENT, ENVELOPE, INCIDENT, TYPE, EVENT_TIME = range(5)
 _COLUMNS = "l.processed_at, l.envelope::text, l.incident_id, l.type, l.event_time"
 
-Group = tuple[str, list[Any], list[datetime]]  # (incident id, its log rows in seq order, its firings)
+Group = tuple[str, list[Any], list[Firing]]  # (incident id, its log rows in seq order, its firings)
 
 
 class EmptyLog(LookupError):
@@ -94,7 +96,7 @@ class LogScope:
         """The recorded timer firings of the scope's incidents."""
         args: list[Any] = []
         chosen = self.incidents_sql(args)
-        sql = "SELECT f.incident_id, f.fired_at FROM timer_firings f"
+        sql = "SELECT f.incident_id, f.fired_at, f.fire_until, f.breach_until FROM timer_firings f"
         where = [] if chosen is None else [f"f.incident_id IN ({chosen})"]
         if self.processed_until is not None:
             args.append(self.processed_until)
@@ -121,19 +123,19 @@ async def summarize(conn: asyncpg.Connection, scope: LogScope) -> LogSummary:
     return LogSummary(int(row[0]), row[1], row[2])
 
 
-async def read_firings(conn: asyncpg.Connection, scope: LogScope) -> dict[str, list[datetime]]:
-    """Every recorded timer firing of the scope, by incident, in time order."""
+async def read_firings(conn: asyncpg.Connection, scope: LogScope) -> dict[str, list[Firing]]:
+    """Every recorded timer firing of the scope, by incident, in time order (see `replay.Firing`)."""
     sql, args = scope.firings_sql()
-    fired: dict[str, list[datetime]] = defaultdict(list)
-    for incident_id, moment in await conn.fetch(sql, *args):
-        fired[incident_id].append(moment)
+    fired: dict[str, list[Firing]] = defaultdict(list)
+    for incident_id, moment, until, breach_until in await conn.fetch(sql, *args):
+        fired[incident_id].append(moment if until is None else (moment, until, breach_until))
     return fired
 
 
 async def stream_groups(
     conn: asyncpg.Connection,
     scope: LogScope,
-    firings: dict[str, list[datetime]],
+    firings: dict[str, list[Firing]],
     *,
     chunk: int = 20_000,
 ) -> AsyncIterator[tuple[list[Group], int]]:
@@ -142,7 +144,7 @@ async def stream_groups(
     cursor = await conn.cursor(sql, *args)
     current_id: str | None = None
     current: list[Any] = []
-    no_firings: list[datetime] = []
+    no_firings: list[Firing] = []
     while rows := await cursor.fetch(chunk):
         groups: list[Group] = []
         for row in rows:
