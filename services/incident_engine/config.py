@@ -60,4 +60,17 @@ class Settings(BaseSettings):
         1_048_576, description="Input messages larger than this are dead-lettered."
     )
     incidents_topic_partitions: int = Field(6, description="Partitions when the engine creates its topics.")
+    incidents_breach_grace_ms: int = Field(
+        5000,
+        ge=0,
+        description="Breaches and failover orders wait this long past their due moment for evidence "
+        "still in flight (an acknowledgement stamped in time, not yet read); `due_at` stays the true "
+        "moment. Warnings do not wait. Evidence read later still retracts the breach.",
+    )
+    incidents_event_time_allowance_ms: int = Field(
+        5000,
+        ge=0,
+        description="While a partition is behind (a backlog, a lagging consumer), SLA time follows the "
+        "event times read from it, less this allowance for channels that deliver out of order.",
+    )
     incidents_log_level: str = Field("INFO", description="Log level.")

@@ -127,7 +127,7 @@ def replay_incident(
 
 def fired_at(firing: Firing) -> datetime:
     """When the engine fired (the emission moment), whichever form the firing has."""
-    return firing if type(firing) is datetime else firing[0]  # type: ignore[index,return-value]
+    return firing if isinstance(firing, datetime) else firing[0]
 
 
 def _fire(
@@ -138,12 +138,12 @@ def _fire(
     fired: list[Timer] | None,
 ) -> None:
     """What the engine fired then: `SlaDomain.fire_due(incident, now, until=, breach_until=)`."""
-    if type(firing) is datetime:
+    breach_until: datetime | None = None
+    if isinstance(firing, datetime):
         now = until = firing
-        breach_until = None
     else:
-        now, until, breach_until = firing  # type: ignore[misc]
-        until = until or now  # rows from before horizons were recorded: all that was due by then
+        now, recorded, breach_until = firing
+        until = recorded or now  # rows from before horizons were recorded: all that was due by then
     timers = incident.timers
     if timers and timers[0][0] <= until:
         plan.fire(incident, until, now, outputs, fired, breach_until)

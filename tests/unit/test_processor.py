@@ -109,7 +109,9 @@ async def test_due_timers_fire_once_and_rearm(processor: BatchProcessor, store: 
     assert [(o.type, o.data.get("threshold")) for o in fired.outputs] == [("incident.sla.warning", 0.5)]
     assert fired.fired_lateness == [0.005]
     assert store.timers["D"].due_at > first_due
-    assert store.firings == {("D", first_due + timedelta(milliseconds=5))}
+    fired_at = first_due + timedelta(milliseconds=5)
+    horizon = fired_at - timedelta(microseconds=1)  # strictly before the watermark (here: now)
+    assert store.firings == {("D", fired_at, horizon, horizon)}  # no grace in this processor
 
 
 async def test_offset_conflict_voids_the_batch_and_the_cache(

@@ -22,7 +22,8 @@ class MemoryStore:
         self.incidents: dict[str, dict[str, Any]] = {}
         self.timers: dict[str, TimerRow] = {}
         self.outbox: list[OutboxRow] = []
-        self.firings: set[tuple[str, datetime]] = set()
+        # (incident id, fired at, until, breach until): see BatchWrite.firings
+        self.firings: set[tuple[str, datetime, datetime, datetime]] = set()
         self._next_id = 1
 
     async def committed_offsets(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -79,7 +80,7 @@ class MemoryStore:
                 self.timers.pop(incident_id, None)
             else:
                 self.timers[incident_id] = copy.copy(row)
-        self.firings.update(batch.firings)
+        self.firings.update((i, at, until, held) for (i, at), (_, until, held) in batch.firings.items())
         if batch.sent_outbox:
             gone = set(batch.sent_outbox)
             self.outbox = [row for row in self.outbox if row.id not in gone]
@@ -112,8 +113,8 @@ class MemoryStore:
         """The event log (of one incident or all), in (incident, seq) order."""
         return [dict(v) for k, v in sorted(self.log.items()) if incident_id is None or k[0] == incident_id]
 
-    async def read_firings(self) -> list[tuple[str, datetime]]:
-        """Every recorded timer firing (incident id, moment)."""
+    async def read_firings(self) -> list[tuple[str, datetime, datetime | None, datetime | None]]:
+        """Every recorded timer firing (incident id, moment, until, breach until): `replay.Firing`s."""
         return sorted(self.firings)
 
     async def incident_rows(self) -> dict[str, dict[str, Any]]:

@@ -63,7 +63,9 @@ class BatchWrite:
     created: set[str] = field(default_factory=set)  # those of `incidents` reported in this batch
     timers: dict[str, TimerRow | None] = field(default_factory=dict)  # None: no pending timer any more
     outbox: list[OutboxRow] = field(default_factory=list)
-    firings: dict[tuple[str, datetime], int] = field(default_factory=dict)  # (incident, at) -> partition
+    # Timers fired outside a logged event: (incident, at) -> (partition, until, breach_until), the
+    # horizons they fired under (what was due by `until`; breaches and failover orders by `breach_until`)
+    firings: dict[tuple[str, datetime], tuple[int, datetime, datetime]] = field(default_factory=dict)
     sent_outbox: list[int] = field(default_factory=list)  # outbox rows Kafka acknowledged: delete them
     # (topic, partition) -> (offset the batch started from, next offset after it)
     offsets: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
@@ -121,7 +123,7 @@ class EventStore(Protocol):
         """The event log (of one incident or all), in (incident, seq) order."""
         ...
 
-    async def read_firings(self) -> list[tuple[str, datetime]]:
+    async def read_firings(self) -> list[tuple[str, datetime, datetime | None, datetime | None]]:
         """Every recorded timer firing (incident id, moment)."""
         ...
 

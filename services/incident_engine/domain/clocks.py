@@ -110,10 +110,13 @@ def fire_timers(
     """
     timers = incident.timers
     held = until if breach_until is None else breach_until
-    while timers and timers[0].due_at <= until:
-        if timers[0].kind != WARNING and timers[0].due_at > held:
-            return
-        timer = timers.pop(0)
+    index = 0
+    while index < len(timers) and timers[index].due_at <= until:
+        if timers[index].kind != WARNING and timers[index].due_at > held:
+            index += 1
+            continue
+        timer = timers.pop(index)
+        index = 0
         clock = incident.clocks[timer.clock]
         if timer.kind == BREACH:
             clock.status = BREACHED
@@ -229,20 +232,22 @@ class ClockPlan:
 
         Breaches and failover orders fire only when due by `breach_until` (default `until`): the
         live engine holds them for a grace after their due moment, so that evidence in flight can
-        still stop the clock. A held breach also holds the timers after it (they are never more
-        than the grace late). With `outputs` None no output event is built (a replay after state
-        alone); `fired`, when given, receives each fired timer (what a replay needs of its outputs,
-        for less than their cost).
+        still stop the clock (the warnings of other clocks go on meanwhile). With `outputs` None no
+        output event is built (a replay after state alone); `fired`, when given, receives each
+        fired timer (what a replay needs of its outputs, for less than their cost).
         """
         timers = incident.timers
         clocks = incident.clocks
         next_warnings = self._next_warning
         successor: tuple[datetime, str, str, float | None, int, str]
         held = until if breach_until is None else breach_until
-        while timers and timers[0][0] <= until:
-            if timers[0][2] != WARNING and timers[0][0] > held:
-                return
-            timer = timers.pop(0)
+        index = 0
+        while index < len(timers) and timers[index][0] <= until:
+            if timers[index][2] != WARNING and timers[index][0] > held:
+                index += 1  # a breach still within its grace: later warnings go on without it
+                continue
+            timer = timers.pop(index)
+            index = 0  # its successor may sort before the held ones
             due, name, kind, threshold, cycle, incident_id = timer
             clock = clocks[name]
             if outputs is not None:

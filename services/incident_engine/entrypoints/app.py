@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -138,12 +139,14 @@ class EngineService:
             max_message_bytes=s.incidents_max_message_bytes,
             tracer=self.telemetry.tracer if self.telemetry.enabled else None,
             root_sample_ratio=root_sample_ratio(),
+            breach_grace=timedelta(milliseconds=s.incidents_breach_grace_ms),
         )
         self.loop = EngineLoop(
             processor,
             self.store,
             batch_max=s.incidents_batch_max,
             batch_timeout_ms=s.incidents_batch_timeout_ms,
+            allowance=timedelta(milliseconds=s.incidents_event_time_allowance_ms),
             on_batch=self._after_batch,
             before_commit=self._before_commit,
         )

@@ -6,11 +6,12 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.store import EventStore, OffsetConflict
@@ -21,7 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class EngineLoop:
-    """Owns the assigned partitions: seeks them to the stored offsets, holds their timers, runs batches."""
+    """Owns the assigned partitions: seeks them to the stored offsets, holds their timers, runs batches.
+
+    SLA time is event time, per partition (its watermark): a timer fires only once no event stamped
+    before its due moment can still come from its partition. While a partition is behind (its
+    position below the high-water mark of the last fetch: a backlog after a restart, a consumer
+    that lags), its watermark is the latest event time read from it, minus `allowance` for channels
+    that deliver out of order, and never past the wall clock; once caught up, it is the wall clock.
+    Breaches and failover orders also wait out the processor's grace (evidence in flight).
+    """
 
     def __init__(
         self,
@@ -33,6 +42,7 @@ class EngineLoop:
         on_batch: Callable[[BatchResult, float], None] | None = None,
         before_commit: Callable[[BatchResult], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        allowance: timedelta = timedelta(0),
     ) -> None:
         self.processor = processor
         self.store = store
@@ -41,7 +51,11 @@ class EngineLoop:
         self.on_batch = on_batch
         self.before_commit = before_commit  # e.g. the relay adding the outbox rows it has sent
         self.clock = clock
+        self.allowance = allowance
         self.timers = TimerHeap()
+        self.event_time: dict[int, datetime] = {}  # partition -> latest event time read since assigned
+        self.caught_up: set[int] = set()  # partitions whose position reached the last high-water mark
+        self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: set[int] = set()
         self.ready = asyncio.Event()
@@ -61,6 +75,7 @@ class EngineLoop:
             await self.drain()
         self.assigned -= gone
         self._pending -= gone
+        self._forget_time(gone)
         self.timers.drop_partitions(gone)
         self.processor.cache.forget()
         if not self.assigned:
@@ -81,12 +96,15 @@ class EngineLoop:
             self._pending |= set(partitions)
             return
         offsets = await self.store.committed_offsets(self.processor.group_id, TOPIC_EVENTS, partitions)
+        self._forget_time(partitions)  # a new owner knows nothing of their time until it reads them
         for partition in partitions:
             tp = TopicPartition(TOPIC_EVENTS, partition)
             if partition in offsets:
                 self.consumer.seek(tp, offsets[partition])
+                self.positions[partition] = offsets[partition]
             else:
                 await self.consumer.seek_to_beginning(tp)  # nothing consumed yet: lose nothing
+                self.positions[partition] = await self.consumer.position(tp)
         rows = await self.store.load_timers(partitions)
         self.timers.drop_partitions(partitions)
         self.timers.load((r.incident_id, r.partition, r.due_at) for r in rows)
@@ -144,32 +162,75 @@ class EngineLoop:
         """
         assert self.consumer is not None
         wait_ms = self.batch_timeout_ms
-        until_timer = self.timers.seconds_until_next(self.clock())
-        if until_timer is not None:
-            wait_ms = min(wait_ms, int(until_timer * 1000))
+        next_wake = self.timers.next_wake(self.caught_up)  # behind partitions wake with their events
+        if next_wake is not None:
+            wait_ms = min(wait_ms, int((next_wake - self.clock().timestamp()) * 1000) + 1)
         if self._inflight is not None and self._inflight.done():
             await self._finish_inflight()
         fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
         records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
         async with self._batch_lock:
             records = [r for r in records if r.partition in self.assigned]
+            for record in records:
+                self.positions[record.partition] = record.offset + 1
+            self._note_caught_up()
             now = self.clock()
-            due = self.timers.pop_due(now, limit=self.batch_max)
+            watermarks = self.watermarks(now)
+            due = self.timers.pop_due({p: w.timestamp() for p, w in watermarks.items()}, self.batch_max)
             if not records and not due:
                 await self._finish_inflight()
                 return None
             started = time.perf_counter()
             try:
-                result = await self.processor.decide(records, due, now)
+                result = await self.processor.decide(records, due, now, watermarks)
                 await self._finish_inflight()
             except BaseException:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
                 raise
+            for partition, moment in result.event_times.items():
+                seen = self.event_time.get(partition)
+                if seen is None or moment > seen:
+                    self.event_time[partition] = moment
             if self.before_commit is not None:
                 self.before_commit(result)
             self._inflight = asyncio.create_task(self._commit(result, started))
             return result
+
+    def watermarks(self, now: datetime) -> dict[int, datetime]:
+        """Each owned partition's SLA time (see the class docstring); a partition that is behind and
+        has not been read from since it was assigned has none yet (nothing of it fires)."""
+        marks: dict[int, datetime] = {}
+        for partition in self.assigned:
+            if partition in self.caught_up:
+                marks[partition] = now
+            else:
+                seen = self.event_time.get(partition)
+                if seen is not None:
+                    marks[partition] = min(now, seen - self.allowance)
+        return marks
+
+    def _note_caught_up(self) -> None:
+        """Which owned partitions are caught up: position at the high-water mark of the last fetch."""
+        consumer = self.consumer
+        assert consumer is not None
+        for partition in self.assigned:
+            position = self.positions.get(partition)
+            try:
+                highwater = consumer.highwater(TopicPartition(TOPIC_EVENTS, partition))
+            except (AssertionError, IllegalStateError):  # no longer assigned (a rebalance under way)
+                highwater = None
+            caught_up = highwater is not None and position is not None and position >= highwater
+            if caught_up:
+                self.caught_up.add(partition)
+            else:
+                self.caught_up.discard(partition)
+
+    def _forget_time(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.event_time.pop(partition, None)
+            self.positions.pop(partition, None)
+            self.caught_up.discard(partition)
 
     async def _commit(self, result: BatchResult, started: float) -> BatchResult:
         await self.processor.commit(result)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from incident_contracts import TOPIC_EVENTS, parse_event
-from incident_contracts.constants import INCIDENT_REJECTED
+from incident_contracts.constants import INCIDENT_REJECTED, SLA_WARNING
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
 from incident_contracts.fast import FastEvent, decode_fast
@@ -22,6 +22,7 @@ from incident_contracts.models import CloudEvent
 from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, OutboxRow, TimerRow
 from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
+from incident_engine.domain.model import TICK, WARNING
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 # A validated input event: the pydantic model, or (the common shape, decoded ~5x cheaper) msgspec's.
@@ -48,8 +49,10 @@ class BatchResult:
     write: BatchWrite
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
     outputs: list[OutputEvent] = field(default_factory=list)
-    fired_lateness: list[float] = field(default_factory=list)  # seconds, fire time - due time
-    next_due: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)  # id -> (partition, due)
+    fired_lateness: list[float] = field(default_factory=list)  # seconds, fire time - wake moment
+    # id -> (partition, wake moment of its next timer: the due moment, + the grace for a breach)
+    next_due: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
+    event_times: dict[int, datetime] = field(default_factory=dict)  # partition -> latest event time read
 
 
 class IncidentCache:
@@ -97,8 +100,11 @@ class BatchProcessor:
         cache: IncidentCache | None = None,
         tracer: Tracer | None = None,
         root_sample_ratio: float | None = None,
+        breach_grace: timedelta = timedelta(0),
     ) -> None:
         self.domain = domain
+        # Breaches and failover orders wait this long past their due moment for evidence in flight.
+        self.breach_grace = breach_grace
         self.store = store
         self.group_id = group_id
         self.max_message_bytes = max_message_bytes
@@ -114,18 +120,30 @@ class BatchProcessor:
         self.uncommitted_incidents: set[str] = set()
 
     async def process(
-        self, records: Sequence[InputRecord], due: Sequence[tuple[str, int]], now: datetime
+        self,
+        records: Sequence[InputRecord],
+        due: Sequence[tuple[str, int]],
+        now: datetime,
+        watermarks: Mapping[int, datetime] | None = None,
     ) -> BatchResult:
         """Decide and commit one batch: `due` lists (incident id, partition) whose timer is due."""
-        result = await self.decide(records, due, now)
+        result = await self.decide(records, due, now, watermarks)
         await self.commit(result)
         return result
 
     async def decide(
-        self, records: Sequence[InputRecord], due: Sequence[tuple[str, int]], now: datetime
+        self,
+        records: Sequence[InputRecord],
+        due: Sequence[tuple[str, int]],
+        now: datetime,
+        watermarks: Mapping[int, datetime] | None = None,
     ) -> BatchResult:
         """Run a batch through the domain without writing it; its incidents go to the cache at once,
-        so the next batch can be decided while this one commits (see `commit`, `abandon`)."""
+        so the next batch can be decided while this one commits (see `commit`, `abandon`).
+
+        `now` is the wall clock (the outputs' `time`); the due timers fire under their partition's
+        watermark (default `now`): what is due strictly before it, breaches and failover orders only
+        once the grace has passed too (see `EngineLoop` for how watermarks advance)."""
         result = BatchResult(BatchWrite(self.group_id))
         parsed = [self._parse(record, now) for record in records]
         events = [p for p in parsed if not isinstance(p, OutputEvent)]
@@ -149,13 +167,15 @@ class BatchProcessor:
                         continue  # exactly-once effect: an id already applied is dropped silently
                     known.add(item.id)
                     self._apply_event(result, states, record, item, now)
+                    self._saw(result, record.partition, item.time)
                 else:
                     result.outcomes[("(unreadable)", "rejected")] += 1
                     self._emit(result, [item], record.partition, _trace_of(record))
             for incident_id, partition in due:
                 incident = states.get(incident_id)
                 if incident is not None:
-                    self._fire(result, incident, partition, now)
+                    watermark = now if watermarks is None else watermarks.get(partition, now)
+                    self._fire(result, incident, partition, now, watermark)
         except BaseException:
             self.abandon()
             raise
@@ -275,8 +295,26 @@ class BatchProcessor:
         ratio = self.root_sample_ratio
         return ratio is None or self._random.random() < ratio
 
-    def _fire(self, result: BatchResult, incident: Incident, partition: int, now: datetime) -> None:
-        due_before = [t.due_at for t in incident.timers if t.due_at <= now]
+    @staticmethod
+    def _saw(result: BatchResult, partition: int, moment: datetime) -> None:
+        """Note an event time read from a partition (its watermark advances with them while behind)."""
+        if moment.tzinfo is not UTC:
+            moment = moment.astimezone(UTC)
+        seen = result.event_times.get(partition)
+        if seen is None or moment > seen:
+            result.event_times[partition] = moment
+
+    def wake_of(self, incident: Incident) -> datetime | None:
+        """When the incident's next timer may fire: its due moment, plus the grace for a breach or
+        a failover order (evidence stamped in time may still be in flight)."""
+        grace = self.breach_grace
+        return min((t[0] if t[2] == WARNING else t[0] + grace for t in incident.timers), default=None)
+
+    def _fire(
+        self, result: BatchResult, incident: Incident, partition: int, now: datetime, watermark: datetime
+    ) -> None:
+        until = watermark - TICK  # strictly before the watermark: an event stamped then may still come
+        breach_until = until - self.breach_grace
         armed_by = self.armed_traces.get(incident.id)
         span = None
         if self.tracer is not None and self._sample_root():
@@ -284,11 +322,17 @@ class BatchProcessor:
             span = self.tracer.start_span(
                 "incident SLA timers fire",
                 links=[link] if link is not None else None,
-                attributes={"incident.id": incident.id, "incident.state": incident.state,
-                            "incident.timers_due": len(due_before)},
+                attributes={"incident.id": incident.id, "incident.state": incident.state},
             )  # fmt: skip
-        decision = self.domain.fire_due(incident, now)
-        result.fired_lateness.extend((now - d).total_seconds() for d in due_before)
+        decision = self.domain.fire_due(incident, now, until=until, breach_until=breach_until)
+        grace = self.breach_grace
+        for out in decision.outputs:  # lateness: against the moment each one was allowed to fire
+            wake = out.data["due_at"] if out.type == SLA_WARNING else out.data["due_at"] + grace
+            result.fired_lateness.append((now - wake).total_seconds())
+        if decision.outputs:
+            result.write.firings[(incident.id, now)] = (partition, until, breach_until)
+        else:  # popped before its grace had passed (timers loaded from rows do not know their kind)
+            result.next_due[incident.id] = (partition, self.wake_of(incident))
         self._record(result, decision, partition, now, _carrier(span) if span else None, armed_by)
         if span is not None:
             span.set_attribute("incident.outputs", len(decision.outputs))
@@ -307,12 +351,12 @@ class BatchProcessor:
         inc = decision.incident
         fired = not decision.accepted and any(o.type != INCIDENT_REJECTED for o in decision.outputs)
         if inc is not None and (decision.accepted or fired):
-            if fired:  # timers fired outside a logged event: log the moment, so replay is exact
-                result.write.firings[(inc.id, now)] = partition
+            # (timers fired outside a logged event are in `write.firings`, with their horizons,
+            # so that replay is exact: see `_fire`)
             result.write.incidents[inc.id] = (inc, partition)
             due = inc.next_due
             result.write.timers[inc.id] = TimerRow(inc.id, partition, due, armed_by) if due else None
-            result.next_due[inc.id] = (partition, due)
+            result.next_due[inc.id] = (partition, self.wake_of(inc))
         self._emit(result, decision.outputs, partition, trace)
 
     @staticmethod

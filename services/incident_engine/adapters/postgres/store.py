@@ -150,9 +150,11 @@ class PostgresStore:
                 gone,
                 [t.incident_id for t in armed], [t.partition for t in armed], [t.due_at for t in armed],
                 [dumps(t.trace_context).decode() if t.trace_context else None for t in armed],
-                [i for (i, _), _ in firings], [at for (_, at), _ in firings], [p for _, p in firings],
+                [i for (i, _), _ in firings], [at for (_, at), _ in firings],
+                [p for _, (p, _, _) in firings],
                 queued, [len(grouped[p]) for p in queued], [encode_messages(grouped[p]) for p in queued],
                 batch.group_id, batch.sent_outbox,
+                [u for _, (_, u, _) in firings], [b for _, (_, _, b) in firings],
             )  # fmt: skip
             assert done is not None  # the statement always returns its one row of counts
             if done["offsets"] != len(offsets):
@@ -211,12 +213,13 @@ class PostgresStore:
         rows = await self.pool.fetch(SQL["read_log"], incident_id)
         return [dict(r) for r in rows]
 
-    async def read_firings(self) -> list[tuple[str, datetime]]:
-        """Every recorded timer firing (incident id, moment)."""
+    async def read_firings(self) -> list[tuple[str, datetime, datetime | None, datetime | None]]:
+        """Every recorded timer firing (incident id, moment, until, breach until): `replay.Firing`s."""
         rows = await self.pool.fetch(
-            "SELECT incident_id, fired_at FROM timer_firings ORDER BY incident_id, fired_at"
+            "SELECT incident_id, fired_at, fire_until, breach_until FROM timer_firings"
+            " ORDER BY incident_id, fired_at"
         )
-        return [(r["incident_id"], r["fired_at"]) for r in rows]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def incident_rows(self) -> dict[str, dict[str, Any]]:
         """Every incident projection body, by id (for replay checks)."""

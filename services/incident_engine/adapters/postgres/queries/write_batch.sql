@@ -6,7 +6,8 @@
 --  $5-$10  existing incidents: id, state, seq, partition, updated_at, body (JSON text)
 --  $11     incidents without a pending timer any more
 --  $12-$15 timers armed: incident id, partition, due_at, trace context (JSON text)
---  $16-$18 timer firings outside an event: incident id, moment, partition
+--  $16-$18 timer firings outside an event: incident id, moment, partition (with $24-$25: the
+--          horizons they fired under, until and breach until)
 --  $19-$21 outbox rows: input partition, message count, messages
 --  $22     the consumer group; $23 outbox rows the relay has sent (deleted here: no transaction of
 --          their own)
@@ -40,8 +41,8 @@ WITH offsets AS (
         SET kafka_partition = EXCLUDED.kafka_partition, due_at = EXCLUDED.due_at,
             trace_context = EXCLUDED.trace_context
 ), fired AS (
-    INSERT INTO timer_firings (incident_id, fired_at, kafka_partition)
-    SELECT * FROM unnest($16::text[], $17::timestamptz[], $18::int[])
+    INSERT INTO timer_firings (incident_id, fired_at, kafka_partition, fire_until, breach_until)
+    SELECT * FROM unnest($16::text[], $17::timestamptz[], $18::int[], $24::timestamptz[], $25::timestamptz[])
     ON CONFLICT DO NOTHING
 ), queued AS (
     INSERT INTO outbox (kafka_partition, message_count, messages)

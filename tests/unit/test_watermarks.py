@@ -1,0 +1,197 @@
+"""The engine loop decides on event time: per-partition watermarks, the grace, backlogs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from incident_contracts import TOPIC_EVENTS
+from incident_engine.adapters.memory import MemoryStore
+from incident_engine.domain import PolicyRegistry, SlaDomain
+from incident_engine.entrypoints.consumer import EngineLoop
+from incident_engine.entrypoints.processor import BatchProcessor
+from incident_engine.entrypoints.timers import TimerHeap
+from tests.unit.test_processor import Record, ev
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+
+
+class ScriptedConsumer:
+    """Stands in for AIOKafkaConsumer: each partition's records, handed out `per_fetch` at a time;
+    the high-water mark is the end of what was published (as a fetch response reports it)."""
+
+    def __init__(self, per_fetch: int = 1) -> None:
+        self.log: dict[int, list[Record]] = {}
+        self.read_to: dict[int, int] = {}
+        self.per_fetch = per_fetch
+
+    def publish(self, partition: int, *events: dict[str, Any]) -> None:
+        log = self.log.setdefault(partition, [])
+        for body in events:
+            log.append(Record(len(log), orjson.dumps(body), body["subject"].encode(), partition))
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int = 500
+    ) -> dict[TopicPartition, list[Record]]:
+        await asyncio.sleep(0)  # a fetch suspends (the batch being committed gets its turn)
+        out: dict[TopicPartition, list[Record]] = {}
+        for partition, log in self.log.items():
+            start = self.read_to.get(partition, 0)
+            chunk = log[start : start + min(self.per_fetch, max_records)]
+            if chunk:
+                out[TopicPartition(TOPIC_EVENTS, partition)] = chunk
+                self.read_to[partition] = start + len(chunk)
+        return out
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return len(self.log.get(tp.partition, ())) if tp.partition in self.log else None
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.read_to[tp.partition] = offset
+
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.read_to[tp.partition] = 0
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.read_to.get(tp.partition, 0)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def engine(
+    consumer: ScriptedConsumer, partitions: Sequence[int], clock: Clock, grace: timedelta = 5 * S
+) -> tuple[EngineLoop, MemoryStore]:
+    store = MemoryStore()
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g", breach_grace=grace)
+    loop = EngineLoop(processor, store, clock=clock, allowance=timedelta(0))
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop.assigned = set(partitions)
+    await loop._take(sorted(partitions))
+    return loop, store
+
+
+async def run_steps(loop: EngineLoop, steps: int) -> list[Any]:
+    outputs: list[Any] = []
+    for _ in range(steps):
+        result = await loop.step()
+        if result is not None:
+            outputs += result.outputs
+    await loop.drain()
+    return outputs
+
+
+def kinds(outputs: list[Any]) -> list[tuple[str, str | None, float | None]]:
+    return [
+        (o.type.rsplit(".", 1)[-1], o.data.get("clock"), o.data.get("threshold"))
+        for o in outputs
+        if o.topic == "incidents.breaches"
+    ]
+
+
+async def test_a_backlog_fires_nothing_before_the_acknowledgement_behind_it() -> None:
+    """The issue's first case: every clock met, the three events read two hours late, one at a time."""
+    t = NOW - 2 * 60 * M
+    consumer = ScriptedConsumer(per_fetch=1)
+    consumer.publish(
+        0,
+        ev("reported", "B", t, severity="critical", region="au"),
+        ev("acknowledged", "B", t + 5 * M),
+        ev("restored", "B", t + 20 * M),
+    )
+    loop, _ = await engine(consumer, [0], Clock(NOW))
+    outputs = await run_steps(loop, 6)
+    assert kinds(outputs) == [("warning", "restore", 0.5)]  # what simulate says; no breach, no failover
+
+
+async def test_while_behind_time_follows_the_events_read() -> None:
+    """A report read from a backlog fires its overdue timers once a later event of the partition
+    shows their moments have passed, not at once on the wall clock."""
+    t = NOW - 2 * 60 * M
+    consumer = ScriptedConsumer(per_fetch=1)
+    consumer.publish(
+        0,
+        ev("reported", "X", t, severity="critical", region="au"),
+        ev("reported", "Y", t + 16 * M, severity="critical", region="au"),  # X's ack is overdue by then
+        ev("acknowledged", "X", t + 17 * M),
+        ev("acknowledged", "Y", t + 17 * M),
+    )
+    loop, _ = await engine(consumer, [0], Clock(NOW))
+    outputs = await run_steps(loop, 8)
+    # X really breached (acknowledged at 17 min); Y did not, although the wall clock is 2 hours on
+    acks = [o.subject for o in outputs if o.type == "incident.sla.breached" and o.data["clock"] == "ack"]
+    assert acks == ["X"]
+    assert not [o for o in outputs if o.type == "incident.sla.retracted"]
+
+
+async def test_caught_up_breaches_wait_for_the_grace_and_warnings_do_not() -> None:
+    clock = Clock(NOW)
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, ev("reported", "G", NOW - 15 * M + 2 * S, severity="critical", region="uk"))
+    loop, _ = await engine(consumer, [0], clock)
+    outputs = await run_steps(loop, 2)
+    assert kinds(outputs) == [("warning", "ack", 0.5), ("warning", "ack", 0.8)]
+    clock.now = NOW + 4 * S  # the ack breach was due 2 s ago: within the 5 s grace
+    assert kinds(await run_steps(loop, 2)) == [("warning", "restore", 0.5)]  # due then too: no wait
+    clock.now = NOW + 8 * S  # past due + grace
+    late = await run_steps(loop, 2)
+    assert kinds(late) == [("breached", "ack", None)]
+    assert late[0].data["due_at"] == NOW + 2 * S  # the true due moment
+    assert late[0].time == NOW + 8 * S  # emitted now
+
+
+async def test_an_acknowledgement_within_the_grace_sends_no_breach() -> None:
+    clock = Clock(NOW)
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, ev("reported", "H", NOW - 15 * M - 1 * S, severity="critical", region="uk"))
+    loop, _ = await engine(consumer, [0], clock)
+    await run_steps(loop, 2)
+    consumer.publish(0, ev("acknowledged", "H", NOW - 15 * M - 1 * S + 14 * M))  # in time, 3 s in flight
+    clock.now = NOW + 2 * S
+    outputs = await run_steps(loop, 3)
+    clock.now = NOW + 60 * S
+    outputs += await run_steps(loop, 2)
+    assert [o.type for o in outputs if o.type.startswith("incident.sla.b")] == []
+
+
+async def test_a_partition_behind_does_not_hold_back_one_caught_up() -> None:
+    clock = Clock(NOW)
+    consumer = ScriptedConsumer(per_fetch=1)
+    old = NOW - 60 * M
+    consumer.publish(0, *[ev("reported", f"P0-{i}", old, severity="critical", region="uk") for i in range(4)])
+    consumer.publish(1, ev("reported", "P1", NOW - 20 * M, severity="critical", region="uk"))
+    loop, _ = await engine(consumer, [0, 1], clock)
+    outputs = await run_steps(loop, 2)
+    assert 1 in loop.caught_up and 0 not in loop.caught_up
+    breached = {o.subject for o in outputs if o.type == "incident.sla.breached"}
+    assert breached == {"P1"}  # on the wall clock
+    assert not any(o.subject.startswith("P0") and o.type == "incident.sla.breached" for o in outputs)
+
+
+def test_timer_heap_pops_each_partition_under_its_own_watermark() -> None:
+    heap = TimerHeap()
+    heap.arm("a", 0, NOW)
+    heap.arm("b", 1, NOW)
+    heap.arm("c", 1, NOW + M)
+    assert heap.pop_due({0: (NOW - S).timestamp(), 1: (NOW + S).timestamp()}) == [("b", 1)]
+    assert heap.pop_due({0: NOW.timestamp()}) == []  # strictly before the watermark
+    assert heap.next_wake([0, 1]) == NOW.timestamp()
+    heap.arm("a", 0, NOW + 2 * M)  # re-armed: the old entry is stale
+    assert heap.pop_due({0: (NOW + S).timestamp(), 1: (NOW + 3 * M).timestamp()}) == [("c", 1)]
+    heap.drop_partitions([0])
+    assert len(heap) == 0
