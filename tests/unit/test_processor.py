@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.memory import MemoryStore
-from incident_engine.adapters.store import OffsetConflict
+from incident_engine.adapters.store import BatchWrite, OffsetConflict
 from incident_engine.domain import PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.commands import build_event
 from incident_engine.entrypoints.processor import BatchProcessor
@@ -167,3 +169,37 @@ async def test_root_events_are_traced_at_the_configured_ratio_once(store: Memory
     spans = [s for s in exporter.get_finished_spans() if s.name == "incidents.events process"]
     telemetry.shutdown()
     assert 200 <= len(spans) <= 400, len(spans)  # 10 % of 3000, not 1 % (sampled twice)
+
+
+async def test_an_incident_in_two_pipelined_batches_stays_cached_until_both_commit(
+    processor: BatchProcessor, store: MemoryStore
+) -> None:
+    """Batch K changes an incident, batch K+1 (decided while K commits) restores it. When K commits,
+    K+1 still holds the incident: a timer popped before K+1 commits must fire on the restored state,
+    never on the state K committed (that fired a false breach and rolled the projection back)."""
+    feed = Feed()
+    await processor.process([feed(ev("reported", "R", T0, severity="critical", region="uk"))], [], T0)
+    now = T0 + timedelta(hours=1)
+    # As in Postgres, a commit serializes its rows when it starts, and finishes later.
+    gate, commit = asyncio.Event(), store.commit
+
+    async def held_commit(batch: BatchWrite) -> None:
+        rows = {i: (inc.copy(), p) for i, (inc, p) in batch.incidents.items()}
+        await gate.wait()
+        await commit(dataclasses.replace(batch, incidents=rows))
+
+    store.commit = held_commit  # type: ignore[method-assign]
+    first = await processor.decide([feed(ev("investigating", "R", T0 + timedelta(minutes=5)))], [], now)
+    committing = asyncio.create_task(processor.commit(first))
+    await asyncio.sleep(0)  # batch K's rows are serialized; it waits for Postgres
+    second = await processor.decide([feed(ev("restored", "R", T0 + timedelta(minutes=30)))], [], now)
+    gate.set()
+    await committing
+    store.commit = commit  # type: ignore[method-assign]
+    timer = await processor.decide([], [("R", 0)], now)  # the heap still held K's next timer
+    assert [o.type for o in timer.outputs] == []  # restored at the due moment: in time, nothing due
+    assert "R" not in timer.write.incidents
+    await processor.commit(second)
+    await processor.commit(timer)
+    assert store.incidents["R"]["state"] == "restored"
+    assert store.incidents["R"]["seq"] == 3

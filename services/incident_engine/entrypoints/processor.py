@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -70,7 +70,7 @@ class IncidentCache:
         """Keep an incident (see `trim` for the bound)."""
         self.items[incident.id] = incident
 
-    def trim(self, protect: set[str]) -> None:
+    def trim(self, protect: Collection[str]) -> None:
         """Past the limit, drop the oldest quarter, except incidents whose changes are not committed."""
         if len(self.items) < self.limit:
             return
@@ -117,7 +117,10 @@ class BatchProcessor:
         self.armed_traces: dict[str, dict[str, str]] = {}  # incident -> trace that armed its timers
         # Decided but not yet committed (a batch commits while the next one is decided).
         self.uncommitted_ids: set[str] = set()
-        self.uncommitted_incidents: set[str] = set()
+        # Incident -> how many decided batches that change it are not committed yet. A count, not a
+        # set: when the first of two such batches commits, the second still holds the incident (and
+        # the object the first wrote is the one the second changed): it must stay cached.
+        self.uncommitted_incidents: Counter[str] = Counter()
 
     async def process(
         self,
@@ -181,7 +184,7 @@ class BatchProcessor:
             raise
         for incident_id, (incident, _) in result.write.incidents.items():
             self.cache.put(incident)
-            self.uncommitted_incidents.add(incident_id)
+            self.uncommitted_incidents[incident_id] += 1
         self.uncommitted_ids.update(e.event_id for e in result.write.events)
         return result
 
@@ -193,10 +196,13 @@ class BatchProcessor:
             self.abandon()
             raise
         self.uncommitted_ids.difference_update(e.event_id for e in result.write.events)
-        self.uncommitted_incidents.difference_update(result.write.incidents)
+        self.uncommitted_incidents.subtract(result.write.incidents.keys())
+        for incident_id in result.write.incidents:
+            if self.uncommitted_incidents[incident_id] <= 0:
+                del self.uncommitted_incidents[incident_id]
         done = [i for i, (inc, _) in result.write.incidents.items() if inc.state == "restored"]
         self.cache.forget([i for i in done if i not in self.uncommitted_incidents])
-        self.cache.trim(protect=self.uncommitted_incidents)
+        self.cache.trim(protect=self.uncommitted_incidents.keys())
 
     def abandon(self) -> None:
         """After a failed batch: forget everything not known to be committed (states changed in place)."""
