@@ -83,10 +83,12 @@ async def new_settings(kafka: Service, postgres: Service, policy_dir: Path, **ex
     return settings
 
 
-def simulated(events: list[dict[str, Any]], until: datetime, policy_dir: Path) -> list[dict[str, Any]]:
+def simulated(
+    events: list[dict[str, Any]], until: datetime, policy_dir: Path, default: str = "livepro-1"
+) -> list[dict[str, Any]]:
     """`simulate` on the same events, in the order they were published."""
     outputs: list[Any] = []
-    domain = SlaDomain(PolicyRegistry.load(policy_dir))
+    domain = SlaDomain(PolicyRegistry.load(policy_dir), default)
     run_simulation((orjson.dumps(e) for e in events), until, domain, outputs.extend)
     return [orjson.loads(o.to_json_bytes()) for o in outputs]
 
@@ -268,7 +270,7 @@ async def test_an_engine_lagging_behind_a_live_stream_equals_simulate(
                 await producer.send_and_wait(TOPIC_EVENTS, orjson.dumps(body), key=incident.encode())
                 sent.append(body)
             await asyncio.sleep(12)  # every clock of the last incident has run out
-            sim = view(simulated(sent, datetime.now(UTC), policy_dir))
+            sim = view(simulated(sent, datetime.now(UTC), policy_dir, "fast"))
             await settle(out, len(sim), quiet=5)
         finally:
             await producer.stop()

@@ -56,6 +56,9 @@ class ScriptedConsumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         return len(self.log.get(tp.partition, ())) if tp.partition in self.log else None
 
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return None  # the watermark of a caught-up partition is then the wall clock
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.read_to[tp.partition] = offset
 

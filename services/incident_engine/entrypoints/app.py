@@ -31,7 +31,7 @@ from incident_engine.adapters.postgres.store import PostgresStore, create_pool
 from incident_engine.adapters.telemetry import Observation, Telemetry, root_sample_ratio, setup_telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
-from incident_engine.entrypoints.consumer import EngineLoop
+from incident_engine.entrypoints.consumer import FETCH_WAIT_MS, EngineLoop
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
 
@@ -60,6 +60,9 @@ def build_broker(settings: Settings, listener: EngineLoop | None = None) -> Kafk
         session_timeout_ms=settings.incidents_session_timeout_ms,
         heartbeat_interval_ms=max(500, settings.incidents_session_timeout_ms // 3),
         max_partition_fetch_bytes=max(1_048_576, settings.incidents_max_message_bytes + 65_536),
+        # A caught-up partition's SLA time is that of its last fetch response: a short long-poll
+        # keeps it fresh when the topic is idle (timers wait for it, see EngineLoop).
+        fetch_max_wait_ms=FETCH_WAIT_MS,
         title=f"{TOPIC_EVENTS}:consume",
         description="Incident events from the upstream channels (CloudEvents, keyed by incident id).",
     )

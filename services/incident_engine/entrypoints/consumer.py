@@ -19,6 +19,8 @@ from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.timers import TimerHeap
 
 log = logging.getLogger(__name__)
+# The consumer's fetch long poll: how stale a caught-up partition's watermark can be when it is idle.
+FETCH_WAIT_MS = 100
 
 
 class EngineLoop:
@@ -28,7 +30,8 @@ class EngineLoop:
     before its due moment can still come from its partition. While a partition is behind (its
     position below the high-water mark of the last fetch: a backlog after a restart, a consumer
     that lags), its watermark is the latest event time read from it, minus `allowance` for channels
-    that deliver out of order, and never past the wall clock; once caught up, it is the wall clock.
+    that deliver out of order, and never past the wall clock; once caught up, it is the moment of
+    the last fetch response (all the broker had then has been read), never past the wall clock.
     Breaches and failover orders also wait out the processor's grace (evidence in flight).
     """
 
@@ -56,6 +59,7 @@ class EngineLoop:
         self.event_time: dict[int, datetime] = {}  # partition -> latest event time read since assigned
         self.caught_up: set[int] = set()  # partitions whose position reached the last high-water mark
         self.positions: dict[int, int] = {}  # partition -> next offset to read
+        self.fetched_at: dict[int, datetime] = {}  # partition -> when its last fetch response came
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: set[int] = set()
         self.ready = asyncio.Event()
@@ -164,7 +168,9 @@ class EngineLoop:
         wait_ms = self.batch_timeout_ms
         next_wake = self.timers.next_wake(self.caught_up)  # behind partitions wake with their events
         if next_wake is not None:
-            wait_ms = min(wait_ms, int((next_wake - self.clock().timestamp()) * 1000) + 1)
+            until_wake = int((next_wake - self.clock().timestamp()) * 1000) + 1
+            # past the wall clock but not yet the watermark: the next fetch response moves it
+            wait_ms = min(wait_ms, max(until_wake, FETCH_WAIT_MS // 10))
         if self._inflight is not None and self._inflight.done():
             await self._finish_inflight()
         fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
@@ -203,7 +209,8 @@ class EngineLoop:
         marks: dict[int, datetime] = {}
         for partition in self.assigned:
             if partition in self.caught_up:
-                marks[partition] = now
+                fetched = self.fetched_at.get(partition)
+                marks[partition] = now if fetched is None or fetched > now else fetched
             else:
                 seen = self.event_time.get(partition)
                 if seen is not None:
@@ -216,10 +223,14 @@ class EngineLoop:
         assert consumer is not None
         for partition in self.assigned:
             position = self.positions.get(partition)
+            tp = TopicPartition(TOPIC_EVENTS, partition)
             try:
-                highwater = consumer.highwater(TopicPartition(TOPIC_EVENTS, partition))
+                highwater = consumer.highwater(tp)
+                fetched_ms = consumer.last_poll_timestamp(tp)
             except (AssertionError, IllegalStateError):  # no longer assigned (a rebalance under way)
-                highwater = None
+                highwater = fetched_ms = None
+            if fetched_ms is not None:
+                self.fetched_at[partition] = datetime.fromtimestamp(fetched_ms / 1000, UTC)
             caught_up = highwater is not None and position is not None and position >= highwater
             if caught_up:
                 self.caught_up.add(partition)
@@ -230,6 +241,7 @@ class EngineLoop:
         for partition in partitions:
             self.event_time.pop(partition, None)
             self.positions.pop(partition, None)
+            self.fetched_at.pop(partition, None)
             self.caught_up.discard(partition)
 
     async def _commit(self, result: BatchResult, started: float) -> BatchResult:
