@@ -73,7 +73,7 @@ async def test_a_committed_batch_reads_back(store: EventStore) -> None:
         incidents={"A": (incident("A"), 0), "B": (incident("B"), 0)}, created={"A", "B"},
         timers={"A": TimerRow("A", 0, T0 + timedelta(minutes=5), {"traceparent": "t"}), "B": None},
         outbox=outputs,
-        firings={("A", T0): 0},
+        firings={("A", T0): (0, T0 - timedelta(microseconds=1), T0 - timedelta(seconds=5))},
     ))  # fmt: skip
     assert await store.committed_offsets("g", "incidents.events", [0, 1]) == {0: 2}
     assert await store.known_event_ids(["e1", "e2", "e3"]) == {"e1", "e2"}
@@ -92,7 +92,9 @@ async def test_a_committed_batch_reads_back(store: EventStore) -> None:
     assert await store.pending_outbox([0], 10) == [] and await store.outbox_backlog() == 0
     assert [(r["incident_id"], r["seq"]) for r in await store.read_log()] == [("A", 1), ("B", 1)]
     assert (await store.read_log("B"))[0]["envelope"]["id"] == "e2"
-    assert await store.read_firings() == [("A", T0)]
+    assert await store.read_firings() == [
+        ("A", T0, T0 - timedelta(microseconds=1), T0 - timedelta(seconds=5))
+    ]
 
 
 async def test_a_fenced_batch_writes_nothing(store: EventStore) -> None:
