@@ -176,6 +176,8 @@ class BatchProcessor:
         self.uncommitted_incidents.difference_update(result.write.incidents)
         done = [i for i, (inc, _) in result.write.incidents.items() if inc.state == "restored"]
         self.cache.forget([i for i in done if i not in self.uncommitted_incidents])
+        for incident_id in done:  # a restored incident arms no timer again: its trace goes with it
+            self.armed_traces.pop(incident_id, None)
         self.cache.trim(protect=self.uncommitted_incidents)
 
     def abandon(self) -> None:
