@@ -65,8 +65,8 @@ async def _count(dsn: str, sql: str) -> int:
 
 async def _report(dsn: str, archive: Path | None, **window: Any) -> dict[str, Any]:
     domain = SlaDomain(PolicyRegistry.load())
-    since, until = window.get("since"), window.get("until")
-    report = await compliance_report(dsn, domain, since, until, now=NOW, archive=archive)
+    since, until = window.pop("since", None), window.pop("until", None)
+    report = await compliance_report(dsn, domain, since, until, now=NOW, archive=archive, **window)
     return report.to_json()
 
 
@@ -83,7 +83,11 @@ async def test_archive_then_replay_and_report_stay_exact(postgres: Service, tmp_
     events, incidents, problems = await replay_check(dsn, settings)
     assert problems == [] and (events, incidents) == (28, 10)
     march = {"since": datetime(2025, 3, 1, tzinfo=UTC), "until": datetime(2025, 4, 1, tzinfo=UTC)}
+    # the week of the report test: C0, reported before it, counts for downtime in it (down_since)
+    week = {"since": datetime(2025, 3, 3, tzinfo=UTC), "until": datetime(2025, 3, 10, tzinfo=UTC)}
     before_march, before_all = await _report(dsn, None, **march), await _report(dsn, None)
+    before_week = await _report(dsn, None, **week)
+    before_uk = await _report(dsn, None, **week, region="uk", severity="critical")
 
     folder = tmp_path / "archive"
     done = await archive_before(dsn, folder, month_start("2025-04"), NOW)
@@ -100,6 +104,8 @@ async def test_archive_then_replay_and_report_stay_exact(postgres: Service, tmp_
     assert problems == [] and (events, incidents) == (28, 10)  # files + what remains = the whole log
     assert await _report(dsn, folder, **march) == before_march
     assert await _report(dsn, folder) == before_all
+    assert await _report(dsn, folder, **week) == before_week
+    assert await _report(dsn, folder, **week, region="uk", severity="critical") == before_uk
     assert (await _report(dsn, None))["groups"] != before_all["groups"]  # the files are needed
 
     check = _cli(dsn, "replay", "--check", "--archive", str(folder))

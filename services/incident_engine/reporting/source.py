@@ -216,10 +216,12 @@ async def scan(
     follows the rows read. Raise EmptyLog when the scope holds no event.
     """
     archived: set[str] = set()
+    archived_events = 0
     from_files = LogSummary(0, None, None)
     if archive is not None:
         for incident in read_archive(archive):
             archived.add(incident.incident_id)
+            archived_events += len(incident.rows)
             group = scope.archived_group(incident)
             if group is None:
                 continue
@@ -234,7 +236,7 @@ async def scan(
             summary = await summarize(conn, scope)
             if summary.events == 0 and from_files.events == 0:
                 total = await conn.fetchval("SELECT count(*) FROM event_log")
-                raise EmptyLog(_empty_message(scope, total + len(archived)))
+                raise EmptyLog(_empty_message(scope, total + archived_events))
             firings = await read_firings(conn, scope)
             done = from_files.events
             total = summary.events + from_files.events
