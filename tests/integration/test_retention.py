@@ -20,8 +20,9 @@ from incident_engine.adapters.store import OutboxRow
 from incident_engine.config import Settings
 from incident_engine.domain import PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.commands import replay_check
-from incident_engine.reporting.run import compliance_report
+from incident_engine.reporting.run import compliance_report, state_at
 from incident_engine.reporting.seed import record_history, write_log, write_projections
+from incident_engine.reporting.source import LogScope
 from incident_engine.retention import ArchiveRefused, archive_before, month_start
 from tests.integration.test_replay_report import _history
 
@@ -107,6 +108,10 @@ async def test_archive_then_replay_and_report_stay_exact(postgres: Service, tmp_
     assert await _report(dsn, folder, **week) == before_week
     assert await _report(dsn, folder, **week, region="uk", severity="critical") == before_uk
     assert (await _report(dsn, None))["groups"] != before_all["groups"]  # the files are needed
+    domain = SlaDomain(PolicyRegistry.load())
+    as_of = datetime(2025, 3, 4, 10, 30, tzinfo=UTC)  # C2 acknowledged, not yet failed over
+    state, _ = await state_at(dsn, domain, LogScope("C2", processed_until=as_of), archive=folder)
+    assert state.incidents["C2"].state == "acknowledged"
 
     check = _cli(dsn, "replay", "--check", "--archive", str(folder))
     assert check.returncode == 0, check.stderr
