@@ -24,5 +24,7 @@ if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
     echo "read API token generated for this run (set INCIDENTS_API_TOKEN to choose one):" >&2
     echo "  curl -s -H 'Authorization: Bearer $INCIDENTS_API_TOKEN' $url/incidents" >&2
   fi
+elif [ "$(basename "$1")" = incidents ] && [ "${2:-}" = demo ]; then
+  echo "the demo shows the engine's outputs live and serves no HTTP; \`make run\` serves the read API" >&2
 fi
 exec "$@"
