@@ -33,6 +33,7 @@ from incident_engine.adapters.outbox_codec import decode_messages
 from incident_engine.config import Settings
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+_ARCHIVE_LOCK = 0x51A_A3C1  # any constant: serializes concurrent archive runs
 _MONTH = "to_char(date_trunc('month', reported_at AT TIME ZONE 'UTC'), 'YYYY-MM')"
 
 
@@ -100,6 +101,7 @@ async def _archive_month(
     conn: asyncpg.Connection, folder: Path, month: str, start: datetime, end: datetime
 ) -> Archived:
     async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _ARCHIVE_LOCK)  # one archive run at a time
         # Locked until commit: the engine cannot change these incidents meanwhile (it would wait).
         chosen = await conn.fetch(
             "SELECT incident_id, state FROM incidents WHERE reported_at >= $1 AND reported_at < $2"
@@ -108,6 +110,9 @@ async def _archive_month(
             end,
         )
         ids = [r["incident_id"] for r in chosen]
+        path = folder / file_name(month)
+        if not ids:  # another run archived it meanwhile
+            return Archived(month, 0, 0, 0, path)
         if any(r["state"] != "restored" for r in chosen):
             raise ArchiveRefused(f"{month} has open incidents (restored since the check? run it again)")
         await _refuse_unrelayed(conn, month, set(ids))
@@ -115,7 +120,6 @@ async def _archive_month(
         if pending:
             raise ArchiveRefused(f"{month}: {pending} restored incident(s) still have a timer row")
         incidents = await _read_month(conn, ids)
-        path = folder / file_name(month)
         if path.exists():  # archived before (a late report for that month came in since): merge
             for old in read_month(path):
                 incidents.setdefault(old.incident_id, old)
