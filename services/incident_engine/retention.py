@@ -88,6 +88,7 @@ async def archive_before(dsn: str, folder: Path, before: datetime, now: datetime
                 f"months with open (not restored) incidents cannot be archived: {listed}; restore them or"
                 f" archive only earlier months (--before {still_open[0]['month']})"
             )
+        await _refuse_unrelayed(conn, "", before=before)  # refuse as a whole before archiving any month
         done = []
         for row in months:
             start = month_start(row["month"])
@@ -135,17 +136,31 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def _refuse_unrelayed(conn: asyncpg.Connection, month: str, ids: set[str]) -> None:
-    """Refuse while an output of these incidents is still in the outbox (not yet sent to Kafka)."""
-    if not ids:
-        return
+async def _refuse_unrelayed(
+    conn: asyncpg.Connection, month: str, ids: set[str] | None = None, before: datetime | None = None
+) -> None:
+    """Refuse while an output of these incidents (or of any incident reported before `before`) is
+    still in the outbox, not yet sent to Kafka. The outbox holds little: it is read whole."""
+    keys: set[str] = set()
     for row in await conn.fetch("SELECT id, kafka_partition, messages FROM outbox"):
         for out in decode_messages(row["messages"], row["kafka_partition"], row["id"]):
-            if out.key is not None and out.key.decode(errors="replace") in ids:
-                raise ArchiveRefused(
-                    f"{month}: outputs of incident {out.key.decode(errors='replace')!r} wait in the outbox"
-                    " (not yet relayed to Kafka); run the engine until they are sent, then archive"
-                )
+            if out.key is not None:
+                keys.add(out.key.decode(errors="replace"))
+    if before is not None:
+        waiting = await conn.fetchrow(
+            f"SELECT {_MONTH} AS month, incident_id FROM incidents"
+            " WHERE reported_at < $1 AND incident_id = ANY($2::text[]) ORDER BY reported_at LIMIT 1",
+            before,
+            sorted(keys),
+        )
+        found = (waiting["month"], waiting["incident_id"]) if waiting is not None else None
+    else:
+        found = next(((month, key) for key in sorted(keys & (ids or set()))), None)
+    if found is not None:
+        raise ArchiveRefused(
+            f"{found[0]}: outputs of incident {found[1]!r} wait in the outbox (not yet relayed to"
+            " Kafka); run the engine until they are sent, then archive"
+        )
 
 
 async def _read_month(conn: asyncpg.Connection, ids: list[str]) -> dict[str, ArchivedIncident]:

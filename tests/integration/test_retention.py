@@ -158,7 +158,12 @@ async def test_archive_refuses_an_open_month_and_unrelayed_outputs(postgres: Ser
         await conn.close()
     with pytest.raises(ArchiveRefused, match="2025-03: outputs of incident 'C2' wait in the outbox"):
         await archive_before(dsn, folder, month_start("2025-04"), NOW)
+    assert not folder.exists()  # refused before February was taken either
     assert await _count(dsn, "SELECT count(*) FROM event_log WHERE incident_id = 'C2'") == 4
+    february = _cli(dsn, "db", "archive", "--before", "2025-03", "--to", str(folder))  # closed, relayed
+    assert february.returncode == 0, february.stderr
+    assert "archived 2025-02: 1 incidents, 2 events" in february.stderr
+    assert [p.name for p in folder.iterdir()] == ["event-log-2025-02.jsonl.gz"]
 
 
 async def test_migration_0006_on_a_database_with_data(postgres: Service) -> None:
