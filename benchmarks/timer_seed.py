@@ -141,6 +141,7 @@ async def seed(
         # Indexes are built once after the COPY (much faster than row by row).
         await conn.execute(
             "DROP INDEX incidents_state_idx; DROP INDEX timers_partition_due_idx;"
+            "DROP INDEX incidents_updated_idx;"
             "ALTER TABLE timers DROP CONSTRAINT timers_pkey;"
             "ALTER TABLE incidents DROP CONSTRAINT incidents_pkey"
         )
@@ -157,6 +158,7 @@ async def seed(
             "ALTER TABLE incidents ADD PRIMARY KEY (incident_id);"
             "ALTER TABLE timers ADD PRIMARY KEY (incident_id);"
             "CREATE INDEX incidents_state_idx ON incidents (state, severity);"
+            "CREATE INDEX incidents_updated_idx ON incidents (updated_at, incident_id);"
             "CREATE INDEX timers_partition_due_idx ON timers (kafka_partition, due_at);"
             "ANALYZE incidents; ANALYZE timers"
         )

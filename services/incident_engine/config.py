@@ -53,7 +53,19 @@ class Settings(BaseSettings):
     incidents_policy_dir: Path = Field(REPO_ROOT / "policies", description="Folder of policy YAML files.")
     incidents_http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server.")
     incidents_http_port: int = Field(8080, description="Port of the HTTP server (probes, metrics, read API).")
-    incidents_api_token: SecretStr | None = Field(None, description="Bearer token of the read API.")
+    incidents_api_token: SecretStr | None = Field(
+        None, description="Bearer token of the read API (`Authorization: Bearer <token>`)."
+    )
+    incidents_api_open: bool = Field(
+        False,
+        description="Open the read API without a token (local development only). Without a token and "
+        "without this, `/incidents` answers 401; probes and metrics stay open.",
+    )
+    incidents_archive_dir: Path | None = Field(
+        None,
+        description="Folder of the event-log archive (`incidents db archive`); `replay` and `report` "
+        "read its files before the database.",
+    )
     incidents_batch_max: int = Field(500, description="Most input messages processed in one transaction.")
     incidents_batch_timeout_ms: int = Field(50, description="Longest wait to fill a batch.")
     incidents_max_message_bytes: int = Field(

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from incident_contracts.constants import REGIONS, SEVERITIES
+from incident_engine.adapters.archive_files import ArchiveError
 from incident_engine.config import Settings
 from incident_engine.domain import PolicyError, PolicyRegistry, SlaDomain, UnknownPolicyError
 from incident_engine.domain.policy import load_policy
@@ -111,7 +112,7 @@ def run_db(work: Awaitable[T], dsn: str) -> T:
     """Run a database coroutine; turn the usual failures into one clear line and exit 1."""
     try:
         return asyncio.run(work)  # type: ignore[arg-type]
-    except EmptyLog as exc:
+    except (EmptyLog, ArchiveError) as exc:
         err.print(f"[red]error:[/red] {exc}")
     except asyncpg.UndefinedTableError as exc:
         err.print(f"[red]error:[/red] {exc}: the database has no event log yet; run `incidents db migrate`")
@@ -157,6 +158,14 @@ def replay_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
     ] = True,
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive",
+            help="Folder of archive files (`incidents db archive`), read before the database"
+            " (default INCIDENTS_ARCHIVE_DIR).",
+        ),
+    ] = None,
 ) -> None:
     """Replay the event log: check the live state (default), state --as-of an instant, or --policy what-if."""
     moment = parse_instant(as_of, "--as-of")
@@ -171,18 +180,27 @@ def replay_command(
         raise typer.BadParameter(f"--since {since} is not before --until {until}", param_hint="--since")
     settings = Settings()
     dsn = settings.database_url.get_secret_value()
+    folder = archive or settings.incidents_archive_dir
     if policy:
-        _what_if(settings, dsn, policy, LogScope(incident, start, end), end, output_format, limit, progress)
+        scope = LogScope(incident, start, end)
+        _what_if(settings, dsn, policy, scope, end, output_format, limit, progress, folder)
     elif moment or incident:
-        _as_of(settings, dsn, LogScope(incident, processed_until=moment), output_format, limit, progress)
+        scope = LogScope(incident, processed_until=moment)
+        _as_of(settings, dsn, scope, output_format, limit, progress, folder)
     else:
         from incident_engine.entrypoints.commands import replay_command as check_command
 
-        check_command()
+        check_command(folder)
 
 
 def _as_of(
-    settings: Settings, dsn: str, scope: LogScope, output_format: Format, limit: int, progress: bool
+    settings: Settings,
+    dsn: str,
+    scope: LogScope,
+    output_format: Format,
+    limit: int,
+    progress: bool,
+    archive: Path | None,
 ) -> None:
     from incident_engine.reporting.run import state_at, state_json
     from incident_engine.reporting.text import print_incident, print_states
@@ -194,7 +212,7 @@ def _as_of(
             f"[yellow]note:[/yellow] --as-of {as_of.isoformat()} is in the future: showing the state now"
         )
     with progress_bar(progress, "replaying") as bar:
-        state, _ = run_db(state_at(dsn, domain, scope, progress=bar), dsn)
+        state, _ = run_db(state_at(dsn, domain, scope, progress=bar, archive=archive), dsn)
     if output_format is Format.json:
         _emit_json([state_json(i, as_of) for i in state.incidents.values()])
     elif scope.incident is not None:
@@ -212,6 +230,7 @@ def _what_if(
     output_format: Format,
     limit: int,
     progress: bool,
+    archive: Path | None,
 ) -> None:
     from incident_engine.reporting.run import what_if
     from incident_engine.reporting.text import print_what_if
@@ -220,7 +239,8 @@ def _what_if(
     shadow, name = shadow_domain(registry, policy)
     horizon = min(until, datetime.now(UTC)) if until else datetime.now(UTC)
     with progress_bar(progress, f"what-if {name}") as bar:
-        result = run_db(what_if(dsn, baseline, shadow, name, scope, horizon, progress=bar), dsn)
+        work = what_if(dsn, baseline, shadow, name, scope, horizon, progress=bar, archive=archive)
+        result = run_db(work, dsn)
     if output_format is Format.json:
         _emit_json(result.to_json())
     else:
@@ -242,6 +262,14 @@ def report_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
     ] = True,
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive",
+            help="Folder of archive files (`incidents db archive`), read before the database"
+            " (default INCIDENTS_ARCHIVE_DIR).",
+        ),
+    ] = None,
 ) -> None:
     """SLA compliance from the event log: shares within SLA, times to ack/restore, breaches, availability."""
     from incident_engine.reporting.html import render_html
@@ -267,7 +295,10 @@ def report_command(
     dsn = settings.database_url.get_secret_value()
     _, domain = _domain(settings)
     with progress_bar(progress, "report") as bar:
-        work = compliance_report(dsn, domain, start, end, severity=severity, region=region, progress=bar)
+        work = compliance_report(
+            dsn, domain, start, end, severity=severity, region=region, progress=bar,
+            archive=archive or settings.incidents_archive_dir,
+        )  # fmt: skip
         report = run_db(work, dsn)
     if output_format is ReportFormat.json:
         _emit_json(report.to_json())

@@ -185,3 +185,13 @@ def helm_template(rendered: Path) -> Iterator[Any]:
 def test_bad_values_are_refused(helm_template: Any, args: list[str], error: str) -> None:
     result = helm_template(*args)
     assert result.returncode != 0 and error in result.stderr, result.stderr
+
+
+def test_read_api_closed_unless_configured(default: list[Manifest], production: list[Manifest]) -> None:
+    """values.yaml promises a closed read API without a token: the engine's default must agree."""
+    assert Settings.model_fields["incidents_api_open"].default is False
+    env = _env(_engine(default))
+    assert "INCIDENTS_API_TOKEN" not in env and "INCIDENTS_API_OPEN" not in env
+    env = _env(_engine(production))
+    assert env["INCIDENTS_API_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "api-token"
+    assert "INCIDENTS_API_OPEN" not in env

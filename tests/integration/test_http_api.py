@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from devstack.stack import Service, fresh_database
+from incident_engine.adapters.postgres.migrate import migrate
+from incident_engine.adapters.postgres.store import create_pool
 from incident_engine.adapters.telemetry import create_telemetry
+from incident_engine.config import Settings
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.entrypoints.commands import publish_events
 from incident_engine.entrypoints.http import create_http_app
@@ -121,3 +128,77 @@ async def test_metrics_probes_and_read_api(kafka: Service, postgres: Service) ->
         finally:
             await service.stop()
             telemetry.shutdown()
+
+
+@pytest.fixture
+async def seeded_pool(postgres: Service) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a database holding a recorded month of incidents (projections included)."""
+    from incident_engine.domain import PolicyRegistry, SlaDomain
+    from incident_engine.reporting.seed import record_history, write_log, write_projections
+    from tests.integration.test_replay_report import _history
+
+    dsn = await fresh_database(postgres.url)
+    await migrate(dsn)
+    log = record_history(SlaDomain(PolicyRegistry.load()), _history(), datetime(2025, 3, 20, tzinfo=UTC))
+    await write_log(dsn, log)
+    await write_projections(dsn, log)
+    pool = await create_pool(dsn)
+    yield pool
+    await pool.close()
+
+
+def _read_api(pool: asyncpg.Pool, **settings: Any) -> httpx.AsyncClient:
+    """A client of the HTTP app over an engine that is not started: only its pool answers."""
+    service = EngineService(Settings(**settings))
+    service.pool = pool
+    transport = httpx.ASGITransport(app=create_http_app(service))
+    return httpx.AsyncClient(transport=transport, base_url="http://engine")
+
+
+async def test_read_api_is_closed_without_a_token(seeded_pool: asyncpg.Pool) -> None:
+    async with _read_api(seeded_pool) as client:
+        for path in ("/incidents", "/incidents/C1"):
+            denied = await client.get(path)
+            assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
+            error = denied.json()["error"]
+            assert "INCIDENTS_API_TOKEN" in error and "INCIDENTS_API_OPEN=true" in error
+        assert (await client.get("/healthz")).status_code == 200  # probes and metrics stay open
+        assert (await client.get("/metrics")).status_code == 200
+    async with _read_api(seeded_pool, incidents_api_token=TOKEN) as client:
+        assert (await client.get("/incidents", headers={"Authorization": "Bearer nope"})).status_code == 401
+        assert (await client.get("/incidents", headers={"Authorization": TOKEN})).status_code == 401
+        ok = await client.get("/incidents", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+
+
+async def test_read_api_opened_on_purpose_pages_incidents_and_timelines(seeded_pool: asyncpg.Pool) -> None:
+    async with _read_api(seeded_pool, incidents_api_open=True) as client:
+        everything = await client.get("/incidents")
+        assert everything.status_code == 200 and everything.json()["next"] is None
+        expected = [i["incident_id"] for i in everything.json()["incidents"]]
+        assert len(expected) == 9
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params = {"limit": "2", **({"after": cursor} if cursor else {})}
+            page = (await client.get("/incidents", params=params)).json()
+            seen += [i["incident_id"] for i in page["incidents"]]
+            pages += 1
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert seen == expected and pages == 5  # every incident once, most recently changed first
+        updated = [i["updated_at"] for i in everything.json()["incidents"]]
+        assert updated == sorted(updated, reverse=True)
+        restored = (await client.get("/incidents", params={"state": "restored", "limit": "1"})).json()
+        assert len(restored["incidents"]) == 1 and restored["next"] is not None
+        assert (await client.get("/incidents", params={"after": "garbage"})).status_code == 400
+
+        first = (await client.get("/incidents/C2", params={"timeline_limit": "3"})).json()
+        assert [t["seq"] for t in first["timeline"]] == [1, 2, 3] and first["timeline_next"] == 3
+        rest = (await client.get("/incidents/C2", params={"timeline_after": "3"})).json()
+        assert [t["seq"] for t in rest["timeline"]] == [4] and rest["timeline_next"] is None
+        assert rest["state"] == "restored"
+        bad = await client.get("/incidents/C2", params={"timeline_limit": "0"})
+        assert bad.status_code == 400 and "timeline_limit" in bad.json()["error"]

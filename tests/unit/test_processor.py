@@ -203,3 +203,18 @@ async def test_an_incident_in_two_pipelined_batches_stays_cached_until_both_comm
     await processor.commit(timer)
     assert store.incidents["R"]["state"] == "restored"
     assert store.incidents["R"]["seq"] == 3
+
+
+async def test_armed_traces_go_with_restored_incidents(processor: BatchProcessor) -> None:
+    """The trace that armed an incident's timers is kept only while the incident can still fire."""
+    feed = Feed()
+    parent = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+    for name in ("TR1", "TR2"):
+        record = feed(ev("reported", name, T0, severity="critical", region="uk"))
+        record.headers = parent
+        await processor.process([record], [], T0)
+    assert set(processor.armed_traces) == {"TR1", "TR2"}
+    restored = feed(ev("restored", "TR1", T0 + timedelta(minutes=1)))
+    restored.headers = parent
+    await processor.process([restored], [], T0 + timedelta(minutes=1))
+    assert set(processor.armed_traces) == {"TR2"}  # TR1 is restored: nothing of it fires any more

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -154,12 +156,23 @@ def publish_command(
     typer.echo(orjson.dumps(event).decode())
 
 
-async def replay_check(dsn: str, settings: Settings) -> tuple[int, int, list[str]]:
-    """Rebuild every incident from the log; return (events, incidents, differences with the live state)."""
+async def replay_check(
+    dsn: str, settings: Settings, archive: Path | None = None
+) -> tuple[int, int, list[str]]:
+    """Rebuild every incident from the archive files (when given) and the log; return (events,
+    incidents, differences with the live state). Archived incidents must replay to restored ones."""
+    from incident_engine.adapters.archive_files import read_archive
     from incident_engine.adapters.postgres.store import create_pool
     from incident_engine.domain import PolicyRegistry, SlaDomain
     from incident_engine.replay import differences, rebuild
 
+    archived_rows: list[Any] = []
+    archived_firings: list[tuple[str, datetime, datetime | None, datetime | None]] = []
+    archived: set[str] = set()
+    for closed in read_archive(archive) if archive is not None else ():
+        archived.add(closed.incident_id)
+        archived_rows += closed.rows
+        archived_firings += [(closed.incident_id, at, until, held) for at, _, until, held in closed.firings]
     pool = await create_pool(dsn)
     try:
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -184,16 +197,36 @@ async def replay_check(dsn: str, settings: Settings) -> tuple[int, int, list[str
     finally:
         await pool.close()
     domain = SlaDomain(PolicyRegistry.load(settings.incidents_policy_dir), settings.incidents_default_policy)
+    if archived:  # the files first; an incident in both (an interrupted archive run) is read once
+        log_rows = archived_rows + [r for r in log_rows if r["incident_id"] not in archived]
+        firings = archived_firings + [f for f in firings if f[0] not in archived]
     result = rebuild(domain, log_rows, firings)  # type: ignore[arg-type]
-    return result.events, len(result.incidents), differences(result.incidents, live, timers)
+    problems = []
+    for incident_id in sorted(archived - set(live)):  # archived and gone from the live projections
+        incident = result.incidents.pop(incident_id, None)
+        if incident is None or incident.state != "restored" or incident.next_due is not None:
+            problems.append(f"{incident_id}: archived, but its replay is not a closed incident")
+    problems += differences(result.incidents, live, timers)
+    return result.events, len(result.incidents) + len(archived - set(live)), problems
 
 
-def replay_command() -> None:
+def replay_command(archive: Path | None = None) -> None:
     """Rebuild every incident's state and timers from the event log and check them against the live ones."""
+    import asyncpg
+
+    from incident_engine.adapters.archive_files import ArchiveError
+
     settings = Settings()
-    events, incidents, problems = asyncio.run(
-        replay_check(settings.database_url.get_secret_value(), settings)
-    )
+    dsn = settings.database_url.get_secret_value()
+    try:
+        events, incidents, problems = asyncio.run(replay_check(dsn, settings, archive))
+    except ArchiveError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = re.sub(r"//[^@/]*@", "//", dsn)  # never print credentials
+        console.print(f"[red]error:[/red] cannot read the event log at {where}: {exc}")
+        raise typer.Exit(1) from None
     console.print(f"replayed {events} events of {incidents} incidents")
     for problem in problems[:50]:
         console.print(f"[red]differs[/red] {problem}")

@@ -82,6 +82,7 @@ class EngineLoop:
         self._forget_time(gone)
         self.timers.drop_partitions(gone)
         self.processor.cache.forget()
+        self.processor.armed_traces.clear()  # reloaded with the timers of the partitions taken next
         if not self.assigned:
             self.ready.clear()
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -60,63 +64,80 @@ def create_http_app(service: EngineService) -> Starlette:
 
     async def get_incident(request: Request) -> JSONResponse:
         """
-        summary: One incident's state, policy, timeline and clocks
+        summary: One incident's state, policy, clocks and a page of its timeline
         security: [{bearer: []}]
         parameters:
           - {name: incident_id, in: path, required: true, schema: {type: string}}
+          - {name: timeline_limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
+          - {name: timeline_after, in: query, description: "Events after this seq (the previous page's timeline_next)", schema: {type: integer, minimum: 0, default: 0}}
         responses:
           200: {description: The incident, content: {application/json: {schema: {$ref: "#/components/schemas/Incident"}}}}
-          401: {description: Missing or wrong bearer token}
+          400: {description: Bad query parameter}
+          401: {description: "Missing or wrong bearer token, or no token configured (the read API is closed)"}
           404: {description: No such incident}
         """
         if (denied := _authorize(request, service)) is not None:
             return denied
         assert service.pool is not None
         incident_id = request.path_params["incident_id"]
+        try:
+            limit = _int_param(request, "timeline_limit", 100, 1, 1000)
+            after = _int_param(request, "timeline_after", 0, 0, 2**31 - 1)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         row = await service.pool.fetchrow("SELECT body FROM incidents WHERE incident_id = $1", incident_id)
         if row is None:
             return JSONResponse({"error": f"no incident {incident_id!r}"}, status_code=404)
         log = await service.pool.fetch(
             "SELECT seq, event_id, type, source, event_time, processed_at FROM event_log"
-            " WHERE incident_id = $1 ORDER BY seq",
+            " WHERE incident_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             incident_id,
+            after,
+            limit + 1,  # one more than asked: whether there is a next page
         )
         incident = Incident.from_json(row["body"])
         calendar = service.calendar_of(incident)
-        return JSONResponse(describe_incident(incident, log, datetime.now(UTC), calendar))
+        body = describe_incident(incident, log[:limit], datetime.now(UTC), calendar)
+        body["timeline_next"] = log[limit - 1]["seq"] if len(log) > limit else None
+        return JSONResponse(body)
 
     async def list_incidents(request: Request) -> JSONResponse:
         """
-        summary: Incidents, most recently changed first
+        summary: Incidents, most recently changed first, a page at a time
         security: [{bearer: []}]
         parameters:
           - {name: state, in: query, schema: {type: string, enum: [reported, acknowledged, investigating, failed_over, restored]}}
           - {name: severity, in: query, schema: {type: string, enum: [critical, high, low]}}
           - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
+          - {name: after, in: query, description: "The previous page's `next` cursor", schema: {type: string}}
         responses:
           200: {description: The incidents, content: {application/json: {schema: {$ref: "#/components/schemas/IncidentList"}}}}
           400: {description: Bad query parameter}
-          401: {description: Missing or wrong bearer token}
+          401: {description: "Missing or wrong bearer token, or no token configured (the read API is closed)"}
         """
         if (denied := _authorize(request, service)) is not None:
             return denied
         assert service.pool is not None
         state, severity = request.query_params.get("state"), request.query_params.get("severity")
         try:
-            limit = int(request.query_params.get("limit", "100"))
-        except ValueError:
-            return JSONResponse({"error": "limit must be a whole number"}, status_code=400)
-        if not 1 <= limit <= 1000:
-            return JSONResponse({"error": "limit must be between 1 and 1000"}, status_code=400)
-        rows = await service.pool.fetch(
+            limit = _int_param(request, "limit", 100, 1, 1000)
+            cursor = _decode_cursor(request.query_params.get("after"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        args: list[Any] = [state, severity, limit + 1]
+        sql = (
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents"
             " WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR severity = $2)"
-            " ORDER BY updated_at DESC LIMIT $3",
-            state,
-            severity,
-            limit,
         )
-        return JSONResponse({"incidents": [_jsonable(dict(r)) for r in rows]})
+        if cursor is not None:  # keyset pagination: rows strictly after the last one shown
+            sql += " AND (updated_at, incident_id) < ($4, $5)"
+            args += cursor
+        sql += " ORDER BY updated_at DESC, incident_id DESC LIMIT $3"
+        rows = await service.pool.fetch(sql, *args)
+        page = rows[:limit]
+        more = len(rows) > limit
+        next_cursor = _encode_cursor(page[-1]["updated_at"], page[-1]["incident_id"]) if more else None
+        return JSONResponse({"incidents": [_jsonable(dict(r)) for r in page], "next": next_cursor})
 
     async def openapi(request: Request) -> Response:
         """
@@ -150,7 +171,7 @@ OPENAPI_BASE: dict[str, Any] = {
              "description": "Probes, metrics and the read API of an engine replica."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "description": "INCIDENTS_API_TOKEN (the read API is open without one)"}},
+                                       "description": "INCIDENTS_API_TOKEN (without one the read API answers 401 unless INCIDENTS_API_OPEN=true)"}},
         "schemas": {
             "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"},
                       "postgres": {"type": "boolean"}, "kafka": {"type": "boolean"},
@@ -162,10 +183,13 @@ OPENAPI_BASE: dict[str, Any] = {
                 "severity": {"type": "string"}, "region": {"type": "string"},
                 "reported_at": {"type": "string", "format": "date-time"},
                 "timeline": {"type": "array", "items": {"type": "object"}},
+                "timeline_next": {"type": "integer", "nullable": True,
+                                  "description": "timeline_after of the next page (null: the last page)"},
                 "clocks": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Clock"}},
                 "pending_timers": {"type": "array", "items": {"type": "object"}}}},
             "IncidentList": {"type": "object", "properties": {"incidents": {"type": "array", "items": {
-                "type": "object"}}}},
+                "type": "object"}}, "next": {"type": "string", "nullable": True,
+                                             "description": "`after` of the next page (null: the last page)"}}},
         },
     },
 }  # fmt: skip
@@ -187,15 +211,59 @@ def _str_keys(value: Any) -> Any:
     return value
 
 
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; ValueError says what is wrong."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _encode_cursor(updated_at: datetime, incident_id: str) -> str:
+    """An opaque cursor: the sort key (updated_at, incident_id) of the last row of a page."""
+    raw = orjson.dumps([updated_at.isoformat(), incident_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(text: str | None) -> list[Any] | None:
+    """The sort key in a cursor made by `_encode_cursor` (None without one); ValueError if malformed."""
+    if text is None:
+        return None
+    try:
+        moment, incident_id = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return [datetime.fromisoformat(moment), str(incident_id)]
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise ValueError("after is not a cursor this API returned (use the `next` of a page)") from None
+
+
 def _authorize(request: Request, service: EngineService) -> JSONResponse | None:
-    token = service.settings.incidents_api_token
+    """None when the request may read; else the 401 answer (closed unless a token or the open flag)."""
+    settings = service.settings
+    token = settings.incidents_api_token
     if token is None:
-        return None  # no token configured: the read API is open (documented)
-    given = request.headers.get("authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+        if settings.incidents_api_open:
+            return None  # opened on purpose (INCIDENTS_API_OPEN=true)
         return JSONResponse(
-            {"error": "missing or wrong bearer token"},
+            {"error": "the read API is closed: no token is configured. Set INCIDENTS_API_TOKEN and send"
+             " `Authorization: Bearer <token>`, or set INCIDENTS_API_OPEN=true to open it without one"
+             " (local development only)."},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    given = request.headers.get("authorization", "")
+    scheme, _, credentials = given.partition(" ")
+    # Constant time: compare digests of equal length, so neither the content nor the length leaks.
+    expected = hashlib.sha256(token.get_secret_value().encode()).digest()
+    offered = hashlib.sha256(credentials.strip().encode()).digest()
+    if not (hmac.compare_digest(offered, expected) and scheme.lower() == "bearer"):
+        return JSONResponse(
+            {"error": "missing or wrong bearer token (send `Authorization: Bearer <INCIDENTS_API_TOKEN>`)"},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )

@@ -202,6 +202,8 @@ class BatchProcessor:
                 del self.uncommitted_incidents[incident_id]
         done = [i for i, (inc, _) in result.write.incidents.items() if inc.state == "restored"]
         self.cache.forget([i for i in done if i not in self.uncommitted_incidents])
+        for incident_id in done:  # a restored incident arms no timer again: its trace goes with it
+            self.armed_traces.pop(incident_id, None)
         self.cache.trim(protect=self.uncommitted_incidents.keys())
 
     def abandon(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from incident_engine.domain import Incident, SlaDomain, Timer
@@ -39,12 +40,19 @@ class StateAt:
 
 
 async def state_at(
-    dsn: str, domain: SlaDomain, scope: LogScope, *, progress: Progress | None = None
+    dsn: str,
+    domain: SlaDomain,
+    scope: LogScope,
+    *,
+    progress: Progress | None = None,
+    archive: Path | None = None,
 ) -> tuple[StateAt, LogSummary]:
     """Replay the scope up to `scope.processed_until`."""
     state = StateAt(scope.processed_until)
     with gc_paused(keep=True):
-        summary = await scan(dsn, scope, lambda groups: state.visit(domain, groups), progress=progress)
+        summary = await scan(
+            dsn, scope, lambda groups: state.visit(domain, groups), progress=progress, archive=archive
+        )
     return state, summary
 
 
@@ -58,11 +66,13 @@ async def what_if(
     *,
     exhaustive: bool = False,
     progress: Progress | None = None,
+    archive: Path | None = None,
 ) -> WhatIf:
     """Compare the scope's incidents under their pinned policies and under `policy` (in `shadow`)."""
     result = WhatIf(policy, horizon, exhaustive=exhaustive)
     with gc_paused(keep=True):
-        await scan(dsn, scope, lambda groups: result.visit(baseline, shadow, groups), progress=progress)
+        visit = lambda groups: result.visit(baseline, shadow, groups)  # noqa: E731
+        await scan(dsn, scope, visit, progress=progress, archive=archive)
     return result
 
 
@@ -91,6 +101,7 @@ async def compliance_report(
     region: str | None = None,
     now: datetime | None = None,
     progress: Progress | None = None,
+    archive: Path | None = None,
 ) -> Report:
     """The SLA report of the incidents reported in [since, until) (default: the whole log, to now)."""
     now = now or datetime.now(UTC)
@@ -99,7 +110,7 @@ async def compliance_report(
     )
     collect = _Collect(domain)
     with gc_paused(keep=True):
-        await scan(dsn, scope, collect.visit, progress=progress)
+        await scan(dsn, scope, collect.visit, progress=progress, archive=archive)
     start = since or min(f.reported_at for f in collect.facts)
     report = build_report(collect.facts, start, until or now, now=now)
     report.events = collect.events

@@ -10,10 +10,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
+from incident_engine.adapters.archive_files import ArchivedIncident, read_archive
 from incident_engine.replay import Firing
 
 # Positions in a log row: the replay reads the first two (see incident_engine.replay.Step).
@@ -74,6 +77,45 @@ class LogScope:
         if not conditions:
             return None
         return "SELECT r.incident_id FROM event_log r WHERE r.seq = 1 AND " + " AND ".join(conditions)
+
+    def archived_group(self, archived: ArchivedIncident) -> Group | None:
+        """The group of an archived incident as `stream_groups` would give it, None when out of scope
+        (the same conditions as `incidents_sql` and `log_sql`, on the archived rows)."""
+        rows = archived.rows
+        if not rows or (self.incident is not None and archived.incident_id != self.incident):
+            return None
+        first = rows[0]
+        data = orjson.loads(first["envelope"]).get("data") or {}
+        if self.reported_until is not None and first["event_time"] >= self.reported_until:
+            return None
+        if self.severity is not None and data.get("severity") != self.severity:
+            return None
+        if self.region is not None and data.get("region") != self.region:
+            return None
+        since = self.reported_since
+        if since is not None and first["event_time"] < since:
+            down = (
+                self.down_since
+                and data.get("severity") == "critical"
+                and not any(
+                    r["type"] in ("incident.failed_over", "incident.restored") and r["event_time"] < since
+                    for r in rows
+                )
+            )
+            if not down:
+                return None
+        until = self.processed_until
+        picked = [
+            (r["processed_at"], r["envelope"], r["incident_id"], r["type"], r["event_time"])
+            for r in rows
+            if until is None or r["processed_at"] <= until
+        ]
+        fired: list[Firing] = [
+            (moment, fire_until, breach_until)
+            for moment, _, fire_until, breach_until in archived.firings
+            if until is None or moment <= until
+        ]
+        return (archived.incident_id, picked, fired) if picked else None
 
     def log_sql(self, what: str, order: bool) -> tuple[str, list[Any]]:
         """`SELECT what FROM event_log l` restricted to the scope (and ordered for grouping)."""
@@ -169,27 +211,54 @@ async def scan(
     *,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 20_000,
+    archive: Path | None = None,
 ) -> LogSummary:
-    """Read the scope from one consistent snapshot, handing each chunk of groups to `visit`.
+    """Read the scope from the archive files (when given) first, then from one consistent snapshot of
+    the database, handing each chunk of groups to `visit`.
 
-    `progress(done, total)` follows the rows read. Raise EmptyLog when the scope holds no event.
+    An incident found in the archive is taken from there only (its rows may still be in the database
+    when an archive run stopped between writing the file and committing). `progress(done, total)`
+    follows the rows read. Raise EmptyLog when the scope holds no event.
     """
+    archived: set[str] = set()
+    archived_events = 0
+    from_files = LogSummary(0, None, None)
+    if archive is not None:
+        for incident in read_archive(archive):
+            archived.add(incident.incident_id)
+            archived_events += len(incident.rows)
+            group = scope.archived_group(incident)
+            if group is None:
+                continue
+            visit([group])
+            moments = [row[MOMENT] for row in group[1]]
+            from_files.events += len(moments)
+            from_files.first = min(moments[0], from_files.first or moments[0])
+            from_files.last = max(moments[-1], from_files.last or moments[-1])
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             summary = await summarize(conn, scope)
-            if summary.events == 0:
-                raise EmptyLog(_empty_message(scope, await conn.fetchval("SELECT count(*) FROM event_log")))
+            if summary.events == 0 and from_files.events == 0:
+                total = await conn.fetchval("SELECT count(*) FROM event_log")
+                raise EmptyLog(_empty_message(scope, total + archived_events))
             firings = await read_firings(conn, scope)
-            done = 0
+            done = from_files.events
+            total = summary.events + from_files.events
             async for groups, rows in stream_groups(conn, scope, firings, chunk=chunk):
-                visit(groups)
+                visit([g for g in groups if g[0] not in archived] if archived else groups)
                 done += rows
                 if progress is not None:
-                    progress(done, summary.events)
+                    progress(done, total)
     finally:
         await conn.close()
-    return summary
+    return _merged(summary, from_files)
+
+
+def _merged(db: LogSummary, files: LogSummary) -> LogSummary:
+    firsts = [m for m in (db.first, files.first) if m is not None]
+    lasts = [m for m in (db.last, files.last) if m is not None]
+    return LogSummary(db.events + files.events, min(firsts, default=None), max(lasts, default=None))
 
 
 def _empty_message(scope: LogScope, total: int) -> str:
