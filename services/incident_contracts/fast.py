@@ -17,11 +17,29 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
-NonEmpty = Annotated[str, Meta(min_length=1)]
-# The one time form taken here (ASCII digits, in-range fields); every other form goes to pydantic.
-# Checked by msgspec as it decodes (`search`, hence the anchors; `(?a)`: ASCII digits only).
+from incident_contracts.bounds import (
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_SUBJECT_LENGTH,
+    MAX_TEXT_LENGTH,
+    NAME_RE,
+    TEXT_RE,
+)
+
+# The bounds of `incident_contracts.bounds`, as the models have them: a string outside them makes
+# this decoder give up, and pydantic refuses it with the explanation.
+EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=NAME_RE)]
+Source = Annotated[str, Meta(min_length=1, max_length=MAX_SOURCE_LENGTH, pattern=NAME_RE)]
+Subject = Annotated[str, Meta(min_length=1, max_length=MAX_SUBJECT_LENGTH, pattern=NAME_RE)]
+Name = Annotated[str, Meta(max_length=MAX_NAME_LENGTH, pattern=NAME_RE)]
+PolicyName = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_RE)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT_LENGTH, pattern=TEXT_RE)]
+# The one time form taken here (ASCII digits, in-range fields, years 2000..2099 as the models take);
+# every other form goes to pydantic. Checked by msgspec as it decodes (`search`, hence the anchors;
+# `(?a)`: ASCII digits only).
 _TIME_PATTERN = (
-    r"(?a)^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?a)^20\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
     r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z"
 )
 if TYPE_CHECKING:
@@ -37,41 +55,41 @@ class _Data(Struct, frozen=True, forbid_unknown_fields=True, gc=False):
 class ReportedData(_Data, frozen=True):
     severity: Literal["critical", "high", "low"]
     region: Literal["au", "us", "uk"]
-    summary: str
-    policy: NonEmpty | None = None
-    customer: str | None = None
+    summary: Text
+    policy: PolicyName | None = None
+    customer: Name | None = None
 
 
 class AcknowledgedData(_Data, frozen=True):
-    by: str | None = None
+    by: Name | None = None
 
 
 class InvestigatingData(_Data, frozen=True):
-    note: str | None = None
+    note: Text | None = None
 
 
 class FailedOverData(_Data, frozen=True):
-    site: str | None = None
+    site: Name | None = None
 
 
 class RestoredData(_Data, frozen=True):
-    note: str | None = None
+    note: Text | None = None
 
 
 class UpdatedData(_Data, frozen=True):
-    note: str
+    note: Text
 
 
 class FastEvent(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True, gc=False):
     """The envelope; `time` holds the text (of the one form taken) until `decode_fast` makes it a datetime."""
 
     specversion: Literal["1.0"]
-    id: NonEmpty
-    source: NonEmpty
-    subject: NonEmpty
+    id: EventId
+    source: Source
+    subject: Subject
     time: TimeText
     datacontenttype: Literal["application/json"] | None = None
-    dataschema: str | None = None
+    dataschema: Name | None = None
     data: Any = None
     type: ClassVar[str]
 
