@@ -33,9 +33,6 @@ MAX_YEAR: Final = 2099
 NAME_PATTERN: Final = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 TEXT_PATTERN: Final = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
 TIME_PATTERN: Final = r"^20[0-9]{2}-"
-# The same for Python's `re` (msgspec), where `$` also matches before a final newline: `\Z` instead.
-NAME_RE: Final = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
-TEXT_RE: Final = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*\Z"
 
 _NAME_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TEXT_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
