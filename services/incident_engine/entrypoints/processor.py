@@ -35,6 +35,8 @@ _IDS = rb"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
 _TRACEPARENT = re.compile(  # version 00 exactly; a later version may append fields
     rb"00" + _IDS + rb"|(?!00|ff)[0-9a-f]{2}" + _IDS + rb"(?:-[\x21-\x7e]*)?"
 )
+_TRACEPARENT_00 = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # the common case, cheaper
+_ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 _TRACESTATE = re.compile(rb"[\x09\x20-\x7e]{0,512}")
 
 
@@ -211,13 +213,17 @@ class BatchProcessor:
                 DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=_origin(record)
             )
         headers = record.headers or ()
+        binary_mode = False
         for name, _ in headers:
-            if not name.isascii() and not _is_utf8(name):
-                # The Kafka client read a header name that is not UTF-8 (adapters/kafka_records.py).
-                error = DecodeError(f"header name {name.encode(errors='surrogateescape')!r} is not UTF-8")
-                return reject_input(error, raw, now, key=record.key, origin=_origin(record))
+            if not name.isascii():
+                if not _is_utf8(name):
+                    # The Kafka client read a header name that is not UTF-8 (adapters/kafka_records.py).
+                    error = DecodeError(f"header name {name.encode(errors='surrogateescape')!r} is not UTF-8")
+                    return reject_input(error, raw, now, key=record.key, origin=_origin(record))
+            elif len(name) == 14 and name.lower() == "ce_specversion":
+                binary_mode = True
         event: Event | None = None
-        if raw[:1] == b"{" and not any(name.lower() == "ce_specversion" for name, _ in headers):
+        if raw[:1] == b"{" and not binary_mode:
             event = decode_fast(raw)  # None: not the common shape, pydantic decides and explains
         try:
             if event is None:
@@ -384,7 +390,12 @@ def _trace_of(record: InputRecord) -> dict[str, str] | None:
                 parent = value
         elif state is None:
             state = value
-    if parent is None or _TRACEPARENT.fullmatch(parent) is None:
+    if parent is None:
+        return None
+    if len(parent) == 55 and _TRACEPARENT_00.fullmatch(parent) is not None:
+        if parent[3:35] == _ZERO_TRACE or parent[36:52] == _ZERO_SPAN:
+            return None
+    elif _TRACEPARENT.fullmatch(parent) is None:
         return None
     found = {"traceparent": parent.decode("ascii")}
     if state and _TRACESTATE.fullmatch(state) is not None:
