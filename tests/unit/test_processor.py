@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from incident_contracts import TOPIC_EVENTS
+from incident_contracts import TOPIC_EVENTS, stable_id
 from incident_engine.adapters.memory import MemoryStore
 from incident_engine.adapters.store import OffsetConflict
 from incident_engine.domain import PolicyRegistry, SlaDomain
@@ -376,3 +376,18 @@ async def test_the_same_id_from_two_sources_while_a_batch_commits(store: MemoryS
     await processor.commit(second)
     assert [e.incident_id for e in second.write.events] == ["V"]
     assert set(store.incidents) == {"U", "V"}
+
+
+async def test_transitions_caused_by_the_same_id_from_two_sources_have_distinct_output_ids(
+    processor: BatchProcessor,
+) -> None:
+    feed = Feed()
+    report = ev("reported", "S", T0, severity="low", region="uk") | {"id": "1", "source": "/channels/email"}
+    ack = ev("acknowledged", "S", T0) | {"id": "5", "source": "/channels/phone/au"}
+    restore = ev("restored", "S", T0) | {"id": "5", "source": "/channels/phone/uk"}
+    result = await processor.process([feed(report), feed(ack), feed(restore)], [], T0)
+    changes = [o for o in result.outputs if o.type == "incident.state.changed"]
+    assert [(o.data["to"], o.data["cause"]) for o in changes] == [("reported", "1"), ("acknowledged", "5"),
+                                                                  ("restored", "5")]  # fmt: skip
+    assert len({o.id for o in changes}) == 3  # downstream deduplicates on the id: none may be lost
+    assert changes[0].id == stable_id("S/state/1")  # a creation keeps its id

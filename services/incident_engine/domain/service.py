@@ -89,7 +89,7 @@ class SlaDomain:
         if dest is not None:
             incident.state = dest
             if outputs is not None:
-                outputs.append(state_changed(incident, state, event.id, now))
+                outputs.append(state_changed(incident, state, event.id, now, event.source))
         plan.apply(incident, trigger, at)
         incident.seq += 1
         incident.last_event_at = at
