@@ -67,7 +67,8 @@ def describe(exc: ValidationError) -> str:
             loc = loc[1:]  # drop the discriminator tag pydantic puts first
         tag_error = error["type"].startswith("union_tag")
         where = ".".join(str(p) for p in loc) or ("type" if tag_error else "(message)")
-        got = "" if error["type"] == "missing" else f" (got {_short(error['input'])})"
+        # A model-level error (loc empty) would quote the whole message: its text says enough.
+        got = "" if error["type"] == "missing" or not loc else f" (got {_short(error['input'])})"
         parts.append(f"{where}: {error['msg']}{got}")
     return "; ".join(parts)
 

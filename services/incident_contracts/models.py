@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+
+from incident_contracts.bounds import (
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_SUBJECT_LENGTH,
+    MAX_TEXT_LENGTH,
+    NAME_PATTERN,
+    TEXT_PATTERN,
+    TIME_PATTERN,
+    check_name,
+    check_text,
+    check_year,
+)
 
 Severity = Literal["critical", "high", "low"]
 Region = Literal["au", "us", "uk"]
@@ -12,6 +36,40 @@ ClockName = Literal["ack", "restore", "resolution", "update"]
 StateName = Literal["reported", "acknowledged", "investigating", "failed_over", "restored"]
 Reason = Literal["invalid_transition", "duplicate", "unknown_incident", "schema", "decode"]
 NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+_NO_CONTROL = (AfterValidator(check_name), Field(json_schema_extra={"pattern": NAME_PATTERN}))
+# Bounded strings without control characters: the pattern is published in the schemas, the check
+# (rather than the pattern) refuses, so that the rejection says which character and where.
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH), *_NO_CONTROL]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SOURCE_LENGTH), *_NO_CONTROL]
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUBJECT_LENGTH), *_NO_CONTROL]
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_LENGTH), *_NO_CONTROL]
+PolicyName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH), *_NO_CONTROL]
+Text = Annotated[
+    str,
+    StringConstraints(max_length=MAX_TEXT_LENGTH),
+    AfterValidator(check_text),
+    Field(json_schema_extra={"pattern": TEXT_PATTERN}),
+]
+EventTime = Annotated[
+    AwareDatetime,
+    AfterValidator(check_year),
+    Field(json_schema_extra={"pattern": TIME_PATTERN}),
+]
+# CloudEvents extension attributes: lower-case ASCII names of up to 20 characters, scalar values.
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+_EXTENSIONS_SCHEMA: dict[str, Any] = {
+    "propertyNames": {"pattern": "^[a-z0-9]{1,20}$"},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_TEXT_LENGTH, "pattern": NAME_PATTERN},
+            {"type": "boolean"},
+            {"type": "integer"},
+            {"type": "null"},
+        ]
+    },
+}
 
 
 class _Data(BaseModel):
@@ -23,44 +81,65 @@ class _Data(BaseModel):
 class ReportedData(_Data):
     severity: Severity
     region: Region
-    summary: str
-    policy: NonEmpty | None = None
-    customer: str | None = None
+    summary: Text
+    policy: PolicyName | None = None
+    customer: Name | None = None
 
 
 class AcknowledgedData(_Data):
-    by: str | None = None
+    by: Name | None = None
 
 
 class InvestigatingData(_Data):
-    note: str | None = None
+    note: Text | None = None
 
 
 class FailedOverData(_Data):
-    site: str | None = None
+    site: Name | None = None
 
 
 class RestoredData(_Data):
-    note: str | None = None
+    note: Text | None = None
 
 
 class UpdatedData(_Data):
-    note: str
+    note: Text
 
 
 class CloudEvent(BaseModel):
     """CloudEvents 1.0 envelope (structured mode); extension attributes such as `traceparent` are kept."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra=_EXTENSIONS_SCHEMA)
 
     specversion: Literal["1.0"]
-    id: NonEmpty
-    source: NonEmpty
+    id: EventId = Field(description="Unique per source: (source, id) identifies the event.")
+    source: Source
     type: str
-    subject: NonEmpty = Field(description="The incident id; also the Kafka key.")
-    time: AwareDatetime = Field(description="When it happened (RFC 3339 with an offset).")
+    subject: Subject = Field(description="The incident id; also the Kafka key.")
+    time: EventTime = Field(
+        description="When it happened (RFC 3339 with an offset; year 2000..2099). The live topic also"
+        " refuses times more than INCIDENTS_MAX_CLOCK_SKEW ahead of the engine clock or older than"
+        " INCIDENTS_MAX_EVENT_AGE."
+    )
     datacontenttype: Literal["application/json"] | None = None
-    dataschema: str | None = None
+    dataschema: Name | None = None
+
+    @model_validator(mode="after")
+    def _check_extensions(self) -> CloudEvent:
+        """Extension attributes as CloudEvents defines them; strings bounded, without control characters."""
+        for name, value in (self.model_extra or {}).items():
+            if not _EXTENSION_NAME.fullmatch(name):
+                raise ValueError(f"extension attribute {name[:40]!r}: names are 1..20 of a-z, 0-9")
+            if isinstance(value, str):
+                if len(value) > MAX_TEXT_LENGTH:
+                    raise ValueError(f"extension attribute {name}: longer than {MAX_TEXT_LENGTH} characters")
+                try:
+                    check_name(value)
+                except ValueError as exc:
+                    raise ValueError(f"extension attribute {name}: {exc}") from None
+            elif value is not None and not isinstance(value, bool | int):
+                raise ValueError(f"extension attribute {name}: a string, boolean or integer is expected")
+        return self
 
 
 class IncidentReported(CloudEvent):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +71,17 @@ class Settings(BaseSettings):
     incidents_batch_timeout_ms: int = Field(50, description="Longest wait to fill a batch.")
     incidents_max_message_bytes: int = Field(
         1_048_576, description="Input messages larger than this are dead-lettered."
+    )
+    incidents_max_clock_skew: timedelta = Field(
+        timedelta(minutes=5),
+        description="Input events dated further ahead of the engine clock are dead-lettered (`schema`): "
+        "a wrong upstream clock must not fire every SLA clock at once. ISO 8601 duration or seconds.",
+    )
+    incidents_max_event_age: timedelta = Field(
+        timedelta(days=30),
+        description="Input events older than this are dead-lettered (`schema`), e.g. an unset 1970 "
+        "timestamp. For a one-off backfill of older history raise it on one replica for the duration; "
+        "`incidents simulate` evaluates old files without it. ISO 8601 duration or seconds.",
     )
     incidents_topic_partitions: int = Field(6, description="Partitions when the engine creates its topics.")
     incidents_breach_grace_ms: int = Field(

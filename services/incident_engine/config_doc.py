@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter
 
 from incident_engine.config import REPO_ROOT, Settings
 
@@ -24,6 +25,8 @@ def markdown_table() -> str:
             default = default.get_secret_value()
         if isinstance(default, Path):
             default = default.relative_to(REPO_ROOT) if default.is_relative_to(REPO_ROOT) else default
+        if isinstance(default, timedelta):
+            default = TypeAdapter(timedelta).dump_python(default, mode="json")  # ISO 8601, as set
         shown = "–" if default is None else f"`{default}`"
         rows.append(f"| `{name.upper()}` | {shown} | {field.description or ''} |")
     return "\n".join(rows)

@@ -1,4 +1,10 @@
-"""`incidents simulate`: run a JSONL file of input CloudEvents through the domain on a virtual clock."""
+"""`incidents simulate`: run a JSONL file of input CloudEvents through the domain on a virtual clock.
+
+There is no wall clock here: the contract's fixed bounds apply (lengths, control characters, years
+2000..2099), the live topic's INCIDENTS_MAX_CLOCK_SKEW and INCIDENTS_MAX_EVENT_AGE do not (the
+virtual clock is the events' own time), so old history is evaluated here as it is. Events are
+identified by (source, id), as on the live topic.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +62,7 @@ class Simulation:
     emit: Emit
     clock: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
     incidents: dict[str, Incident] = field(default_factory=dict)
-    seen_ids: set[str] = field(default_factory=set)
+    seen_ids: set[tuple[str, str]] = field(default_factory=set)  # (source, id): the CloudEvents identity
     events_read: int = 0
     outputs: int = 0
     _pending: list[OutputEvent] = field(default_factory=list)
@@ -99,10 +105,10 @@ class Simulation:
                         except SchemaError as exc:
                             pending.append(reject_input(exc, raw, clock))
                         continue
-                event_id = event.id
-                if event_id in seen:
-                    continue  # a repeated id: exactly-once effect
-                seen.add(event_id)
+                identity = (event.source, event.id)
+                if identity in seen:
+                    continue  # a repeated (source, id): exactly-once effect
+                seen.add(identity)
                 moment = event.time
                 if moment > clock:
                     if moment.tzinfo is not UTC:

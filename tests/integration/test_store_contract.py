@@ -46,10 +46,10 @@ def incident(incident_id: str, seq: int = 1) -> Incident:
     return Incident(incident_id, "reported", "livepro-1", "high", "uk", T0, T0, seq=seq)
 
 
-def logged(incident_id: str, seq: int, event_id: str, offset: int) -> LoggedEvent:
-    envelope = {"id": event_id, "subject": incident_id, "type": "incident.reported"}
+def logged(incident_id: str, seq: int, event_id: str, offset: int, source: str = "/t") -> LoggedEvent:
+    envelope = {"id": event_id, "source": source, "subject": incident_id, "type": "incident.reported"}
     return LoggedEvent(
-        incident_id, seq, event_id, "incident.reported", "/t", T0, T0, 0, offset, orjson.dumps(envelope)
+        incident_id, seq, event_id, "incident.reported", source, T0, T0, 0, offset, orjson.dumps(envelope)
     )
 
 
@@ -76,7 +76,10 @@ async def test_a_committed_batch_reads_back(store: EventStore) -> None:
         firings={("A", T0): (0, T0 - timedelta(microseconds=1), T0 - timedelta(seconds=5))},
     ))  # fmt: skip
     assert await store.committed_offsets("g", "incidents.events", [0, 1]) == {0: 2}
-    assert await store.known_event_ids(["e1", "e2", "e3"]) == {"e1", "e2"}
+    assert await store.known_event_ids([("/t", "e1"), ("/t", "e2"), ("/t", "e3")]) == {
+        ("/t", "e1"),
+        ("/t", "e2"),
+    }
     loaded = await store.load_incidents(["A", "Z"])
     assert list(loaded) == ["A"] and loaded["A"].to_json() == incident("A").to_json()
     timers = await store.load_timers([0])
@@ -105,7 +108,7 @@ async def test_a_fenced_batch_writes_nothing(store: EventStore) -> None:
         await store.commit(
             batch(3, 4, events=[logged("A", 2, "e9", 3)], incidents={"A": (incident("A", 2), 0)})
         )
-    assert await store.known_event_ids(["e9"]) == set()
+    assert await store.known_event_ids([("/t", "e9")]) == set()
     assert (await store.load_incidents(["A"]))["A"].seq == 1
     assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 5}
 
@@ -115,7 +118,7 @@ async def test_a_batch_that_fails_half_way_writes_nothing(store: EventStore) -> 
     with pytest.raises(Exception):  # noqa: B017 - the twin and Postgres raise their own conflict errors
         await store.commit(batch(1, 3, events=[logged("B", 1, "e2", 1), logged("A", 1, "e3", 2)],
                                  outbox=[OutboxRow(0, "incidents.state", b"B", "o", b"{}")]))  # fmt: skip
-    assert await store.known_event_ids(["e2", "e3"]) == set()
+    assert await store.known_event_ids([("/t", "e2"), ("/t", "e3")]) == set()
     assert await store.outbox_backlog() == 0
     assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 1}
 
@@ -137,6 +140,25 @@ async def test_lookup_is_known_ids_and_stored_incidents_at_once(store: EventStor
     await store.commit(
         batch(0, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}, created={"A"})
     )
-    known, loaded = await store.lookup(["e1", "e2"], ["A", "B"])
-    assert known == {"e1"} and list(loaded) == ["A"] and loaded["A"].to_json() == incident("A").to_json()
+    known, loaded = await store.lookup([("/t", "e1"), ("/t", "e2"), ("/other", "e1")], ["A", "B"])
+    assert known == {("/t", "e1")}
+    assert list(loaded) == ["A"] and loaded["A"].to_json() == incident("A").to_json()
     assert await store.lookup([], []) == (set(), {})
+
+
+async def test_events_are_identified_by_source_and_id(store: EventStore) -> None:
+    """CloudEvents identity: two channels may both send an event `1`; both are logged, each once."""
+    await store.commit(batch(0, 1, events=[logged("A", 1, "1", 0, "/channels/phone/au")]))
+    await store.commit(batch(1, 2, events=[logged("B", 1, "1", 1, "/channels/email")]))
+    assert await store.known_event_ids([("/channels/phone/au", "1"), ("/channels/email", "1")]) == {
+        ("/channels/phone/au", "1"),
+        ("/channels/email", "1"),
+    }
+    assert await store.known_event_ids([("/channels/monitor", "1")]) == set()
+    assert [(r["source"], r["event_id"]) for r in await store.read_log()] == [
+        ("/channels/phone/au", "1"),
+        ("/channels/email", "1"),
+    ]
+    with pytest.raises(Exception):  # noqa: B017 - the same (source, id) again: the twin and Postgres refuse
+        await store.commit(batch(2, 3, events=[logged("C", 1, "1", 2, "/channels/email")]))
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 2}

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from incident_engine.adapters.store import BatchWrite, OffsetConflict, OutboxRow, TimerRow
+from incident_engine.adapters.store import BatchWrite, EventKey, OffsetConflict, OutboxRow, TimerRow
 from incident_engine.domain import Incident
 
 
@@ -18,7 +18,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, str, int], int] = {}
         self.log: dict[tuple[str, int], dict[str, Any]] = {}
-        self.event_ids: set[str] = set()
+        self.event_ids: set[EventKey] = set()  # (source, id) of every logged event
         self.incidents: dict[str, dict[str, Any]] = {}
         self.timers: dict[str, TimerRow] = {}
         self.outbox: list[OutboxRow] = []
@@ -32,19 +32,19 @@ class MemoryStore:
             p: o for (g, t, p), o in self.offsets.items() if g == group_id and t == topic and p in partitions
         }
 
-    async def known_event_ids(self, event_ids: list[str]) -> set[str]:
-        """Which of these input ids are already in the event log."""
-        return self.event_ids.intersection(event_ids)
+    async def known_event_ids(self, event_keys: list[EventKey]) -> set[EventKey]:
+        """Which of these input events, by (source, id), are already in the event log."""
+        return self.event_ids.intersection(event_keys)
 
     async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
         """Current state of these incidents (absent ones are unknown)."""
         return {i: Incident.from_json(self.incidents[i]) for i in incident_ids if i in self.incidents}
 
     async def lookup(
-        self, event_ids: list[str], incident_ids: list[str]
-    ) -> tuple[set[str], dict[str, Incident]]:
+        self, event_keys: list[EventKey], incident_ids: list[str]
+    ) -> tuple[set[EventKey], dict[str, Incident]]:
         """`known_event_ids` and `load_incidents` together."""
-        return await self.known_event_ids(event_ids), await self.load_incidents(incident_ids)
+        return await self.known_event_ids(event_keys), await self.load_incidents(incident_ids)
 
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
         """Every pending timer row of these partitions."""
@@ -56,16 +56,19 @@ class MemoryStore:
             stored = self.offsets.get((batch.group_id, topic, partition))
             if stored is not None and expected is not None and stored > expected:
                 raise OffsetConflict(f"{topic}[{partition}] moved past offset {expected} under this consumer")
-        for event in batch.events:
-            if (event.incident_id, event.seq) in self.log or event.event_id in self.event_ids:
-                raise ValueError(f"event log conflict on {event.incident_id}#{event.seq} / {event.event_id}")
+        keys = [(event.source, event.event_id) for event in batch.events]
+        if len(set(keys)) != len(keys):  # as the unique constraint (event_id, source) within a batch
+            raise ValueError("event log conflict: an event (source, id) twice in one batch")
+        for event, key in zip(batch.events, keys, strict=True):
+            if (event.incident_id, event.seq) in self.log or key in self.event_ids:
+                raise ValueError(f"event log conflict on {event.incident_id}#{event.seq} / {key}")
         for incident_id in batch.incidents:
             if (incident_id in batch.created) == (incident_id in self.incidents):
                 raise ValueError(f"incident {incident_id} created twice, or changed before it was created")
         for (topic, partition), (_, next_offset) in batch.offsets.items():
             self.offsets[(batch.group_id, topic, partition)] = next_offset
         for event in batch.events:
-            self.event_ids.add(event.event_id)
+            self.event_ids.add((event.source, event.event_id))
             self.log[(event.incident_id, event.seq)] = {
                 "incident_id": event.incident_id, "seq": event.seq, "event_id": event.event_id,
                 "type": event.type, "source": event.source, "event_time": event.event_time,

@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 from incident_engine.domain import Incident
 
+EventKey = tuple[str, str]
+"""An input event's identity, as CloudEvents defines it: (source, id)."""
+
 
 class OffsetConflict(RuntimeError):
     """Another consumer advanced a partition we thought we owned (a rebalance): the batch is void."""
@@ -82,8 +85,8 @@ class EventStore(Protocol):
         """Next offset to consume per partition, for those that have one."""
         ...
 
-    async def known_event_ids(self, event_ids: list[str]) -> set[str]:
-        """Which of these input ids are already in the event log."""
+    async def known_event_ids(self, event_keys: list[EventKey]) -> set[EventKey]:
+        """Which of these input events, by (source, id), are already in the event log."""
         ...
 
     async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
@@ -91,8 +94,8 @@ class EventStore(Protocol):
         ...
 
     async def lookup(
-        self, event_ids: list[str], incident_ids: list[str]
-    ) -> tuple[set[str], dict[str, Incident]]:
+        self, event_keys: list[EventKey], incident_ids: list[str]
+    ) -> tuple[set[EventKey], dict[str, Incident]]:
         """`known_event_ids` and `load_incidents` at once (in one round trip where that matters)."""
         ...
 

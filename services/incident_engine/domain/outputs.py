@@ -20,11 +20,19 @@ from incident_contracts.errors import InputError
 from incident_engine.domain.model import BREACH, WARNING, ClockState, Incident, Timer
 
 
-def state_changed(incident: Incident, from_state: str | None, cause: str, now: datetime) -> OutputEvent:
-    """`incident.state.changed`; its id derives from (incident, cause event)."""
+def state_changed(
+    incident: Incident, from_state: str | None, cause: str, now: datetime, source: str | None = None
+) -> OutputEvent:
+    """`incident.state.changed`; its id derives from (incident, cause event).
+
+    The cause event is (source, id), as CloudEvents identifies it: two channels may both send an
+    event `5` for one incident, and both transitions must reach downstream under their own ids. A
+    creation (no `source`) keeps the id of (incident, cause id): an incident is created only once.
+    """
     incident_id = incident.id
-    digest = new_id_digest()  # = stable_id(f"{incident_id}/state/{cause}"), one call less
-    digest.update(f"{incident_id}/state/{cause}".encode())
+    name = f"{incident_id}/state/{cause}" if source is None else f"{incident_id}/state/{cause}/{source}"
+    digest = new_id_digest()  # = stable_id(name), one call less
+    digest.update(name.encode())
     return OutputEvent(
         id=digest.hexdigest(),
         type=STATE_CHANGED,

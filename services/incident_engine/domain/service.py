@@ -104,7 +104,7 @@ class SlaDomain:
         if dest is not None:
             incident.state = dest
             if outputs is not None:
-                outputs.append(state_changed(incident, state, event.id, now))
+                outputs.append(state_changed(incident, state, event.id, now, event.source))
         plan.apply(incident, trigger, at)
         if breached:
             self._retract(incident, breached, stamped, event.id, now, outputs, fired)

@@ -25,6 +25,7 @@ from incident_contracts.constants import (
     SLA_RETRACTED,
     SLA_WARNING,
 )
+from incident_engine.adapters import kafka_records
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
@@ -47,6 +48,7 @@ OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
 
 def build_broker(settings: Settings, listener: EngineLoop | None = None) -> KafkaBroker:
     """The FastStream broker, with the engine's channels declared (for the AsyncAPI document too)."""
+    kafka_records.install()  # a header name that is not UTF-8 is a dead letter, not a stuck partition
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers, client_id="incident-engine", **kafka_security(settings)
     )
@@ -140,6 +142,8 @@ class EngineService:
             self.store,
             s.incidents_consumer_group,
             max_message_bytes=s.incidents_max_message_bytes,
+            max_clock_skew=s.incidents_max_clock_skew,
+            max_event_age=s.incidents_max_event_age,
             tracer=self.telemetry.tracer if self.telemetry.enabled else None,
             root_sample_ratio=root_sample_ratio(),
             breach_grace=timedelta(milliseconds=s.incidents_breach_grace_ms),

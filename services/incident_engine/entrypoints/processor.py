@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import orjson
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from incident_contracts import TOPIC_EVENTS, parse_event
+from incident_contracts.bounds import check_event_time
 from incident_contracts.constants import INCIDENT_REJECTED, SLA_WARNING
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
@@ -29,6 +31,14 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 Event = CloudEvent | FastEvent
 _YIELD_EVERY = 32  # records decided between two turns of the event loop
 _ORIGINAL_LIMIT = 64 * 1024  # bytes of an oversized message quoted in its dead letter
+# W3C trace context (https://www.w3.org/TR/trace-context/): anything else starts a new root trace.
+_IDS = rb"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+_TRACEPARENT = re.compile(  # version 00 exactly; a later version may append fields
+    rb"00" + _IDS + rb"|(?!00|ff)[0-9a-f]{2}" + _IDS + rb"(?:-[\x21-\x7e]*)?"
+)
+_TRACEPARENT_00 = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # the common case, cheaper
+_ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
+_TRACESTATE = re.compile(rb"[\x09\x20-\x7e]{0,512}")
 
 
 class InputRecord(Protocol):
@@ -101,6 +111,8 @@ class BatchProcessor:
         tracer: Tracer | None = None,
         root_sample_ratio: float | None = None,
         breach_grace: timedelta = timedelta(0),
+        max_clock_skew: timedelta = timedelta(minutes=5),
+        max_event_age: timedelta = timedelta(days=30),
     ) -> None:
         self.domain = domain
         # Breaches and failover orders wait this long past their due moment for evidence in flight.
@@ -108,6 +120,8 @@ class BatchProcessor:
         self.store = store
         self.group_id = group_id
         self.max_message_bytes = max_message_bytes
+        self.max_clock_skew = max_clock_skew  # how far ahead of `now` an event's time may be
+        self.max_event_age = max_event_age  # how far behind
         self.cache = cache if cache is not None else IncidentCache()
         self.tracer = tracer  # None: no spans (telemetry disabled), trace headers still propagate
         # Decide root sampling before making a span: an unsampled span still costs several µs per
@@ -115,8 +129,9 @@ class BatchProcessor:
         self.root_sample_ratio = root_sample_ratio
         self._random = random.Random()
         self.armed_traces: dict[str, dict[str, str]] = {}  # incident -> trace that armed its timers
-        # Decided but not yet committed (a batch commits while the next one is decided).
-        self.uncommitted_ids: set[str] = set()
+        # Decided but not yet committed (a batch commits while the next one is decided); events are
+        # identified by (source, id), as CloudEvents defines them.
+        self.uncommitted_ids: set[tuple[str, str]] = set()
         # Incident -> how many decided batches that change it are not committed yet. A count, not a
         # set: when the first of two such batches commits, the second still holds the incident (and
         # the object the first wrote is the one the second changed): it must stay cached.
@@ -150,7 +165,7 @@ class BatchProcessor:
         result = BatchResult(BatchWrite(self.group_id))
         parsed = [self._parse(record, now) for record in records]
         events = [p for p in parsed if not isinstance(p, OutputEvent)]
-        ids = [e.id for e in events]
+        ids = [(e.source, e.id) for e in events]
         wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
         cache = self.cache
         states = {i: inc for i in wanted if (inc := cache.get(i)) is not None}
@@ -165,10 +180,11 @@ class BatchProcessor:
                     await asyncio.sleep(0)
                 self._offset(result.write, record)
                 if not isinstance(item, OutputEvent):
-                    if item.id in known:
+                    identity = (item.source, item.id)
+                    if identity in known:
                         result.outcomes[(item.type, "ignored_repeat")] += 1
-                        continue  # exactly-once effect: an id already applied is dropped silently
-                    known.add(item.id)
+                        continue  # exactly-once effect: an event already applied is dropped silently
+                    known.add(identity)
                     self._apply_event(result, states, record, item, now)
                     self._saw(result, record.partition, item.time)
                 else:
@@ -185,7 +201,7 @@ class BatchProcessor:
         for incident_id, (incident, _) in result.write.incidents.items():
             self.cache.put(incident)
             self.uncommitted_incidents[incident_id] += 1
-        self.uncommitted_ids.update(e.event_id for e in result.write.events)
+        self.uncommitted_ids.update((e.source, e.event_id) for e in result.write.events)
         return result
 
     async def commit(self, result: BatchResult) -> None:
@@ -195,7 +211,7 @@ class BatchProcessor:
         except BaseException:
             self.abandon()
             raise
-        self.uncommitted_ids.difference_update(e.event_id for e in result.write.events)
+        self.uncommitted_ids.difference_update((e.source, e.event_id) for e in result.write.events)
         self.uncommitted_incidents.subtract(result.write.incidents.keys())
         for incident_id in result.write.incidents:
             if self.uncommitted_incidents[incident_id] <= 0:
@@ -224,15 +240,29 @@ class BatchProcessor:
             return reject_input(
                 DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=_origin(record)
             )
-        headers = record.headers
+        headers = record.headers or ()
+        binary_mode = False
+        for name, _ in headers:
+            if not name.isascii():
+                if not _is_utf8(name):
+                    # The Kafka client read a header name that is not UTF-8 (adapters/kafka_records.py).
+                    error = DecodeError(f"header name {name.encode(errors='surrogateescape')!r} is not UTF-8")
+                    return reject_input(error, raw, now, key=record.key, origin=_origin(record))
+            elif len(name) == 14 and name.lower() == "ce_specversion":
+                binary_mode = True
         event: Event | None = None
-        if raw[:1] == b"{" and not any(name == "ce_specversion" for name, _ in headers or ()):
+        if raw[:1] == b"{" and not binary_mode:
             event = decode_fast(raw)  # None: not the common shape, pydantic decides and explains
         try:
             if event is None:
                 event = parse_event(raw, headers)
         except InputError as exc:
             return reject_input(exc, raw, now, key=record.key, origin=_origin(record))
+        late_or_early = check_event_time(event.time, now, self.max_clock_skew, self.max_event_age)
+        if late_or_early is not None:
+            # Decided before anything reaches Postgres or the calendar maths, on both decoders' events.
+            error = SchemaError(late_or_early, event_id=event.id, subject=event.subject)
+            return reject_input(error, raw, now, key=record.key, origin=_origin(record))
         key = record.key.decode(errors="replace") if record.key is not None else None
         if key != event.subject:
             # The key decides the partition, and one incident must live in one partition.
@@ -254,8 +284,9 @@ class BatchProcessor:
     ) -> None:
         incident = states.get(event.subject)
         before = incident.state if incident is not None else None
-        span = self._span_for(record, event) if self.tracer is not None else None
-        trace = _carrier(span) if span is not None else _trace_of(record)
+        parent = _trace_of(record)
+        span = self._span_for(record, event, parent) if self.tracer is not None else None
+        trace = _carrier(span) if span is not None else parent
         decision = self.domain.handle(incident, event, now, record.value)  # type: ignore[arg-type]
         outcome = "accepted" if decision.accepted else "rejected"
         result.outcomes[(event.type, outcome)] += 1
@@ -281,14 +312,13 @@ class BatchProcessor:
                                  "incident.outcome": outcome})  # fmt: skip
             span.end()
 
-    def _span_for(self, record: InputRecord, event: Event) -> Span | None:
+    def _span_for(self, record: InputRecord, event: Event, parent: dict[str, str] | None) -> Span | None:
         assert self.tracer is not None
-        has_parent = any(name == "traceparent" for name, _ in record.headers or ())
-        if not has_parent and not self._sample_root():
+        if parent is None and not self._sample_root():
             return None  # an unsampled root: no span built at all
         return self.tracer.start_span(
             f"{TOPIC_EVENTS} process",
-            context=extract_context(record.headers) if has_parent else None,
+            context=extract_context([(k, v.encode()) for k, v in parent.items()]) if parent else None,
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "kafka", "messaging.destination.name": record.topic,
@@ -398,15 +428,47 @@ def _carrier(span: Span) -> dict[str, str] | None:
 
 
 def _trace_of(record: InputRecord) -> dict[str, str] | None:
-    found = {name: value.decode() for name, value in record.headers or () if name in TRACE_HEADERS and value}
-    return found or None
+    """The record's W3C trace context, when its `traceparent` is valid (else None: a new root trace).
+
+    Never fails: the headers are input like the body (not UTF-8, NUL bytes, garbage); what is kept is
+    ASCII that Postgres (jsonb) and the propagator take. The first of repeated headers wins.
+    """
+    parent = state = None
+    for name, value in record.headers or ():
+        if value is None or name not in TRACE_HEADERS:
+            continue
+        if name == "traceparent":
+            if parent is None:
+                parent = value
+        elif state is None:
+            state = value
+    if parent is None:
+        return None
+    if len(parent) == 55 and _TRACEPARENT_00.fullmatch(parent) is not None:
+        if parent[3:35] == _ZERO_TRACE or parent[36:52] == _ZERO_SPAN:
+            return None
+    elif _TRACEPARENT.fullmatch(parent) is None:
+        return None
+    found = {"traceparent": parent.decode("ascii")}
+    if state and _TRACESTATE.fullmatch(state) is not None:
+        found["tracestate"] = state.decode("ascii")
+    return found
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a header name came from UTF-8 bytes (a name that was not holds lone surrogates)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _structured(record: InputRecord, event: Event) -> bytes:
     """The event as structured JSON for the log (binary-mode input is re-serialized)."""
     raw = record.value or b""
     if isinstance(event, FastEvent) or (
-        raw[:1] == b"{" and not any(name == "ce_specversion" for name, _ in record.headers or ())
+        raw[:1] == b"{" and not any(name.lower() == "ce_specversion" for name, _ in record.headers or ())
     ):
         return raw  # a FastEvent is only ever decoded from a structured message
     return orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from incident_engine.adapters.outbox_codec import decode_messages, encode_messages
-from incident_engine.adapters.store import BatchWrite, OffsetConflict, OutboxRow, TimerRow
+from incident_engine.adapters.store import BatchWrite, EventKey, OffsetConflict, OutboxRow, TimerRow
 from incident_engine.domain import Incident
 from incident_engine.gc_pause import gc_paused
 
@@ -78,14 +78,10 @@ class PostgresStore:
         rows = await self.pool.fetch(SQL["committed_offsets"], group_id, topic, partitions)
         return {r["kafka_partition"]: r["next_offset"] for r in rows}
 
-    async def known_event_ids(self, event_ids: list[str]) -> set[str]:
-        """Which of these input ids are already in the event log."""
-        if not event_ids:
-            return set()
-        rows = await self.pool.fetch(
-            "SELECT event_id FROM event_log WHERE event_id = ANY($1::text[])", event_ids
-        )
-        return {r["event_id"] for r in rows}
+    async def known_event_ids(self, event_keys: list[EventKey]) -> set[EventKey]:
+        """Which of these input events, by (source, id), are already in the event log."""
+        known, _ = await self.lookup(event_keys, [])
+        return known
 
     async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
         """Current state of these incidents (absent ones are unknown)."""
@@ -97,13 +93,14 @@ class PostgresStore:
         return {r["incident_id"]: Incident.from_json(r["body"]) for r in rows}
 
     async def lookup(
-        self, event_ids: list[str], incident_ids: list[str]
-    ) -> tuple[set[str], dict[str, Incident]]:
+        self, event_keys: list[EventKey], incident_ids: list[str]
+    ) -> tuple[set[EventKey], dict[str, Incident]]:
         """`known_event_ids` and `load_incidents` in one round trip (the start of every batch)."""
-        if not event_ids and not incident_ids:
+        if not event_keys and not incident_ids:
             return set(), {}
-        rows = await self.pool.fetch(SQL["lookup"], event_ids, incident_ids)
-        known = {r["id"] for r in rows if r["body"] is None}
+        sources = [source for source, _ in event_keys]
+        rows = await self.pool.fetch(SQL["lookup"], sources, [i for _, i in event_keys], incident_ids)
+        known = {(r["source"], r["id"]) for r in rows if r["body"] is None}
         return known, {r["id"]: Incident.from_json(r["body"]) for r in rows if r["body"] is not None}
 
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
