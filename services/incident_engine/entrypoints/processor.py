@@ -14,7 +14,7 @@ import orjson
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from incident_contracts import TOPIC_EVENTS, parse_event
-from incident_contracts.constants import INCIDENT_REJECTED
+from incident_contracts.constants import INCIDENT_REJECTED, REASON_UNPROCESSABLE
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
 from incident_contracts.fast import FastEvent, decode_fast
@@ -22,6 +22,7 @@ from incident_contracts.models import CloudEvent
 from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, OutboxRow, TimerRow
 from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
+from incident_engine.domain.outputs import rejected
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 # A validated input event: the pydantic model, or (the common shape, decoded ~5x cheaper) msgspec's.
@@ -177,6 +178,22 @@ class BatchProcessor:
         done = [i for i, (inc, _) in result.write.incidents.items() if inc.state == "restored"]
         self.cache.forget([i for i in done if i not in self.uncommitted_incidents])
         self.cache.trim(protect=self.uncommitted_incidents)
+
+    def unprocessable(self, record: InputRecord, detail: str, now: datetime) -> BatchResult:
+        """A batch that only dead-letters `record` (reason `unprocessable`) and moves its partition past it:
+        for a message that fails its batch, alone, for a reason that is not the infrastructure's."""
+        result = BatchResult(BatchWrite(self.group_id))
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        out = rejected(REASON_UNPROCESSABLE, detail, record.value or b"", now, subject=key or None,
+                       origin=_origin(record))  # fmt: skip
+        self._offset(result.write, record)
+        result.outcomes[("(unprocessable)", "rejected")] += 1
+        try:
+            trace = _trace_of(record)
+        except ValueError:  # a header that is not text may be what made the message fail
+            trace = None
+        self._emit(result, [out], record.partition, trace)
+        return result
 
     def abandon(self) -> None:
         """After a failed batch: forget everything not known to be committed (states changed in place)."""
