@@ -58,13 +58,38 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """A connection pool with the codecs the store relies on."""
+async def create_pool(
+    dsn: str,
+    min_size: int = 1,
+    max_size: int = 8,
+    *,
+    connect_timeout: float = 60.0,
+    command_timeout: float | None = None,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
+    """A connection pool with the codecs the store relies on (timeouts: see `pool_timeouts`)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
-    )
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session,
+        timeout=connect_timeout, command_timeout=command_timeout, server_settings=server_settings,
+    )  # fmt: skip
     assert pool is not None
     return pool
+
+
+def pool_timeouts(
+    connect_ms: int, command_ms: int, statement_ms: int, idle_in_transaction_ms: int
+) -> dict[str, Any]:
+    """`create_pool` keywords so that no call can hang: the client gives up on a call after
+    `command_ms`, the server cancels a statement after `statement_ms` and ends a transaction left
+    idle for `idle_in_transaction_ms` (its client gone), each session's own settings. 0 = no limit."""
+    return {
+        "connect_timeout": connect_ms / 1000,
+        "command_timeout": command_ms / 1000 if command_ms > 0 else None,
+        "server_settings": {
+            "statement_timeout": str(max(statement_ms, 0)),
+            "idle_in_transaction_session_timeout": str(max(idle_in_transaction_ms, 0)),
+        },
+    }
 
 
 class PostgresStore:
