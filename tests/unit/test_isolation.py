@@ -87,6 +87,7 @@ class FaultyStore(MemoryStore):
         self.refused: set[str] = set()  # incidents whose events the "database" cannot store
         self.commit_failures: list[BaseException] = []  # raised by the next commits, in order
         self.timer_load_failures = 0
+        self.refuse_dead_letters = False
         self.commits = 0
 
     async def commit(self, batch: BatchWrite) -> None:
@@ -94,6 +95,8 @@ class FaultyStore(MemoryStore):
         if self.commit_failures:
             raise self.commit_failures.pop(0)
         if any(e.incident_id in self.refused for e in batch.events):
+            raise NUL_ERROR
+        if self.refuse_dead_letters and any(b'"unprocessable"' in o.payload for o in batch.outbox):
             raise NUL_ERROR
         await super().commit(batch)
 
@@ -201,6 +204,16 @@ async def test_a_domain_exception_dead_letters_only_its_message() -> None:
     assert h.logged() == [("A", 1), ("A", 2), ("B", 1), ("C", 1), ("C", 2)]
     assert h.reasons() == [("P", "unprocessable"), ("P", "unprocessable")]
     assert all("OverflowError: date value out of range" in o["data"]["detail"] for o in h.rejected())
+
+
+async def test_a_dead_letter_that_cannot_be_stored_skips_the_message() -> None:
+    h = Harness(_stream(), batch_max=2)
+    h.store.refused.add("P")
+    h.store.refuse_dead_letters = True
+    await h.assign()
+    await h.run_until(lambda: h.offset(0) == 5 and h.offset(1) == 2)
+    assert h.logged() == [("A", 1), ("A", 2), ("B", 1), ("C", 1), ("C", 2)]
+    assert h.reasons() == [("P", "unknown_incident")]
 
 
 async def test_an_infrastructure_failure_is_retried_and_dead_letters_nothing() -> None:

@@ -301,9 +301,18 @@ class EngineLoop:
         log.warning("unprocessable message dead-lettered: partition %d offset %d incident %r: %s",
                     item.partition, item.offset, key, describe(exc), extra=where)  # fmt: skip
         result = self.processor.unprocessable(item, describe(exc), now)
-        if self.before_commit is not None:
-            self.before_commit(result)
-        await self._commit(result, started)
+        try:
+            await self._commit(result, started)
+        except Exception as dead_letter_failed:
+            if is_infrastructure(dead_letter_failed):
+                raise
+            # Even the dead letter cannot be stored: skip the message (offsets only), or it would
+            # stop the partition after all.
+            log.error("dead letter of partition %d offset %d not stored (%s); message skipped",
+                      item.partition, item.offset, describe(dead_letter_failed), extra=where)  # fmt: skip
+            result.write.outbox.clear()
+            result.outputs.clear()
+            await self._commit(result, started)
 
     async def _commit(self, result: BatchResult, started: float) -> BatchResult:
         await self.processor.commit(result)

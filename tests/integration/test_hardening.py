@@ -1,0 +1,201 @@
+"""Hardening against real Kafka and PostgreSQL: a message PostgreSQL refuses does not stop its
+partition, a failed partition assignment is retaken, no PostgreSQL call can hang forever."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from devstack.stack import Service, fresh_database
+from incident_contracts import TOPIC_EVENTS
+from incident_engine.adapters.postgres.store import PostgresStore
+from incident_engine.adapters.store import BatchWrite, TimerRow
+from incident_engine.entrypoints import app as app_module
+from incident_engine.entrypoints.app import EngineService, wait_for_postgres
+from incident_engine.entrypoints.isolation import is_infrastructure
+from tests.integration.engine_helpers import OutputCollector, event, settings_for, start_at_end
+
+pytestmark = pytest.mark.integration
+
+POISON_SUFFIX = "-poison"
+
+
+class RefusingStore(PostgresStore):
+    """The real store, except that the events of incidents named `*-poison` carry a NUL into the
+    event log: PostgreSQL itself refuses them (whatever the contract lets through in this branch)."""
+
+    async def commit(self, batch: BatchWrite) -> None:
+        for logged in batch.events:
+            if logged.incident_id.endswith(POISON_SUFFIX):
+                logged.source += "\x00"
+        await super().commit(batch)
+
+
+class FlakyTimerStore(PostgresStore):
+    """The real store, whose timers do not load until `healthy` is set."""
+
+    healthy = asyncio.Event()
+    failures = 0
+
+    async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
+        if not FlakyTimerStore.healthy.is_set():
+            FlakyTimerStore.failures += 1
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            )
+        return await super().load_timers(partitions)
+
+
+def _count(outputs: list[dict[str, Any]]) -> int:
+    """Distinct outputs (delivery is at least once: a rare re-send carries the same id)."""
+    return len({o["id"] for o in outputs})
+
+
+async def _engine(kafka: Service, postgres: Service, **extra: Any) -> tuple[EngineService, str]:
+    dsn = await fresh_database(postgres.url)
+    settings = settings_for(kafka.url, dsn, **extra)
+    await start_at_end(kafka.url, dsn, settings.incidents_consumer_group)
+    return EngineService(settings), dsn
+
+
+@pytest.fixture
+async def refusing_engine(
+    kafka: Service, postgres: Service, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[EngineService]:
+    monkeypatch.setattr(app_module, "PostgresStore", RefusingStore)
+    service, _ = await _engine(kafka, postgres)
+    await service.start()
+    await asyncio.wait_for(service.loop.ready.wait(), 30)  # type: ignore[union-attr]
+    yield service
+    await service.stop()
+
+
+async def test_a_message_postgres_refuses_is_dead_lettered_and_its_partition_flows_on(
+    refusing_engine: EngineService, kafka: Service
+) -> None:
+    p = f"refused-{uuid.uuid4().hex[:6]}-"
+    poison, before, after = p + "x" + POISON_SUFFIX, p + "before", p + "after"
+    first = [
+        event("reported", before, severity="high", region="uk"),
+        event("reported", poison, severity="high", region="uk"),
+        event("acknowledged", before),
+    ]
+    later = [event("reported", after, severity="low", region="au"), event("restored", before)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.url)
+    await producer.start()
+
+    async def send(events: list[dict[str, Any]]) -> None:
+        for e in events:  # one partition for all: the culprit sits between the others
+            await producer.send_and_wait(
+                TOPIC_EVENTS, orjson.dumps(e), key=e["subject"].encode(), partition=0
+            )
+
+    try:
+        async with OutputCollector(kafka.url, p) as out:
+            await send(first)
+            started = time.monotonic()
+            await out.wait_for(
+                lambda: _count(out.of("incident.rejected", poison)) == 1, 30, "the dead letter"
+            )
+            await out.wait_for(lambda: _count(out.of("incident.state.changed", before)) == 2, 15, "the ack")
+            await send(later)
+            await out.wait_for(
+                lambda: (
+                    _count(out.of("incident.state.changed", after)) == 1
+                    and _count(out.of("incident.state.changed", before)) == 3
+                ),
+                15,
+                "later events of the partition",
+            )
+            assert time.monotonic() - started < 30
+            dead = out.of("incident.rejected", poison)[0]
+            assert dead["data"]["reason"] == "unprocessable"
+            assert "CharacterNotInRepertoireError" in dead["data"]["detail"]
+            assert orjson.loads(dead["data"]["original"]) == first[1]
+            assert out.of("incident.rejected", before) == [] and out.of("incident.rejected", after) == []
+    finally:
+        await producer.stop()
+    assert refusing_engine.pool is not None
+    logged = await refusing_engine.pool.fetch(
+        "SELECT incident_id, seq FROM event_log WHERE incident_id LIKE $1 ORDER BY 1, 2", p + "%"
+    )
+    assert [tuple(r) for r in logged] == [(after, 1), (before, 1), (before, 2), (before, 3)]
+    assert refusing_engine.telemetry is not None
+    metrics = refusing_engine.telemetry.metrics_text()[0].decode()
+    assert 'incidents_rejections_total{reason="unprocessable"}' in metrics
+
+
+async def test_a_failed_assignment_is_retaken_and_not_ready_until_its_timers_load(
+    kafka: Service, postgres: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app_module, "PostgresStore", FlakyTimerStore)
+    FlakyTimerStore.healthy = asyncio.Event()
+    FlakyTimerStore.failures = 0
+    service, dsn = await _engine(kafka, postgres)
+    incident = f"armed-{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO timers (incident_id, kafka_partition, due_at) VALUES ($1, 0, $2)",
+            incident,
+            datetime.now(UTC) + timedelta(hours=1),
+        )
+    finally:
+        await conn.close()
+    await service.start()
+    try:
+        deadline = time.monotonic() + 30
+        while FlakyTimerStore.failures < 2:  # the assignment's load, then the loop's retry
+            assert time.monotonic() < deadline, "the partitions were never assigned"
+            await asyncio.sleep(0.05)
+        assert service.ready()["ready"] is False
+        assert service.loop is not None and len(service.loop.timers) == 0
+        FlakyTimerStore.healthy.set()
+        await asyncio.wait_for(service.loop.ready.wait(), 15)
+        assert service.ready()["ready"] is True
+        assert len(service.loop.timers) == 1  # the timer row is armed
+    finally:
+        await service.stop()
+
+
+async def test_no_postgres_call_can_hang(postgres: Service) -> None:
+    dsn = await fresh_database(postgres.url)
+    defaults = settings_for("127.0.0.1:1", dsn)
+    pool = await wait_for_postgres(dsn, settings=defaults)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "25s"
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+    finally:
+        await pool.close()
+
+    server_side = settings_for("127.0.0.1:1", dsn, incidents_pg_statement_timeout_ms=200)
+    pool = await wait_for_postgres(dsn, settings=server_side)
+    try:
+        with pytest.raises(asyncpg.exceptions.QueryCanceledError) as cancelled:
+            await pool.fetchval("SELECT pg_sleep(5)")
+        assert is_infrastructure(cancelled.value)  # retried, never dead-letters a message
+    finally:
+        await pool.close()
+
+    # a connection that stops answering (as a half-open one does): the client gives up by itself
+    client_side = settings_for(
+        "127.0.0.1:1", dsn, incidents_pg_statement_timeout_ms=0, incidents_pg_command_timeout_ms=300
+    )
+    pool = await wait_for_postgres(dsn, settings=client_side)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as timed_out:
+            await pool.fetchval("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 3 and is_infrastructure(timed_out.value)
+    finally:
+        await pool.close()
