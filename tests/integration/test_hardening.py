@@ -134,6 +134,40 @@ async def test_a_message_postgres_refuses_is_dead_lettered_and_its_partition_flo
     assert 'incidents_rejections_total{reason="unprocessable"}' in metrics
 
 
+async def test_the_nul_incident_of_the_issue_does_not_stop_its_partition(
+    refusing_engine: EngineService, kafka: Service
+) -> None:
+    """Issue 11's message (`"subject": "INC-7\\u0000x"`): whether the contract refuses it (`schema`)
+    or PostgreSQL does (`unprocessable`), it is dead-lettered and the partition flows on."""
+    p = f"nul-{uuid.uuid4().hex[:6]}-"
+    nul, ok = p + "INC-7\x00x", p + "ok"
+    messages = [
+        event("reported", nul, severity="critical", region="au"),
+        event("reported", ok, severity="low", region="uk"),
+        event("acknowledged", ok),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.url)
+    await producer.start()
+    try:
+        async with OutputCollector(kafka.url, p) as out:
+            for e in messages:
+                key = e["subject"].encode()
+                await producer.send_and_wait(TOPIC_EVENTS, orjson.dumps(e), key=key, partition=1)
+            await out.wait_for(
+                lambda: (
+                    _count(out.of("incident.state.changed", ok)) == 2
+                    and _count(out.of("incident.rejected", nul)) == 1
+                ),
+                30,
+                "the dead letter and the later events",
+            )
+            dead = out.of("incident.rejected", nul)[0]
+            assert dead["data"]["reason"] in ("schema", "unprocessable")
+            assert orjson.loads(dead["data"]["original"]) == messages[0]
+    finally:
+        await producer.stop()
+
+
 async def test_a_failed_assignment_is_retaken_and_not_ready_until_its_timers_load(
     kafka: Service, postgres: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,6 +199,34 @@ async def test_a_failed_assignment_is_retaken_and_not_ready_until_its_timers_loa
         assert len(service.loop.timers) == 1  # the timer row is armed
     finally:
         await service.stop()
+
+
+async def test_a_batch_commits_the_states_it_decided_while_the_next_one_is_decided(postgres: Service) -> None:
+    """Commit of batch N overlaps the decision of N+1, which changes the same (cached) incidents in
+    place: N must still write the states it decided, or a failed N+1 leaves the projection ahead of
+    the log (its events, redone, were then refused as duplicates)."""
+    from incident_engine.adapters.postgres.migrate import migrate
+    from incident_engine.adapters.postgres.store import create_pool
+    from incident_engine.domain import PolicyRegistry, SlaDomain
+    from incident_engine.entrypoints.processor import BatchProcessor
+    from tests.unit.test_processor import Record
+
+    dsn = await fresh_database(postgres.url)
+    await migrate(dsn)
+    pool = await create_pool(dsn)
+    try:
+        processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), PostgresStore(pool), "g")
+        now = datetime.now(UTC)
+        changes = [event("reported", "X", now, severity="high", region="uk"), event("acknowledged", "X", now)]
+        first, second = (Record(n, orjson.dumps(e), b"X") for n, e in enumerate(changes))
+        decided = await processor.decide([first], [], now)
+        committing = asyncio.create_task(processor.commit(decided))
+        await processor.decide([second], [], now)  # overlaps the commit, as the loop does
+        await committing
+        row = await pool.fetchrow("SELECT state, seq, body FROM incidents WHERE incident_id = 'X'")
+        assert (row["state"], row["seq"], row["body"]["state"]) == ("reported", 1, "reported")
+    finally:
+        await pool.close()
 
 
 async def test_no_postgres_call_can_hang(postgres: Service) -> None:
