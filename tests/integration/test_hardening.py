@@ -192,10 +192,15 @@ async def test_a_failed_assignment_is_retaken_and_not_ready_until_its_timers_loa
             assert time.monotonic() < deadline, "the partitions were never assigned"
             await asyncio.sleep(0.05)
         assert service.ready()["ready"] is False
+        assert (await service.readiness())["ready"] is False  # what GET /readyz answers (503)
         assert service.loop is not None and len(service.loop.timers) == 0
         FlakyTimerStore.healthy.set()
         await asyncio.wait_for(service.loop.ready.wait(), 15)
         assert service.ready()["ready"] is True
+        deadline = time.monotonic() + 15
+        while not (await service.readiness())["ready"]:  # Kafka's answer comes from the lag probe
+            assert time.monotonic() < deadline, await service.readiness()
+            await asyncio.sleep(0.2)
         assert len(service.loop.timers) == 1  # the timer row is armed
     finally:
         await service.stop()
