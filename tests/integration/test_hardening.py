@@ -266,3 +266,19 @@ async def test_no_postgres_call_can_hang(postgres: Service) -> None:
         assert time.monotonic() - started < 3 and is_infrastructure(timed_out.value)
     finally:
         await pool.close()
+
+
+async def test_values_postgres_or_asyncpg_refuse_are_the_inputs_fault(postgres: Service) -> None:
+    dsn = await fresh_database(postgres.url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for query, value in [
+            ("SELECT $1::text", "INC-7\x00x"),  # refused by the server (22021)
+            ("SELECT $1::int", 2**40),  # refused by asyncpg before sending (its client-side DataError)
+            ("SELECT $1::text::numeric", "NaN-ish"),  # 22P02
+        ]:
+            with pytest.raises(Exception) as refused:
+                await conn.fetchval(query, value)
+            assert not is_infrastructure(refused.value), (query, refused.value)
+    finally:
+        await conn.close()

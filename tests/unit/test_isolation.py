@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from asyncpg.exceptions._base import DataError as ArgumentError
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.memory import MemoryStore
@@ -282,6 +283,7 @@ def test_errors_are_classified_by_whose_fault_they_are() -> None:
         asyncpg.exceptions.NumericValueOutOfRangeError("x"), asyncpg.exceptions.UniqueViolationError("x"),
         asyncpg.exceptions.ProgramLimitExceededError("index row too big"), ValueError("x"),
         OverflowError("x"), KeyError("x"), UnicodeEncodeError("utf-8", "x", 0, 1, "surrogate"),
+        ArgumentError("invalid input for query argument $1: 1099511627776 (value out of int32 range)"),
     ]  # fmt: skip
     assert [e for e in infrastructure if not is_infrastructure(e)] == []
     assert [e for e in data if is_infrastructure(e)] == []

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import asyncpg
 from aiokafka.errors import KafkaError
+from asyncpg.exceptions._base import DataError as ArgumentError
 
 from incident_engine.adapters.store import OffsetConflict
 
@@ -25,6 +26,7 @@ _DETAIL_LIMIT = 1000  # characters of an exception quoted in a dead letter
 # time out of range), a constraint (23) or a size limit (54). Any other Postgres error (connection,
 # shutdown, cancelled statement, serialization, a bug in our SQL) says nothing about the message.
 _DATA_ERRORS: tuple[type[BaseException], ...] = (
+    ArgumentError,  # asyncpg refusing to encode a value client-side (an InterfaceError subclass)
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.ProgramLimitExceededError,
@@ -41,6 +43,8 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
 
 def is_infrastructure(exc: BaseException) -> bool:
     """True when `exc` says Postgres or Kafka cannot be used now (retry), not that the input is bad."""
+    if isinstance(exc, ArgumentError):
+        return False
     if isinstance(exc, _INFRASTRUCTURE):
         return True
     if isinstance(exc, asyncpg.PostgresError):
