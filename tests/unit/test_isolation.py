@@ -187,7 +187,7 @@ async def test_a_value_the_store_refuses_dead_letters_only_its_message(batch_max
     assert dead["data"]["original"].encode() == h.consumer.log[0][1].value
     counted = [o.data["reason"] for r in h.results for o in r.outputs if o.type == "incident.rejected"]
     assert counted.count("unprocessable") == 1  # reaches incidents_rejections_total{reason}
-    assert h.loop.status()["partitions"] == [0, 1] and not h.loop._suspects
+    assert h.loop.status()["partitions"] == [0, 1] and not h.loop.isolation.active
 
 
 async def test_a_domain_exception_dead_letters_only_its_message() -> None:
@@ -251,7 +251,9 @@ async def test_a_timer_that_cannot_fire_is_dropped_and_the_others_fire() -> None
     assert [(w["subject"], w["type"]) for w in warnings if w["type"] == "incident.sla.warning"] == [
         ("E", "incident.sla.warning")
     ]
-    assert "D" in h.loop.dropped_timers and "D" in h.store.timers  # the durable row stays for a fixed engine
+    assert (
+        "D" in h.loop.isolation.dropped_timers and "D" in h.store.timers
+    )  # the durable row stays for a fixed engine
     # a reset (any failed batch, a rebalance) does not bring the broken timer back into the heap
     await h.loop._reset()
     assert h.loop.timers.pop_due(h.now + timedelta(hours=1), limit=10) == [("E", 0)]

@@ -6,29 +6,19 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.store import EventStore, OffsetConflict
-from incident_engine.entrypoints.isolation import bisect, describe, is_infrastructure
-from incident_engine.entrypoints.processor import BatchProcessor, BatchResult, InputRecord
+from incident_engine.entrypoints.isolation import Isolation, describe, is_infrastructure
+from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.timers import TimerHeap
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DueTimer:
-    """A due timer among the records of a batch being isolated."""
-
-    incident_id: str
-    partition: int
 
 
 class EngineLoop:
@@ -63,13 +53,8 @@ class EngineLoop:
         self._batch_lock = asyncio.Lock()
         self._inflight: asyncio.Task[BatchResult] | None = None
         self.batches = 0
-        # Isolation after a batch failed on its input: partition -> offset up to which batches are
-        # decided and committed one at a time, bisected on failure, so the culprit is found.
-        self._suspects: dict[int, int] = {}
-        self._isolate_timers = False
         self._take_failed = False  # an assignment whose offsets or timers did not load: not ready
-        self.dropped_timers: set[str] = set()  # incidents whose timer firing fails: not re-armed
-        self.on_timer_dropped = on_timer_dropped
+        self.isolation = Isolation(self, on_timer_dropped)  # after a batch failed on its input
 
     # -- rebalance listener (aiokafka calls these between getmany calls of this task) --------------
 
@@ -118,8 +103,8 @@ class EngineLoop:
             else:
                 await self.consumer.seek_to_beginning(tp)  # nothing consumed yet: lose nothing
         rows = await self.store.load_timers(partitions)
-        if self.dropped_timers:
-            rows = [r for r in rows if r.incident_id not in self.dropped_timers]
+        if dropped := self.isolation.dropped_timers:
+            rows = [r for r in rows if r.incident_id not in dropped]
         self.timers.drop_partitions(partitions)
         self.timers.load((r.incident_id, r.partition, r.due_at) for r in rows)
         self.processor.armed_traces.update((r.incident_id, r.trace_context) for r in rows if r.trace_context)
@@ -144,12 +129,12 @@ class EngineLoop:
             self.ready.set()
         backoff = 0.2
         while not self._stopping:
-            isolating = bool(self._suspects or self._isolate_timers)
+            isolating = self.isolation.active
             try:
                 if self._needs_reset:
                     await self._reset()
-                if self._suspects or self._isolate_timers:
-                    progressed = await self._isolate_step()
+                if self.isolation.active:
+                    progressed = await self.isolation.step()
                 else:
                     progressed = await self.step() is not None
                 if progressed:
@@ -164,7 +149,7 @@ class EngineLoop:
                     # The input is at fault, not Postgres or Kafka: retrying the same batch would
                     # fail forever. Redo it from the stored offsets one piece at a time instead.
                     log.warning("batch failed on its input (%s); isolating the culprit", describe(exc))
-                    await self._suspect_fetched()
+                    await self.isolation.suspect_fetched()
                     self._needs_reset = True
                     continue
                 log.warning("batch failed, retrying from the stored offsets in %.1fs: %r", backoff, exc)
@@ -223,96 +208,6 @@ class EngineLoop:
                 self.before_commit(result)
             self._inflight = asyncio.create_task(self._commit(result, started))
             return result
-
-    # -- isolation of a batch that fails on its input ---------------------------------------------
-
-    async def _suspect_fetched(self) -> None:
-        """Everything fetched so far (up to each partition's position) is decided in isolation."""
-        assert self.consumer is not None
-        self._isolate_timers = True  # a due timer may be the culprit as well
-        for partition in sorted(self.assigned):
-            end = await self._position(partition)
-            if end is None:
-                end = self.consumer.highwater(TopicPartition(TOPIC_EVENTS, partition))
-            if end is not None:
-                self._suspects[partition] = max(end, self._suspects.get(partition, 0))
-
-    async def _position(self, partition: int) -> int | None:
-        assert self.consumer is not None
-        try:
-            return await asyncio.wait_for(
-                self.consumer.position(TopicPartition(TOPIC_EVENTS, partition)), 1.0
-            )
-        except (TimeoutError, KafkaError):
-            return None
-
-    async def _isolate_step(self) -> bool:
-        """One batch decided and committed alone (no overlap), in halves down to single inputs when it
-        fails on its input; a single message that still fails is dead-lettered as `unprocessable`,
-        a single timer that cannot fire is dropped from the heap. True when it had work."""
-        assert self.consumer is not None
-        fetched = await self.consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.batch_max)
-        async with self._batch_lock:
-            records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]
-                       if r.partition in self.assigned]  # fmt: skip
-            now = self.clock()
-            due = [DueTimer(i, p) for i, p in self.timers.pop_due(now, limit=self.batch_max)]
-            started = time.perf_counter()
-            items: list[InputRecord | DueTimer] = [*records, *due]
-            culprits = await bisect(
-                items,
-                lambda part: self._decide_and_commit(part, now, started),
-                lambda item, exc: self._quarantine(item, exc, now, started),
-            )
-            self._isolate_timers = False
-            for partition, end in sorted(self._suspects.items()):
-                if partition not in self.assigned or (await self._position(partition) or 0) >= end:
-                    del self._suspects[partition]
-            if culprits or not self._suspects:
-                log.info("isolated %d unprocessable input(s)%s", culprits,
-                         "" if self._suspects else "; back to pipelined batches")  # fmt: skip
-            return bool(items)
-
-    async def _decide_and_commit(
-        self, items: Sequence[InputRecord | DueTimer], now: datetime, started: float
-    ) -> None:
-        records = [i for i in items if not isinstance(i, DueTimer)]
-        due = [(i.incident_id, i.partition) for i in items if isinstance(i, DueTimer)]
-        result = await self.processor.decide(records, due, now)
-        if self.before_commit is not None:
-            self.before_commit(result)
-        await self._commit(result, started)
-
-    async def _quarantine(
-        self, item: InputRecord | DueTimer, exc: BaseException, now: datetime, started: float
-    ) -> None:
-        """Set aside one input that fails alone: a message is dead-lettered, a timer dropped."""
-        if isinstance(item, DueTimer):
-            # Not a message: nothing to dead-letter. Its row stays, so a fixed engine fires it on restart.
-            log.error("SLA timer of incident %s (partition %d) cannot fire (%s); dropped from the heap",
-                      item.incident_id, item.partition, describe(exc),
-                      extra={"incident_id": item.incident_id, "partition": item.partition})  # fmt: skip
-            self.dropped_timers.add(item.incident_id)
-            if self.on_timer_dropped is not None:
-                self.on_timer_dropped(item.incident_id)
-            return
-        key = item.key.decode(errors="replace") if item.key is not None else None
-        where = {"partition": item.partition, "offset": item.offset, "incident_id": key}
-        log.warning("unprocessable message dead-lettered: partition %d offset %d incident %r: %s",
-                    item.partition, item.offset, key, describe(exc), extra=where)  # fmt: skip
-        result = self.processor.unprocessable(item, describe(exc), now)
-        try:
-            await self._commit(result, started)
-        except Exception as dead_letter_failed:
-            if is_infrastructure(dead_letter_failed):
-                raise
-            # Even the dead letter cannot be stored: skip the message (offsets only), or it would
-            # stop the partition after all.
-            log.error("dead letter of partition %d offset %d not stored (%s); message skipped",
-                      item.partition, item.offset, describe(dead_letter_failed), extra=where)  # fmt: skip
-            result.write.outbox.clear()
-            result.outputs.clear()
-            await self._commit(result, started)
 
     async def _commit(self, result: BatchResult, started: float) -> BatchResult:
         await self.processor.commit(result)
