@@ -49,12 +49,16 @@ REASON_DUPLICATE: Final = "duplicate"
 REASON_UNKNOWN_INCIDENT: Final = "unknown_incident"
 REASON_SCHEMA: Final = "schema"
 REASON_DECODE: Final = "decode"
+# A message the engine could not decide or store for a reason no rule explains (a value Postgres
+# refuses, a failure inside the domain): dead-lettered so that it cannot stop its partition.
+REASON_UNPROCESSABLE: Final = "unprocessable"
 REJECTION_REASONS: Final = (
     REASON_INVALID_TRANSITION,
     REASON_DUPLICATE,
     REASON_UNKNOWN_INCIDENT,
     REASON_SCHEMA,
     REASON_DECODE,
+    REASON_UNPROCESSABLE,
 )
 
 # SLA clocks, in the order their timers are emitted when due at the same moment.

@@ -34,7 +34,7 @@ Severity = Literal["critical", "high", "low"]
 Region = Literal["au", "us", "uk"]
 ClockName = Literal["ack", "restore", "resolution", "update"]
 StateName = Literal["reported", "acknowledged", "investigating", "failed_over", "restored"]
-Reason = Literal["invalid_transition", "duplicate", "unknown_incident", "schema", "decode"]
+Reason = Literal["invalid_transition", "duplicate", "unknown_incident", "schema", "decode", "unprocessable"]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 

@@ -41,6 +41,24 @@ class Settings(BaseSettings):
         SecretStr("postgresql://postgres@127.0.0.1:5432/incidents"),
         description="PostgreSQL DSN (asyncpg). Credentials are never logged.",
     )
+    incidents_pg_connect_timeout_ms: int = Field(
+        10_000, description="Longest wait to open a PostgreSQL connection (connect and TLS handshake)."
+    )
+    incidents_pg_command_timeout_ms: int = Field(
+        30_000,
+        description="Client-side limit on each PostgreSQL call: a half-open connection fails the batch "
+        "(retried) instead of holding it, and the partitions, through a rebalance. 0 = none.",
+    )
+    incidents_pg_statement_timeout_ms: int = Field(
+        25_000,
+        description="Server-side `statement_timeout` of the engine's sessions (below the command timeout, "
+        "so the server cancels first and says why). 0 = none.",
+    )
+    incidents_pg_idle_in_transaction_timeout_ms: int = Field(
+        60_000,
+        description="Server-side `idle_in_transaction_session_timeout`: the transaction of a vanished "
+        "client ends and releases its locks. 0 = none.",
+    )
     incidents_consumer_group: str = Field("incident-engine", description="Kafka consumer group.")
     incidents_instance_id: str | None = Field(
         None,

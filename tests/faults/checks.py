@@ -12,11 +12,12 @@ from typing import Any
 
 import asyncpg
 
+from incident_contracts.constants import REJECTION_REASONS
 from incident_engine.config import Settings
 from tests.integration.engine_helpers import ago, engine_process, event, wait_ready
 
 SCALE = os.environ.get("FAULTS_SCALE", "small")  # `make faults` sets "full"
-REASONS = {"invalid_transition", "duplicate", "unknown_incident", "schema", "decode"}
+REASONS = set(REJECTION_REASONS)  # the contract's, `unprocessable` included
 
 
 def sized(small: int, full: int) -> int:

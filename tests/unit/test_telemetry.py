@@ -288,6 +288,7 @@ def test_grafana_dashboard_queries_only_metrics_the_engine_exports() -> None:
     m.rejection("r")
     m.sla_output("k", "c", "s")
     m.timer_lateness(0)
+    m.timer_dropped()
     m.batch(1, 0)
     for gauge in telemetry.GAUGES:
         m.observe(gauge, lambda: 0)

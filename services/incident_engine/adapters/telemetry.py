@@ -146,6 +146,11 @@ class EngineMetrics:
         self._sla_outputs = meter.create_counter(
             "incidents_sla_outputs_total", unit="{event}", description="SLA warnings, breaches, failovers."
         )
+        self._timers_dropped = meter.create_counter(
+            "incidents_timers_dropped_total",
+            unit="{timer}",
+            description="SLA timers dropped from the heap because firing them failed (unprocessable).",
+        )
         self._lateness = meter.create_histogram(
             "incidents_timer_lateness_seconds",
             unit="s",
@@ -184,6 +189,10 @@ class EngineMetrics:
     def sla_output(self, kind: str, clock: str, severity: str, count: int = 1) -> None:
         """Count SLA outputs; kind is warning, breached or failover."""
         self._sla_outputs.add(count, self._sla_labels.get((kind, clock, severity)))
+
+    def timer_dropped(self, count: int = 1) -> None:
+        """Count SLA timers dropped because their firing fails for a reason no rule explains."""
+        self._timers_dropped.add(count)
 
     def timer_lateness(self, seconds: float) -> None:
         """Record how late a timer fired (negative values, from clock skew, count as 0)."""

@@ -28,7 +28,7 @@ from incident_contracts.constants import (
 from incident_engine.adapters import kafka_records
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
-from incident_engine.adapters.postgres.store import PostgresStore, create_pool
+from incident_engine.adapters.postgres.store import PostgresStore, create_pool, pool_timeouts
 from incident_engine.adapters.telemetry import Observation, Telemetry, root_sample_ratio, setup_telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
@@ -93,13 +93,27 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
-async def wait_for_postgres(dsn: str, timeout: float = 60.0) -> asyncpg.Pool:
-    """A pool, once Postgres accepts connections (it may still be starting)."""
+def engine_pool_options(settings: Settings) -> dict[str, Any]:
+    """The engine pool's timeouts from the settings (no Postgres call can hang forever)."""
+    s = settings
+    return pool_timeouts(
+        s.incidents_pg_connect_timeout_ms,
+        s.incidents_pg_command_timeout_ms,
+        s.incidents_pg_statement_timeout_ms,
+        s.incidents_pg_idle_in_transaction_timeout_ms,
+    )
+
+
+async def wait_for_postgres(
+    dsn: str, timeout: float = 60.0, settings: Settings | None = None
+) -> asyncpg.Pool:
+    """A pool, once Postgres accepts connections (it may still be starting); timeouts from `settings`."""
+    options = engine_pool_options(settings) if settings is not None else {}
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            return await create_pool(dsn, min_size=2, max_size=8)
-        except (OSError, asyncpg.PostgresError) as exc:
+            return await create_pool(dsn, min_size=2, max_size=8, **options)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"PostgreSQL not reachable within {timeout:.0f}s: {exc}") from exc
             log.warning("waiting for PostgreSQL: %s", exc)
@@ -130,7 +144,7 @@ class EngineService:
         s = self.settings
         self.telemetry = self.telemetry or setup_telemetry()
         dsn = s.database_url.get_secret_value()
-        self.pool = await wait_for_postgres(dsn)
+        self.pool = await wait_for_postgres(dsn, settings=s)
         await migrate(dsn)
         await ensure_topics(s)
         self.store = PostgresStore(self.pool)
@@ -156,6 +170,7 @@ class EngineService:
             allowance=timedelta(milliseconds=s.incidents_event_time_allowance_ms),
             on_batch=self._after_batch,
             before_commit=self._before_commit,
+            on_timer_dropped=self._timer_dropped,
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -183,6 +198,10 @@ class EngineService:
         ]
         self.started = True
         log.info("engine started: group %s on %s", s.incidents_consumer_group, s.kafka_bootstrap_servers)
+
+    def _timer_dropped(self, _incident_id: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.metrics.timer_dropped()
 
     def _before_commit(self, result: BatchResult) -> None:
         if self.relay is not None:

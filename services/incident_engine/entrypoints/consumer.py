@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,8 @@ from aiokafka.errors import IllegalStateError
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.store import EventStore, OffsetConflict
-from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
+from incident_engine.entrypoints.isolation import Isolation, describe, is_infrastructure
+from incident_engine.entrypoints.processor import BatchProcessor, BatchResult, InputRecord
 from incident_engine.entrypoints.timers import TimerHeap
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class EngineLoop:
         before_commit: Callable[[BatchResult], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         allowance: timedelta = timedelta(0),
+        on_timer_dropped: Callable[[str], None] | None = None,
     ) -> None:
         self.processor = processor
         self.store = store
@@ -69,6 +71,8 @@ class EngineLoop:
         self._batch_lock = asyncio.Lock()
         self._inflight: asyncio.Task[BatchResult] | None = None
         self.batches = 0
+        self._take_failed = False  # an assignment whose offsets or timers did not load: not ready
+        self.isolation = Isolation(self, on_timer_dropped)  # after a batch failed on its input
 
     # -- rebalance listener (aiokafka calls these between getmany calls of this task) --------------
 
@@ -90,8 +94,19 @@ class EngineLoop:
         """Take partitions: seek to the offsets stored in Postgres and load their timers."""
         new = sorted(tp.partition for tp in assigned if tp.topic == TOPIC_EVENTS)
         self.assigned |= set(new)
-        await self._take(new)
-        if self.consumer is not None:  # else `run` takes them (and becomes ready) once it starts
+        try:
+            await self._take(new)
+        except Exception as exc:
+            # aiokafka only logs a listener's failure and goes on: the partitions would be consumed
+            # from wherever Kafka says, without their timers. Hold them until the loop retakes them.
+            log.warning("taking partitions %s failed (%r); not ready until they are retaken", new, exc)
+            self._take_failed = True
+            self._needs_reset = True
+            self.ready.clear()
+            if self.consumer is not None:
+                self.consumer.pause(*(TopicPartition(TOPIC_EVENTS, p) for p in new))
+            return
+        if self.consumer is not None and not self._take_failed:  # else `run` takes them (and becomes ready)
             self.ready.set()
 
     async def _take(self, partitions: list[int]) -> None:
@@ -111,6 +126,8 @@ class EngineLoop:
                 await self.consumer.seek_to_beginning(tp)  # nothing consumed yet: lose nothing
                 self.positions[partition] = await self.consumer.position(tp)
         rows = await self.store.load_timers(partitions)
+        if dropped := self.isolation.dropped_timers:
+            rows = [r for r in rows if r.incident_id not in dropped]
         self.timers.drop_partitions(partitions)
         self.timers.load((r.incident_id, r.partition, r.due_at) for r in rows)
         self.processor.armed_traces.update((r.incident_id, r.trace_context) for r in rows if r.trace_context)
@@ -129,16 +146,21 @@ class EngineLoop:
         """Consume until stopped; transient Kafka/Postgres failures are retried without losing anything."""
         self.consumer = consumer
         if self._pending:
-            await self._take(sorted(self._pending))
             self._pending.clear()
-        if self.assigned:
+            self._needs_reset = True  # `_reset` takes every assigned partition, retried until it works
+        elif self.assigned and not self._take_failed:
             self.ready.set()
         backoff = 0.2
         while not self._stopping:
+            isolating = self.isolation.active
             try:
                 if self._needs_reset:
                     await self._reset()
-                if await self.step() is not None:
+                if self.isolation.active:
+                    progressed = await self.isolation.step()
+                else:
+                    progressed = await self.step() is not None
+                if progressed:
                     backoff = 0.2
             except asyncio.CancelledError:
                 raise
@@ -146,6 +168,13 @@ class EngineLoop:
                 log.warning("batch fenced off (%s); re-reading the partitions' offsets", exc)
                 self._needs_reset = True
             except Exception as exc:
+                if not isolating and not self._needs_reset and not is_infrastructure(exc):
+                    # The input is at fault, not Postgres or Kafka: retrying the same batch would
+                    # fail forever. Redo it from the stored offsets one piece at a time instead.
+                    log.warning("batch failed on its input (%s); isolating the culprit", describe(exc))
+                    await self.isolation.suspect_fetched()
+                    self._needs_reset = True
+                    continue
                 log.warning("batch failed, retrying from the stored offsets in %.1fs: %r", backoff, exc)
                 self._needs_reset = True
                 await asyncio.sleep(backoff)
@@ -156,8 +185,17 @@ class EngineLoop:
         """After a failed batch: rewind to what Postgres holds (nothing half-applied survives)."""
         await self.drain()
         self.processor.abandon()
-        await self._take(sorted(self.assigned))
+        try:
+            await self._take(sorted(self.assigned))
+        except BaseException:
+            self.ready.clear()  # the timers of some partitions may be missing: not ready
+            raise
         self._needs_reset = False
+        if self._take_failed and self.consumer is not None:
+            self.consumer.resume(*(TopicPartition(TOPIC_EVENTS, p) for p in self.assigned))
+        self._take_failed = False
+        if self.assigned:
+            self.ready.set()
 
     async def step(self) -> BatchResult | None:
         """One batch: wait for input or the next timer, decide both, and start committing them.
@@ -178,12 +216,10 @@ class EngineLoop:
         records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
         async with self._batch_lock:
             records = [r for r in records if r.partition in self.assigned]
-            for record in records:
-                self.positions[record.partition] = record.offset + 1
-            self._note_caught_up()
+            self.note_read(records)
             now = self.clock()
             watermarks = self.watermarks(now)
-            due = self.timers.pop_due({p: w.timestamp() for p, w in watermarks.items()}, self.batch_max)
+            due = self.pop_due(watermarks)
             if not records and not due:
                 await self._finish_inflight()
                 return None
@@ -195,14 +231,28 @@ class EngineLoop:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
                 raise
-            for partition, moment in result.event_times.items():
-                seen = self.event_time.get(partition)
-                if seen is None or moment > seen:
-                    self.event_time[partition] = moment
+            self.note_event_times(result)
             if self.before_commit is not None:
                 self.before_commit(result)
             self._inflight = asyncio.create_task(self._commit(result, started))
             return result
+
+    def note_read(self, records: Sequence[InputRecord]) -> None:
+        """Positions after the records fetched, and which partitions are caught up now."""
+        for record in records:
+            self.positions[record.partition] = record.offset + 1
+        self._note_caught_up()
+
+    def note_event_times(self, result: BatchResult) -> None:
+        """Advance each partition's latest event time with those a decided batch read."""
+        for partition, moment in result.event_times.items():
+            seen = self.event_time.get(partition)
+            if seen is None or moment > seen:
+                self.event_time[partition] = moment
+
+    def pop_due(self, watermarks: dict[int, datetime]) -> list[tuple[str, int]]:
+        """The incidents whose next timer may fire under their partition's watermark."""
+        return self.timers.pop_due({p: w.timestamp() for p, w in watermarks.items()}, self.batch_max)
 
     def watermarks(self, now: datetime) -> dict[int, datetime]:
         """Each owned partition's SLA time (see the class docstring); a partition that is behind and

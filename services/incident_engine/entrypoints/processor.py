@@ -16,7 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 
 from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_contracts.bounds import check_event_time
-from incident_contracts.constants import INCIDENT_REJECTED, SLA_WARNING
+from incident_contracts.constants import INCIDENT_REJECTED, REASON_UNPROCESSABLE, SLA_WARNING
 from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
 from incident_contracts.fast import FastEvent, decode_fast
@@ -25,6 +25,7 @@ from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, 
 from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
 from incident_engine.domain.model import TICK, WARNING
+from incident_engine.domain.outputs import rejected
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 # A validated input event: the pydantic model, or (the common shape, decoded ~5x cheaper) msgspec's.
@@ -221,6 +222,22 @@ class BatchProcessor:
         for incident_id in done:  # a restored incident arms no timer again: its trace goes with it
             self.armed_traces.pop(incident_id, None)
         self.cache.trim(protect=self.uncommitted_incidents.keys())
+
+    def unprocessable(self, record: InputRecord, detail: str, now: datetime) -> BatchResult:
+        """A batch that only dead-letters `record` (reason `unprocessable`) and moves its partition past it:
+        for a message that fails its batch, alone, for a reason that is not the infrastructure's."""
+        result = BatchResult(BatchWrite(self.group_id))
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        out = rejected(REASON_UNPROCESSABLE, detail, record.value or b"", now, subject=key or None,
+                       origin=_origin(record))  # fmt: skip
+        self._offset(result.write, record)
+        result.outcomes[("(unprocessable)", "rejected")] += 1
+        try:
+            trace = _trace_of(record)
+        except ValueError:  # a header that is not text may be what made the message fail
+            trace = None
+        self._emit(result, [out], record.partition, trace)
+        return result
 
     def abandon(self) -> None:
         """After a failed batch: forget everything not known to be committed (states changed in place)."""

@@ -58,13 +58,38 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """A connection pool with the codecs the store relies on."""
+async def create_pool(
+    dsn: str,
+    min_size: int = 1,
+    max_size: int = 8,
+    *,
+    connect_timeout: float = 60.0,
+    command_timeout: float | None = None,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
+    """A connection pool with the codecs the store relies on (timeouts: see `pool_timeouts`)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
-    )
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session,
+        timeout=connect_timeout, command_timeout=command_timeout, server_settings=server_settings,
+    )  # fmt: skip
     assert pool is not None
     return pool
+
+
+def pool_timeouts(
+    connect_ms: int, command_ms: int, statement_ms: int, idle_in_transaction_ms: int
+) -> dict[str, Any]:
+    """`create_pool` keywords so that no call can hang: the client gives up on a call after
+    `command_ms`, the server cancels a statement after `statement_ms` and ends a transaction left
+    idle for `idle_in_transaction_ms` (its client gone), each session's own settings. 0 = no limit."""
+    return {
+        "connect_timeout": connect_ms / 1000,
+        "command_timeout": command_ms / 1000 if command_ms > 0 else None,
+        "server_settings": {
+            "statement_timeout": str(max(statement_ms, 0)),
+            "idle_in_transaction_session_timeout": str(max(idle_in_transaction_ms, 0)),
+        },
+    }
 
 
 class PostgresStore:
@@ -135,15 +160,26 @@ class PostgresStore:
         gone = [incident_id for incident_id, row in batch.timers.items() if row is None]
         armed = [row for row in batch.timers.values() if row is not None]
         firings = list(batch.firings.items())
+        # Every incident's state is read here, before the first await: the next batch is decided
+        # while this one commits and changes the same (cached) incidents in place. Read later, a
+        # batch would write the states of the next one, whose events, if that one failed, would
+        # then be redone against a projection already past them.
+        changed_rows = (
+            [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
+            [inc.seq for inc, _ in changed], [p for _, p in changed],
+            [inc.last_event_at for inc, _ in changed], [dumps(inc.to_json()).decode() for inc, _ in changed],
+        )  # fmt: skip
+        new_rows = [
+            (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
+             inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
+            for inc, partition in new
+        ]  # fmt: skip
         async with self.pool.acquire() as conn, conn.transaction():
             done = await conn.fetchrow(
                 SQL["write_batch"],
                 [t for (t, _), _ in offsets], [p for (_, p), _ in offsets],
                 [n for _, (_, n) in offsets], [e for _, (e, _) in offsets],
-                [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
-                [inc.seq for inc, _ in changed], [p for _, p in changed],
-                [inc.last_event_at for inc, _ in changed],
-                [dumps(inc.to_json()).decode() for inc, _ in changed],
+                *changed_rows,
                 gone,
                 [t.incident_id for t in armed], [t.partition for t in armed], [t.due_at for t in armed],
                 [dumps(t.trace_context).decode() if t.trace_context else None for t in armed],
@@ -178,18 +214,10 @@ class PostgresStore:
                         for x in batch.events
                     ],
                 )  # fmt: skip
-            if new:
+            if new_rows:
                 # A new incident that exists after all (another engine's zombie batch) fails the
                 # batch on the primary key, like any other conflict: it is redone from the offsets.
-                await conn.copy_records_to_table(
-                    "incidents",
-                    columns=_INCIDENT_COLUMNS,
-                    records=[
-                        (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
-                         inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
-                        for inc, partition in new
-                    ],
-                )  # fmt: skip
+                await conn.copy_records_to_table("incidents", columns=_INCIDENT_COLUMNS, records=new_rows)
 
     async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
         """The oldest unsent outputs of these partitions, in commit order (`limit` counts rows of batches)."""
