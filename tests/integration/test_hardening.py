@@ -141,8 +141,10 @@ async def test_the_nul_incident_of_the_issue_does_not_stop_its_partition(
     or PostgreSQL does (`unprocessable`), it is dead-lettered and the partition flows on."""
     p = f"nul-{uuid.uuid4().hex[:6]}-"
     nul, ok = p + "INC-7\x00x", p + "ok"
+    poison = event("reported", p + "INC-7", severity="critical", region="au")  # valid, then the NUL
+    poison["subject"] = nul  # as a misbehaving channel sends it (`build_event` refuses it)
     messages = [
-        event("reported", nul, severity="critical", region="au"),
+        poison,
         event("reported", ok, severity="low", region="uk"),
         event("acknowledged", ok),
     ]
