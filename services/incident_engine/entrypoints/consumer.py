@@ -61,6 +61,8 @@ class EngineLoop:
             await self.drain()
         self.assigned -= gone
         self._pending -= gone
+        for partition in gone:  # a later assignment claims them anew
+            self.processor.epochs.pop(partition, None)
         self.timers.drop_partitions(gone)
         self.processor.cache.forget()
         if not self.assigned:
@@ -69,6 +71,8 @@ class EngineLoop:
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Take partitions: seek to the offsets stored in Postgres and load their timers."""
         new = sorted(tp.partition for tp in assigned if tp.topic == TOPIC_EVENTS)
+        for partition in new:  # an assignment always claims anew (a new epoch)
+            self.processor.epochs.pop(partition, None)
         self.assigned |= set(new)
         await self._take(new)
         if self.consumer is not None:  # else `run` takes them (and becomes ready) once it starts
@@ -79,6 +83,9 @@ class EngineLoop:
             return
         if self.consumer is None:
             self._pending |= set(partitions)
+            return
+        partitions = await self._claim(partitions)
+        if not partitions:
             return
         offsets = await self.store.committed_offsets(self.processor.group_id, TOPIC_EVENTS, partitions)
         for partition in partitions:
@@ -99,6 +106,30 @@ class EngineLoop:
         gc.collect()
         gc.freeze()
         log.info("took partitions %s: %d timers armed", partitions, armed)
+
+    async def _claim(self, partitions: list[int]) -> list[int]:
+        """Fence: claim newly assigned partitions (a new epoch, before their offsets and timers are
+        read); for those claimed before (a re-read after a failed batch), keep only the ones whose
+        epoch is still ours. A partition claimed by another replica since was lost without this one
+        knowing (cut off from the group coordinator): it is dropped until Kafka assigns it again."""
+        epochs = self.processor.epochs
+        group = self.processor.group_id
+        fresh = [p for p in partitions if p not in epochs]
+        held = [p for p in partitions if p in epochs]
+        if fresh:
+            epochs.update(await self.store.claim(group, TOPIC_EVENTS, fresh))
+        if held:
+            current = await self.store.epochs(group, TOPIC_EVENTS, held)
+            lost = [p for p in held if current.get(p) != epochs[p]]
+            if lost:
+                log.warning("partitions %s were claimed by another replica: dropped until reassigned", lost)
+                for partition in lost:
+                    del epochs[partition]
+                self.assigned -= set(lost)
+                self.timers.drop_partitions(lost)
+                if not self.assigned:
+                    self.ready.clear()
+        return [p for p in partitions if p in epochs]
 
     # -- the loop ------------------------------------------------------------------------------------
 

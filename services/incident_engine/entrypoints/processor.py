@@ -112,6 +112,9 @@ class BatchProcessor:
         # Decided but not yet committed (a batch commits while the next one is decided).
         self.uncommitted_ids: set[str] = set()
         self.uncommitted_incidents: set[str] = set()
+        # Ownership epoch of each owned input partition (set by the consume loop when it claims
+        # them): stamped on every batch, whose transaction is refused once one of them is stale.
+        self.epochs: dict[int, int] = {}
 
     async def process(
         self, records: Sequence[InputRecord], due: Sequence[tuple[str, int]], now: datetime
@@ -135,6 +138,7 @@ class BatchProcessor:
         states = {i: inc for i in wanted if (inc := cache.get(i)) is not None}
         known, loaded = await self.store.lookup(ids, [i for i in wanted if i not in states])
         states.update(loaded)
+        decided_from = {incident_id: inc.seq for incident_id, inc in states.items()}  # before any change
         known.update(i for i in ids if i in self.uncommitted_ids)
         try:
             for n, (record, item) in enumerate(zip(records, parsed, strict=True), 1):
@@ -159,6 +163,10 @@ class BatchProcessor:
         except BaseException:
             self.abandon()
             raise
+        write = result.write
+        write.decided_from = {i: decided_from[i] for i in write.incidents if i in decided_from}
+        epochs = self.epochs
+        write.epochs = {p: epochs[p] for p in write.partitions() if p in epochs}
         for incident_id, (incident, _) in result.write.incidents.items():
             self.cache.put(incident)
             self.uncommitted_incidents.add(incident_id)

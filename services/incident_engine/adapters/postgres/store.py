@@ -78,6 +78,22 @@ class PostgresStore:
         rows = await self.pool.fetch(SQL["committed_offsets"], group_id, topic, partitions)
         return {r["kafka_partition"]: r["next_offset"] for r in rows}
 
+    async def claim(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """Take ownership of partitions: bump and return their epochs (older ones are fenced off)."""
+        if not partitions:
+            return {}
+        rows = await self.pool.fetch(SQL["claim_partitions"], group_id, topic, sorted(set(partitions)))
+        return {r["kafka_partition"]: r["epoch"] for r in rows}
+
+    async def epochs(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """The current ownership epoch of these partitions (those ever claimed)."""
+        rows = await self.pool.fetch(
+            "SELECT kafka_partition, epoch FROM partition_owners"
+            " WHERE group_id = $1 AND topic = $2 AND kafka_partition = ANY($3::int[])",
+            group_id, topic, partitions,
+        )  # fmt: skip
+        return {r["kafka_partition"]: r["epoch"] for r in rows}
+
     async def known_event_ids(self, event_ids: list[str]) -> set[str]:
         """Which of these input ids are already in the event log."""
         if not event_ids:
@@ -121,9 +137,10 @@ class PostgresStore:
     async def commit(self, batch: BatchWrite) -> None:
         """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
 
-        Four round trips whatever the batch holds: one statement for the offsets (checked first,
-        so a zombie batch stops there), changed incidents, timers, firings, the outbox and the
-        outbox rows already sent; then the new events and the new incidents by COPY; then COMMIT.
+        Four round trips whatever the batch holds: one statement for the fence (the ownership
+        epochs and the offsets, checked first, so a zombie batch stops there), changed incidents
+        (conditional on the seq they were decided from), timers, firings, the outbox and the outbox
+        rows already sent; then the new events and the new incidents by COPY; then COMMIT.
         """
         dumps, fragment = orjson.dumps, orjson.Fragment
         offsets = list(batch.offsets.items())
@@ -138,6 +155,8 @@ class PostgresStore:
         gone = [incident_id for incident_id, row in batch.timers.items() if row is None]
         armed = [row for row in batch.timers.values() if row is not None]
         firings = list(batch.firings.items())
+        fence = batch.fence()
+        decided_from = batch.decided_from
         async with self.pool.acquire() as conn, conn.transaction():
             done = await conn.fetchrow(
                 SQL["write_batch"],
@@ -153,16 +172,24 @@ class PostgresStore:
                 [i for (i, _), _ in firings], [at for (_, at), _ in firings], [p for _, p in firings],
                 queued, [len(grouped[p]) for p in queued], [encode_messages(grouped[p]) for p in queued],
                 batch.group_id, batch.sent_outbox,
+                batch.input_topic, list(fence), list(fence.values()),
+                [decided_from.get(inc.id) for inc, _ in changed],
             )  # fmt: skip
             assert done is not None  # the statement always returns its one row of counts
+            if done["fenced"] != len(fence):
+                raise OffsetConflict(
+                    f"partitions {sorted(fence)} of {batch.input_topic}: epochs {list(fence.values())}"
+                    " no longer all current (another replica claimed one since); batch refused"
+                )
             if done["offsets"] != len(offsets):
                 raise OffsetConflict(
                     f"partitions {sorted(p for (_, p), _ in offsets)} moved past the offsets this batch"
                     " started from, under this consumer"
                 )
-            if done["changed"] != len(changed):  # a projection row missing: never lose the change
-                raise RuntimeError(
-                    f"incident projection out of step ({done['changed']} of {len(changed)} rows updated)"
+            if done["changed"] != len(changed):  # a row moved on since the decision, or is missing
+                raise OffsetConflict(
+                    f"incident projection out of step ({done['changed']} of {len(changed)} rows still at"
+                    " the seq this batch was decided from); batch refused"
                 )
             for row_id, partition in zip(done["outbox_ids"], done["outbox_partitions"], strict=True):
                 for out in grouped[partition]:
