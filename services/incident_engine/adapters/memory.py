@@ -24,6 +24,7 @@ class MemoryStore:
         self.outbox: list[OutboxRow] = []
         self.firings: set[tuple[str, datetime]] = set()
         self.owners: dict[tuple[str, str, int], int] = {}  # (group, topic, partition) -> epoch
+        self.parked: list[tuple[OutboxRow, str]] = []
         self._next_id = 1
 
     async def claim(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -129,6 +130,15 @@ class MemoryStore:
     async def outbox_backlog(self) -> int:
         """How many outputs wait for the relay."""
         return len(self.outbox)
+
+    async def park(self, row: OutboxRow, error: str) -> None:
+        """Keep an output the broker refused for good (with its error) out of the relay's way."""
+        self.parked.append((copy.copy(row), error))
+        self.parked[-1][0].id = len(self.parked)
+
+    async def parked_outputs(self) -> list[tuple[OutboxRow, str]]:
+        """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
+        return [(copy.copy(row), error) for row, error in self.parked]
 
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""

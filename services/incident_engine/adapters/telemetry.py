@@ -146,6 +146,11 @@ class EngineMetrics:
         self._sla_outputs = meter.create_counter(
             "incidents_sla_outputs_total", unit="{event}", description="SLA warnings, breaches, failovers."
         )
+        self._parked = meter.create_counter(
+            "incidents_outbox_parked_total",
+            unit="{event}",
+            description="Outputs the broker refused for good (e.g. too large), parked in outbox_parked.",
+        )
         self._lateness = meter.create_histogram(
             "incidents_timer_lateness_seconds",
             unit="s",
@@ -184,6 +189,10 @@ class EngineMetrics:
     def sla_output(self, kind: str, clock: str, severity: str, count: int = 1) -> None:
         """Count SLA outputs; kind is warning, breached or failover."""
         self._sla_outputs.add(count, self._sla_labels.get((kind, clock, severity)))
+
+    def parked(self, topic: str, count: int = 1) -> None:
+        """Count outputs parked because the broker refused them (by output topic)."""
+        self._parked.add(count, {"topic": topic})
 
     def timer_lateness(self, seconds: float) -> None:
         """Record how late a timer fired (negative values, from clock skew, count as 0)."""

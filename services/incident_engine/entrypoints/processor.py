@@ -27,7 +27,6 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 # A validated input event: the pydantic model, or (the common shape, decoded ~5x cheaper) msgspec's.
 Event = CloudEvent | FastEvent
 _YIELD_EVERY = 32  # records decided between two turns of the event loop
-_ORIGINAL_LIMIT = 64 * 1024  # bytes of an oversized message quoted in its dead letter
 
 
 class InputRecord(Protocol):
@@ -197,9 +196,9 @@ class BatchProcessor:
         if len(raw) > self.max_message_bytes:
             error: InputError = DecodeError(
                 f"message of {len(raw)} bytes exceeds the limit of {self.max_message_bytes} bytes"
-                f" (INCIDENTS_MAX_MESSAGE_BYTES); original truncated to {_ORIGINAL_LIMIT} bytes"
+                f" (INCIDENTS_MAX_MESSAGE_BYTES); only its start is quoted"
             )
-            return reject_input(error, raw[:_ORIGINAL_LIMIT], now, key=record.key, origin=_origin(record))
+            return reject_input(error, raw, now, key=record.key, origin=_origin(record))
         if record.value is None:
             return reject_input(
                 DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=_origin(record)

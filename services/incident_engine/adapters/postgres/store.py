@@ -233,6 +233,26 @@ class PostgresStore:
         """How many outputs wait for the relay."""
         return int(await self.pool.fetchval("SELECT coalesce(sum(message_count), 0) FROM outbox"))
 
+    async def park(self, row: OutboxRow, error: str) -> None:
+        """Keep an output the broker refused for good (with its error) out of the relay's way."""
+        await self.pool.execute(
+            "INSERT INTO outbox_parked (kafka_partition, topic, key, event_id, headers, payload, error)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            row.partition, row.topic, row.key, row.event_id, row.headers or None, row.payload, error,
+        )  # fmt: skip
+
+    async def parked_outputs(self) -> list[tuple[OutboxRow, str]]:
+        """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
+        rows = await self.pool.fetch(
+            "SELECT id, kafka_partition, topic, key, event_id, headers, payload, error"
+            " FROM outbox_parked ORDER BY id"
+        )
+        return [
+            (OutboxRow(r["kafka_partition"], r["topic"], r["key"], r["event_id"], r["payload"],
+                       r["headers"], r["id"]), r["error"])
+            for r in rows
+        ]  # fmt: skip
+
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""
         rows = await self.pool.fetch(SQL["read_log"], incident_id)
