@@ -23,6 +23,7 @@ from devstack.stack import Service, _scratch, fresh_database
 from incident_contracts import TOPIC_EVENTS, TOPIC_REJECTED
 from incident_engine.entrypoints.app import OUTPUT_TOPICS, EngineService, topic_max_message_bytes
 from incident_engine.entrypoints.commands import publish_events
+from incident_engine.entrypoints.parked_cli import list_parked, resend_parked
 from tests.integration.engine_helpers import OutputCollector, event, settings_for
 
 pytestmark = pytest.mark.integration
@@ -115,23 +116,32 @@ async def test_outputs_fit_a_default_broker_and_a_refused_one_is_parked(
             )
             await out.wait_for(lambda: bool(out.of("incident.state.changed", f"{prefix}B")), 30, "the report")
             assert not out.of("incident.rejected", f"{prefix}huge")
-        conn = await asyncpg.connect(dsn)
-        try:
-            parked = await conn.fetch("SELECT topic, key, error, length(payload) AS size FROM outbox_parked")
-            for _ in range(100):  # sent rows are deleted by the next batch, or by the relay when idle
-                backlog = await conn.fetchval("SELECT count(*) FROM outbox")
-                if backlog == 0:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await conn.close()
-        assert [(r["topic"], r["key"]) for r in parked] == [(TOPIC_REJECTED, f"{prefix}huge".encode())]
-        assert "MessageSizeTooLarge" in parked[0]["error"] and parked[0]["size"] > 8192
-        assert backlog == 0  # nothing left behind the refused output
-        assert service.telemetry is not None
-        text = service.telemetry.metrics_text()[0].decode()
-        assert 'incidents_outbox_parked_total{topic="incidents.rejected"} 1.0' in text, [
-            line for line in text.splitlines() if "parked" in line
-        ]
+            conn = await asyncpg.connect(dsn)
+            try:
+                parked = await conn.fetch(
+                    "SELECT topic, key, error, length(payload) AS size FROM outbox_parked"
+                )
+                for _ in range(100):  # sent rows are deleted by the next batch, or by the relay when idle
+                    backlog = await conn.fetchval("SELECT count(*) FROM outbox")
+                    if backlog == 0:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                await conn.close()
+            assert [(r["topic"], r["key"]) for r in parked] == [(TOPIC_REJECTED, f"{prefix}huge".encode())]
+            assert "MessageSizeTooLarge" in parked[0]["error"] and parked[0]["size"] > 8192
+            assert backlog == 0  # nothing left behind the refused output
+            assert service.telemetry is not None
+            text = service.telemetry.metrics_text()[0].decode()
+            assert 'incidents_outbox_parked_total{topic="incidents.rejected"} 1.0' in text, [
+                line for line in text.splitlines() if "parked" in line
+            ]
+
+            # 3. The operator raises the limit and re-sends what was parked.
+            await _set_topic_limit(default_broker, TOPIC_REJECTED, 1_048_576)
+            outcome = await resend_parked(settings)
+            assert list(outcome.values()) == [None]
+            await out.wait_for(lambda: bool(out.of("incident.rejected", f"{prefix}huge")), 30, "the re-send")
+            assert await list_parked(dsn) == []
     finally:
         await service.stop()

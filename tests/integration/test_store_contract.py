@@ -193,3 +193,16 @@ async def test_a_projection_update_is_conditional_on_the_seq_it_was_decided_from
     assert await store.read_firings() == [] and await store.outbox_backlog() == 0
     await store.commit(timer_only(2, epoch, decided_from=2))
     assert await store.read_firings() != []
+
+
+async def test_parked_outputs_are_kept_apart_from_the_outbox(store: EventStore) -> None:
+    row = OutboxRow(3, "incidents.rejected", b"A", "out-1", b"x" * 100, {"traceparent": "t"})
+    await store.park(row, "MessageSizeTooLargeError: [Error 10]")
+    assert await store.pending_outbox([3], 10) == [] and await store.outbox_backlog() == 0
+    ((parked, error),) = await store.parked_outputs()
+    assert (parked.partition, parked.topic, parked.key, parked.event_id, parked.payload, parked.headers) == (
+        3, "incidents.rejected", b"A", "out-1", b"x" * 100, {"traceparent": "t"}
+    )  # fmt: skip
+    assert error.startswith("MessageSizeTooLargeError")
+    await store.unpark([parked.id])
+    assert await store.parked_outputs() == []

@@ -140,6 +140,10 @@ class MemoryStore:
         """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
         return [(copy.copy(row), error) for row, error in self.parked]
 
+    async def unpark(self, ids: list[int]) -> None:
+        """Forget parked outputs (re-sent by an operator)."""
+        self.parked = [(row, error) for row, error in self.parked if row.id not in ids]
+
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""
         return [dict(v) for k, v in sorted(self.log.items()) if incident_id is None or k[0] == incident_id]

@@ -161,6 +161,10 @@ class EventStore(Protocol):
         """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
         ...
 
+    async def unpark(self, ids: list[int]) -> None:
+        """Forget parked outputs (re-sent by an operator)."""
+        ...
+
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""
         ...

@@ -221,7 +221,7 @@ class OutboxRelay:
             pending = batches.get((row.topic, partition))
             if pending is None:
                 pending = batches[(row.topic, partition)] = [(self.producer.create_batch(), [])]
-            headers = _headers(row)
+            headers = kafka_headers(row)
             if pending[-1][0].append(key=row.key, value=row.payload, timestamp=None, headers=headers) is None:
                 pending.append((self.producer.create_batch(), []))  # full: the next one takes it
                 pending[-1][0].append(key=row.key, value=row.payload, timestamp=None, headers=headers)
@@ -253,7 +253,7 @@ class OutboxRelay:
             partition = await self._partition(row.topic, row.key)
         try:
             sent = await self.producer.send(
-                row.topic, row.payload, key=row.key, partition=partition, headers=_headers(row)
+                row.topic, row.payload, key=row.key, partition=partition, headers=kafka_headers(row)
             )
             await sent
         except _REFUSED as exc:
@@ -311,7 +311,8 @@ class OutboxRelay:
 _PLAIN_HEADERS = [_CONTENT_TYPE]  # shared by every output without trace headers (never mutated)
 
 
-def _headers(row: OutboxRow) -> list[tuple[str, bytes]]:
+def kafka_headers(row: OutboxRow) -> list[tuple[str, bytes]]:
+    """The Kafka headers of an output: its content type and the trace context it carries."""
     if not row.headers:
         return _PLAIN_HEADERS
     return [_CONTENT_TYPE, *((name, value.encode()) for name, value in row.headers.items())]

@@ -253,6 +253,10 @@ class PostgresStore:
             for r in rows
         ]  # fmt: skip
 
+    async def unpark(self, ids: list[int]) -> None:
+        """Forget parked outputs (re-sent by an operator)."""
+        await self.pool.execute("DELETE FROM outbox_parked WHERE id = ANY($1::bigint[])", ids)
+
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""
         rows = await self.pool.fetch(SQL["read_log"], incident_id)
