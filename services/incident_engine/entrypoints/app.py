@@ -193,8 +193,14 @@ class EngineService:
 
     async def _renew_producer(self) -> AIOKafkaProducer:
         """A started producer in place of the relay's (whose idempotent sequence a refusal broke)."""
-        old, self.producer = self.producer, self._new_producer()
-        await self.producer.start()
+        new = self._new_producer()
+        try:
+            await new.start()
+        except BaseException:  # the relay keeps the old one, and tries again next round
+            with contextlib.suppress(Exception):
+                await new.stop()
+            raise
+        old, self.producer = self.producer, new
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.stop()
