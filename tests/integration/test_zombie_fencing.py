@@ -35,7 +35,7 @@ from tests.integration.engine_helpers import (
 pytestmark = pytest.mark.integration
 
 _SESSION_TIMEOUT_MS = 6000
-_LEAD = 35.0  # seconds from the reports to their ack due moment: takeover and acks fit before it
+_LEAD = 45.0  # seconds from the reports to their ack due moment: takeover and acks fit before it
 
 
 async def _partitions(client: httpx.AsyncClient, port: int) -> list[int]:

@@ -57,5 +57,35 @@ async def test_a_re_read_drops_the_partitions_another_replica_claimed() -> None:
     await store.claim("g", TOPIC_EVENTS, [1])
     assert await loop._claim([0, 1]) == [0]
     assert loop.assigned == {0} and loop.processor.epochs == {0: 1} and len(loop.timers) == 0
-    assert await loop._claim([1]) == [1]  # assigned again by Kafka (epoch forgotten): claimed anew
+    loop.assigned.add(1)  # assigned again by Kafka (its epoch forgotten): claimed anew
+    assert await loop._claim([1]) == [1]
     assert loop.processor.epochs == {0: 1, 1: 3}
+
+
+class RacingStore(MemoryStore):
+    """Runs a rebalance callback while a claim is in flight (as aiokafka may, at any await)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_claim: list[object] = []
+
+    async def claim(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        claimed = await super().claim(group_id, topic, partitions)
+        while self.during_claim:
+            await self.during_claim.pop()  # type: ignore[misc]
+        return claimed
+
+
+async def test_a_claim_overtaken_by_a_rebalance_keeps_the_newest_epoch_of_assigned_partitions() -> None:
+    store = RacingStore()
+    loop = EngineLoop(_processor(store), store)
+    loop.assigned = {0, 1}
+
+    async def rebalance() -> None:  # 1 revoked; 0 revoked, assigned again and claimed anew
+        loop.assigned = {0}
+        loop.processor.epochs.clear()
+        loop.processor.epochs.update(await MemoryStore.claim(store, "g", TOPIC_EVENTS, [0]))
+
+    store.during_claim.append(rebalance())
+    assert await loop._claim([0, 1]) == [0]
+    assert loop.processor.epochs == {0: 2}  # not the overtaken claim's epoch 1, nothing for 1

@@ -79,6 +79,9 @@ class EngineLoop:
             self.ready.set()
 
     async def _take(self, partitions: list[int]) -> None:
+        # A rebalance callback can run at any await below (the first take of `run` races the group's
+        # first rebalances): after each one, only partitions still assigned are worked on (seeking
+        # one no longer assigned raises).
         if not partitions:
             return
         if self.consumer is None:
@@ -89,12 +92,17 @@ class EngineLoop:
             return
         offsets = await self.store.committed_offsets(self.processor.group_id, TOPIC_EVENTS, partitions)
         for partition in partitions:
+            if partition not in self.assigned:
+                continue
             tp = TopicPartition(TOPIC_EVENTS, partition)
             if partition in offsets:
                 self.consumer.seek(tp, offsets[partition])
             else:
                 await self.consumer.seek_to_beginning(tp)  # nothing consumed yet: lose nothing
         rows = await self.store.load_timers(partitions)
+        partitions = [p for p in partitions if p in self.assigned]
+        owned = set(partitions)
+        rows = [r for r in rows if r.partition in owned]
         self.timers.drop_partitions(partitions)
         self.timers.load((r.incident_id, r.partition, r.due_at) for r in rows)
         self.processor.armed_traces.update((r.incident_id, r.trace_context) for r in rows if r.trace_context)
@@ -111,16 +119,24 @@ class EngineLoop:
         """Fence: claim newly assigned partitions (a new epoch, before their offsets and timers are
         read); for those claimed before (a re-read after a failed batch), keep only the ones whose
         epoch is still ours. A partition claimed by another replica since was lost without this one
-        knowing (cut off from the group coordinator): it is dropped until Kafka assigns it again."""
+        knowing (cut off from the group coordinator): it is dropped until Kafka assigns it again.
+
+        Returns the partitions to take (claimed, still ours and still assigned)."""
         epochs = self.processor.epochs
         group = self.processor.group_id
         fresh = [p for p in partitions if p not in epochs]
-        held = [p for p in partitions if p in epochs]
+        held = {p: epochs[p] for p in partitions if p in epochs}
         if fresh:
-            epochs.update(await self.store.claim(group, TOPIC_EVENTS, fresh))
+            claimed = await self.store.claim(group, TOPIC_EVENTS, fresh)
+            for partition, epoch in claimed.items():
+                # A rebalance during the claim may have revoked the partition, or claimed it again
+                # (a higher epoch, also ours): keep the latest of ours, for assigned ones only.
+                if partition in self.assigned and epoch > epochs.get(partition, 0):
+                    epochs[partition] = epoch
         if held:
-            current = await self.store.epochs(group, TOPIC_EVENTS, held)
-            lost = [p for p in held if current.get(p) != epochs[p]]
+            current = await self.store.epochs(group, TOPIC_EVENTS, list(held))
+            # (one re-claimed by this replica meanwhile has a new epoch of ours: not lost)
+            lost = [p for p, mine in held.items() if current.get(p) != mine and epochs.get(p) == mine]
             if lost:
                 log.warning("partitions %s were claimed by another replica: dropped until reassigned", lost)
                 for partition in lost:
@@ -129,7 +145,7 @@ class EngineLoop:
                 self.timers.drop_partitions(lost)
                 if not self.assigned:
                     self.ready.clear()
-        return [p for p in partitions if p in epochs]
+        return [p for p in partitions if p in epochs and p in self.assigned]
 
     # -- the loop ------------------------------------------------------------------------------------
 
