@@ -132,9 +132,18 @@ class KafkaCluster:
     nodes: list[KafkaNode] = field(default_factory=list)
     cluster_id: str = ""
     heap: str = "768m"
+    # The dev stack's brokers take messages up to 10 MiB; None keeps Kafka's default (about 1 MiB),
+    # for tests that must see what a production broker refuses.
+    message_max_bytes: int | None = 10_485_760
 
     @classmethod
-    def create(cls, base_dir: Path, size: int = 1, ports: list[int] | None = None) -> KafkaCluster:
+    def create(
+        cls,
+        base_dir: Path,
+        size: int = 1,
+        ports: list[int] | None = None,
+        message_max_bytes: int | None = 10_485_760,
+    ) -> KafkaCluster:
         """Lay out (but do not start) a cluster of `size` nodes under `base_dir`."""
         if ports is not None:
             for port in ports:
@@ -146,7 +155,12 @@ class KafkaCluster:
             )
             for i in range(size)
         ]
-        return cls(base_dir=base_dir, nodes=nodes, cluster_id=random_cluster_id())
+        return cls(
+            base_dir=base_dir,
+            nodes=nodes,
+            cluster_id=random_cluster_id(),
+            message_max_bytes=message_max_bytes,
+        )
 
     @property
     def bootstrap_servers(self) -> str:
@@ -176,7 +190,7 @@ class KafkaCluster:
                 "num.partitions=6",  # as the engine creates them: an auto-created topic gets the same
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
-                "message.max.bytes=10485760",
+                *([f"message.max.bytes={self.message_max_bytes}"] if self.message_max_bytes else []),
                 "",
             ]
         )

@@ -243,8 +243,17 @@ class SlaRetractedData(_Out):
 class RejectedData(_Data):
     reason: Reason
     detail: str
-    original: str = Field(description="the rejected message: its text, or base64 when it is not UTF-8")
+    original: str = Field(
+        description="the rejected message: its text, or base64 when it is not UTF-8; only its first"
+        " 65536 bytes when it is longer (then `original_size` and `original_sha256` are set)"
+    )
     original_encoding: Literal["utf-8", "base64"] = "utf-8"
+    original_size: int | None = Field(
+        None, ge=0, description="size in bytes of the whole original, when `original` quotes only its start"
+    )
+    original_sha256: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$", description="SHA-256 (hex) of the whole original, when cut"
+    )
 
 
 class _OutputEnvelope(CloudEvent):

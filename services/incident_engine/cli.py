@@ -10,6 +10,7 @@ from incident_engine.entrypoints.asyncapi import asyncapi_command
 from incident_engine.entrypoints.commands import db_app, publish_command, serve_command
 from incident_engine.entrypoints.demo import demo_command
 from incident_engine.entrypoints.openapi_cli import openapi_command
+from incident_engine.entrypoints.parked_cli import outbox_app
 from incident_engine.replay_cli import replay_command, report_command
 from incident_engine.retention import archive_command
 from incident_engine.schemas_cli import schemas_app
@@ -32,6 +33,7 @@ app.command("asyncapi")(asyncapi_command)
 app.command("openapi")(openapi_command)
 app.command("replay")(replay_command)
 app.command("report")(report_command)
+app.add_typer(outbox_app, name="outbox")
 
 
 def main() -> None:

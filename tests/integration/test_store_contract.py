@@ -162,3 +162,73 @@ async def test_events_are_identified_by_source_and_id(store: EventStore) -> None
     with pytest.raises(Exception):  # noqa: B017 - the same (source, id) again: the twin and Postgres refuse
         await store.commit(batch(2, 3, events=[logged("C", 1, "1", 2, "/channels/email")]))
     assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 2}
+
+
+def timer_only(seq: int, epoch: int | None, decided_from: int | None = None) -> BatchWrite:
+    """What a replica writes when an incident's ack timer fires: no input records, so no offsets."""
+    write = BatchWrite(
+        "g",
+        incidents={"A": (incident("A", seq), 0)},
+        timers={"A": None},
+        firings={
+            ("A", T0 + timedelta(minutes=15)): (0, T0 + timedelta(minutes=15), T0 + timedelta(minutes=15))
+        },
+        outbox=[OutboxRow(0, "incidents.breaches", b"A", f"breach-{epoch}", b"{}")],
+    )
+    if epoch is not None:
+        write.epochs = {0: epoch}
+    if decided_from is not None:
+        write.decided_from = {"A": decided_from}
+    return write
+
+
+async def test_claims_bump_the_epoch_of_each_partition(store: EventStore) -> None:
+    assert await store.claim("g", "incidents.events", [0, 1]) == {0: 1, 1: 1}
+    assert await store.claim("g", "incidents.events", [1]) == {1: 2}
+    assert await store.claim("other", "incidents.events", [1]) == {1: 1}  # per consumer group
+    assert await store.epochs("g", "incidents.events", [0, 1, 2]) == {0: 1, 1: 2}
+
+
+async def test_a_stale_epoch_refuses_a_timer_only_batch(store: EventStore) -> None:
+    due = T0 + timedelta(minutes=15)
+    await store.commit(batch(0, 1, incidents={"A": (incident("A"), 0)}, created={"A"},
+                             timers={"A": TimerRow("A", 0, due)}))  # fmt: skip
+    (zombie,) = (await store.claim("g", "incidents.events", [0])).values()
+    (owner,) = (await store.claim("g", "incidents.events", [0])).values()  # the partition moved on
+    assert owner > zombie
+    with pytest.raises(OffsetConflict):  # no offsets to check: only the epoch catches the zombie
+        await store.commit(timer_only(1, zombie, decided_from=1))
+    with pytest.raises(OffsetConflict):  # a writer without an epoch owns no claimed partition
+        await store.commit(timer_only(1, None, decided_from=1))
+    assert await store.outbox_backlog() == 0 and await store.read_firings() == []
+    assert await store.timer_rows() == {"A": due}
+    await store.commit(timer_only(1, owner, decided_from=1))  # the owner's firing lands
+    assert await store.outbox_backlog() == 1 and await store.timer_rows() == {}
+    assert await store.read_firings() == [("A", due, due, due)]
+
+
+async def test_a_projection_update_is_conditional_on_the_seq_it_was_decided_from(store: EventStore) -> None:
+    (epoch,) = (await store.claim("g", "incidents.events", [0])).values()
+    await store.commit(batch(0, 1, incidents={"A": (incident("A"), 0)}, created={"A"}, epochs={0: epoch}))
+    await store.commit(
+        batch(1, 2, incidents={"A": (incident("A", 2), 0)}, decided_from={"A": 1}, epochs={0: epoch})
+    )
+    with pytest.raises(OffsetConflict):  # decided from seq 1, but the incident moved on to 2
+        await store.commit(timer_only(1, epoch, decided_from=1))
+    assert (await store.load_incidents(["A"]))["A"].seq == 2  # not rolled back
+    assert await store.read_firings() == [] and await store.outbox_backlog() == 0
+    await store.commit(timer_only(2, epoch, decided_from=2))
+    assert await store.read_firings() != []
+
+
+async def test_parked_outputs_are_kept_apart_from_the_outbox(store: EventStore) -> None:
+    row = OutboxRow(3, "incidents.rejected", b"A", "out-1", b"x" * 100, {"traceparent": "t"})
+    await store.park(row, "MessageSizeTooLargeError: [Error 10]")
+    assert await store.pending_outbox([3], 10) == [] and await store.outbox_backlog() == 0
+    ((parked, error),) = await store.parked_outputs()
+    assert (parked.partition, parked.topic, parked.key, parked.event_id, parked.payload, parked.headers) == (
+        3, "incidents.rejected", b"A", "out-1", b"x" * 100, {"traceparent": "t"}
+    )  # fmt: skip
+    assert error.startswith("MessageSizeTooLargeError")
+    await store.unpark([parked.id])
+    assert await store.parked_outputs() == []

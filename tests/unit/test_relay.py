@@ -204,3 +204,64 @@ async def test_a_sweep_never_resends_rows_deleted_while_it_read() -> None:
     relay.resync()  # sweep now
     assert await relay.relay_once() == 0
     assert payloads(producer) == ["sent once"] and await store.outbox_backlog() == 0
+
+
+class SizeLimitedProducer(Producer):
+    """A broker with a small max.message.bytes: a batch holding a payload over `limit` is refused
+    whole, and (as aiokafka's idempotent producer) every later send fails until it is replaced."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.broken = False
+
+    def _outcome(self, values: list[bytes]) -> asyncio.Future[None]:
+        from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
+
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.broken:
+            done.set_exception(OutOfOrderSequenceNumber())
+        elif any(len(v) > self.limit for v in values):
+            self.broken = True
+            done.set_exception(MessageSizeTooLargeError())
+        else:
+            done.set_result(None)
+        return done
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        done = self._outcome([value for _, value in batch.messages])
+        if not done.exception():
+            self.sent.extend((topic, partition, value) for _, value in batch.messages)
+        return done
+
+    async def send(self, topic: str, value: bytes, *, key: Any, partition: int, headers: Any) -> Any:
+        done = self._outcome([value])
+        if not done.exception():
+            self.sent.append((topic, partition, value))
+        return done
+
+
+async def test_an_output_the_broker_refuses_is_parked_and_the_rest_goes_on() -> None:
+    store = MemoryStore()
+    producers = [SizeLimitedProducer(limit=10)]
+
+    async def renew() -> Any:
+        producers.append(SizeLimitedProducer(limit=10))
+        return producers[-1]
+
+    parked: list[str] = []
+    relay = OutboxRelay(
+        store, producers[0], lambda: [0], sweep_seconds=3600,  # type: ignore[arg-type]
+        renew_producer=renew, on_parked=lambda row, error: parked.append(row.event_id),
+    )  # fmt: skip
+    await relay.relay_once()
+    relay.offer(await commit(store, (0, "a"), (0, "b" * 50), (0, "c")))
+    relay.offer(await commit(store, (0, "d")))
+    assert await relay.relay_once() == 2
+    sent = [value.decode() for p in producers for _, _, value in p.sent]
+    assert sent == ["a", "c", "d"]  # in order, without the refused one
+    assert parked == ["b" * 50] and relay.parked_total == 1
+    ((row, error),) = await store.parked_outputs()
+    assert row.payload == b"b" * 50 and "MessageSizeTooLargeError" in error
+    relay.offer(await commit(store, (0, "e")))
+    assert await relay.relay_once() == 1 and producers[-1].sent[-1][2] == b"e"  # not wedged

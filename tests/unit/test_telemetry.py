@@ -290,6 +290,7 @@ def test_grafana_dashboard_queries_only_metrics_the_engine_exports() -> None:
     m.timer_lateness(0)
     m.timer_dropped()
     m.batch(1, 0)
+    m.parked("incidents.rejected")
     for gauge in telemetry.GAUGES:
         m.observe(gauge, lambda: 0)
     exported = set(re.findall(r"^# TYPE (\w+)", tel.metrics_text()[0].decode(), re.MULTILINE))

@@ -24,7 +24,21 @@ class MemoryStore:
         self.outbox: list[OutboxRow] = []
         # (incident id, fired at, until, breach until): see BatchWrite.firings
         self.firings: set[tuple[str, datetime, datetime, datetime]] = set()
+        self.owners: dict[tuple[str, str, int], int] = {}  # (group, topic, partition) -> epoch
+        self.parked: list[tuple[OutboxRow, str]] = []
         self._next_id = 1
+
+    async def claim(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """Take ownership of partitions: bump and return their epochs (older ones are fenced off)."""
+        for partition in partitions:
+            key = (group_id, topic, partition)
+            self.owners[key] = self.owners.get(key, 0) + 1
+        return {p: self.owners[(group_id, topic, p)] for p in partitions}
+
+    async def epochs(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """The current ownership epoch of these partitions (those ever claimed)."""
+        owners = self.owners.items()
+        return {p: e for (g, t, p), e in owners if g == group_id and t == topic and p in partitions}
 
     async def committed_offsets(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
         """Next offset to consume per partition, for those that have one."""
@@ -51,7 +65,11 @@ class MemoryStore:
         return [copy.copy(t) for t in self.timers.values() if t.partition in partitions]
 
     async def commit(self, batch: BatchWrite) -> None:
-        """Apply the batch atomically; raise OffsetConflict (changing nothing) when offsets moved."""
+        """Apply the batch atomically; raise OffsetConflict (changing nothing) when an epoch is stale,
+        the offsets moved or a projection moved past the seq the batch was decided from."""
+        for partition, epoch in batch.fence().items():
+            if self.owners.get((batch.group_id, batch.input_topic, partition), 0) != epoch:
+                raise OffsetConflict(f"{batch.input_topic}[{partition}]: epoch {epoch} is stale")
         for (topic, partition), (expected, _) in batch.offsets.items():
             stored = self.offsets.get((batch.group_id, topic, partition))
             if stored is not None and expected is not None and stored > expected:
@@ -65,6 +83,11 @@ class MemoryStore:
         for incident_id in batch.incidents:
             if (incident_id in batch.created) == (incident_id in self.incidents):
                 raise ValueError(f"incident {incident_id} created twice, or changed before it was created")
+            expected = batch.decided_from.get(incident_id)
+            body = self.incidents.get(incident_id)
+            moved = body is not None and expected is not None and body["seq"] != expected
+            if moved and incident_id not in batch.created:
+                raise OffsetConflict(f"incident {incident_id} moved past seq {expected}; batch refused")
         for (topic, partition), (_, next_offset) in batch.offsets.items():
             self.offsets[(batch.group_id, topic, partition)] = next_offset
         for event in batch.events:
@@ -111,6 +134,19 @@ class MemoryStore:
     async def outbox_backlog(self) -> int:
         """How many outputs wait for the relay."""
         return len(self.outbox)
+
+    async def park(self, row: OutboxRow, error: str) -> None:
+        """Keep an output the broker refused for good (with its error) out of the relay's way."""
+        self.parked.append((copy.copy(row), error))
+        self.parked[-1][0].id = len(self.parked)
+
+    async def parked_outputs(self) -> list[tuple[OutboxRow, str]]:
+        """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
+        return [(copy.copy(row), error) for row, error in self.parked]
+
+    async def unpark(self, ids: list[int]) -> None:
+        """Forget parked outputs (re-sent by an operator)."""
+        self.parked = [(row, error) for row, error in self.parked if row.id not in ids]
 
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""

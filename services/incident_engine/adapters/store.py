@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from incident_contracts import TOPIC_EVENTS
 from incident_engine.domain import Incident
 
 EventKey = tuple[str, str]
@@ -13,7 +14,11 @@ EventKey = tuple[str, str]
 
 
 class OffsetConflict(RuntimeError):
-    """Another consumer advanced a partition we thought we owned (a rebalance): the batch is void."""
+    """Another consumer advanced a partition we thought we owned (a rebalance): the batch is void.
+
+    Also raised when the batch's ownership epochs are stale (another replica claimed one of its
+    partitions since) or an incident projection moved past the seq the batch was decided from.
+    """
 
 
 @dataclass(slots=True)
@@ -72,10 +77,31 @@ class BatchWrite:
     sent_outbox: list[int] = field(default_factory=list)  # outbox rows Kafka acknowledged: delete them
     # (topic, partition) -> (offset the batch started from, next offset after it)
     offsets: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
+    # Fencing: input partition -> ownership epoch the batch was decided under (`EventStore.claim`).
+    # Every partition the batch touches is checked in its transaction; one missing here counts as
+    # epoch 0, which passes only while nobody ever claimed that partition (tools, tests).
+    epochs: dict[int, int] = field(default_factory=dict)
+    # incident id -> the projection's seq the batch's decisions started from: an update of a row
+    # whose seq is no longer that voids the batch (someone else wrote the incident since).
+    decided_from: dict[str, int] = field(default_factory=dict)
+    input_topic: str = TOPIC_EVENTS
 
     def empty(self) -> bool:
         """True when committing would change nothing."""
         return not (self.events or self.incidents or self.timers or self.outbox or self.offsets)
+
+    def partitions(self) -> set[int]:
+        """Every input partition this batch writes for (records, incidents, timers, firings, outputs)."""
+        touched = {partition for _, partition in self.offsets}
+        touched.update(partition for _, partition in self.incidents.values())
+        touched.update(row.partition for row in self.timers.values() if row is not None)
+        touched.update(partition for partition, _, _ in self.firings.values())
+        touched.update(out.partition for out in self.outbox)
+        return touched
+
+    def fence(self) -> dict[int, int]:
+        """The epoch to check for each partition the batch touches (0: never claimed)."""
+        return {partition: self.epochs.get(partition, 0) for partition in sorted(self.partitions())}
 
 
 class EventStore(Protocol):
@@ -83,6 +109,15 @@ class EventStore(Protocol):
 
     async def committed_offsets(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
         """Next offset to consume per partition, for those that have one."""
+        ...
+
+    async def claim(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """Take ownership of partitions (on assignment): bump and return their epochs. Batches
+        decided under an older epoch of any of them are refused from now on."""
+        ...
+
+    async def epochs(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """The current ownership epoch of these partitions (those ever claimed)."""
         ...
 
     async def known_event_ids(self, event_keys: list[EventKey]) -> set[EventKey]:
@@ -104,7 +139,8 @@ class EventStore(Protocol):
         ...
 
     async def commit(self, batch: BatchWrite) -> None:
-        """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
+        """Write the batch in one transaction; raise OffsetConflict (writing nothing) when the offsets
+        moved under us, an epoch of `batch.fence()` is stale or a projection left `decided_from`.
 
         Sets the `id` of each of `batch.outbox` to its outbox row's (the relay deletes by it).
         """
@@ -120,6 +156,18 @@ class EventStore(Protocol):
 
     async def outbox_backlog(self) -> int:
         """How many outputs wait for the relay."""
+        ...
+
+    async def park(self, row: OutboxRow, error: str) -> None:
+        """Keep an output the broker refused for good (with its error) out of the relay's way."""
+        ...
+
+    async def parked_outputs(self) -> list[tuple[OutboxRow, str]]:
+        """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
+        ...
+
+    async def unpark(self, ids: list[int]) -> None:
+        """Forget parked outputs (re-sent by an operator)."""
         ...
 
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:

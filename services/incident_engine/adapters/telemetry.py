@@ -151,6 +151,11 @@ class EngineMetrics:
             unit="{timer}",
             description="SLA timers dropped from the heap because firing them failed (unprocessable).",
         )
+        self._parked = meter.create_counter(
+            "incidents_outbox_parked_total",
+            unit="{event}",
+            description="Outputs the broker refused for good (e.g. too large), parked in outbox_parked.",
+        )
         self._lateness = meter.create_histogram(
             "incidents_timer_lateness_seconds",
             unit="s",
@@ -193,6 +198,10 @@ class EngineMetrics:
     def timer_dropped(self, count: int = 1) -> None:
         """Count SLA timers dropped because their firing fails for a reason no rule explains."""
         self._timers_dropped.add(count)
+
+    def parked(self, topic: str, count: int = 1) -> None:
+        """Count outputs parked because the broker refused them (by output topic)."""
+        self._parked.add(count, {"topic": topic})
 
     def timer_lateness(self, seconds: float) -> None:
         """Record how late a timer fired (negative values, from clock skew, count as 0)."""

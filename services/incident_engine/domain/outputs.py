@@ -133,6 +133,23 @@ def retracted(
     )
 
 
+# A dead letter quotes at most this much of its original (and says so, with the size and a digest),
+# so it always fits its topic whatever came in; the detail is bounded likewise.
+ORIGINAL_QUOTE_LIMIT = 64 * 1024
+DETAIL_LIMIT = 4 * 1024
+
+
+def _quote(raw: bytes, cut: bool = False) -> tuple[str, str]:
+    """(text, encoding) of bytes: the text when UTF-8 (when `cut`, a character split at the end is
+    dropped), else base64."""
+    for drop in range(4 if cut else 1):
+        try:
+            return raw[: len(raw) - drop].decode(), "utf-8"
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(raw).decode(), "base64"
+
+
 def rejected(
     reason: str,
     detail: str,
@@ -142,19 +159,28 @@ def rejected(
     subject: str | None,
     origin: str | None = None,
 ) -> OutputEvent:
-    """`incident.rejected`; its id derives from (origin, reason), origin defaulting to a hash of the bytes."""
+    """`incident.rejected`; its id derives from (origin, reason), origin defaulting to a hash of the bytes.
+
+    Quotes at most ORIGINAL_QUOTE_LIMIT bytes of the original (with its size and SHA-256 when cut)."""
     raw = original.encode() if isinstance(original, str) else original
-    try:
-        text, encoding = raw.decode(), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode(), "base64"
-    origin = origin or "sha256:" + hashlib.sha256(raw).hexdigest()
+    digest = None
+    if len(raw) > ORIGINAL_QUOTE_LIMIT or origin is None:
+        digest = hashlib.sha256(raw).hexdigest()
+    origin = origin or "sha256:" + str(digest)
+    if len(detail) > DETAIL_LIMIT:
+        detail = detail[:DETAIL_LIMIT] + f"… ({len(detail)} characters in all)"
+    data: dict[str, Any] = {"reason": reason, "detail": detail}
+    if len(raw) > ORIGINAL_QUOTE_LIMIT:
+        data["original"], data["original_encoding"] = _quote(raw[:ORIGINAL_QUOTE_LIMIT], cut=True)
+        data["original_size"], data["original_sha256"] = len(raw), digest
+    else:
+        data["original"], data["original_encoding"] = _quote(raw)
     return OutputEvent(
         id=stable_id(f"{origin}/rejected/{reason}"),
         type=INCIDENT_REJECTED,
         subject=subject,
         time=now,
-        data={"reason": reason, "detail": detail, "original": text, "original_encoding": encoding},
+        data=data,
     )
 
 

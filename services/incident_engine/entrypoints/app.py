@@ -29,6 +29,7 @@ from incident_engine.adapters import kafka_records
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool, pool_timeouts
+from incident_engine.adapters.store import OutboxRow
 from incident_engine.adapters.telemetry import Observation, Telemetry, root_sample_ratio, setup_telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
@@ -44,6 +45,19 @@ _SLA_KINDS = {
     SLA_RETRACTED: "retracted",
 }
 OUTPUT_TOPICS = (TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
+# Set explicitly on every topic the engine creates (never the broker's default, which differs between
+# a dev stack and production). Outputs stay far below it: a dead letter quotes at most
+# ORIGINAL_QUOTE_LIMIT bytes of its original; the input topic takes the largest input the engine
+# accepts plus room for headers.
+OUTPUT_MAX_MESSAGE_BYTES = 1_048_576
+_HEADROOM = 65_536
+
+
+def topic_max_message_bytes(settings: Settings) -> dict[str, int]:
+    """The `max.message.bytes` of each topic the engine creates."""
+    sizes = dict.fromkeys(OUTPUT_TOPICS, OUTPUT_MAX_MESSAGE_BYTES)
+    sizes[TOPIC_EVENTS] = settings.incidents_max_message_bytes + _HEADROOM
+    return sizes
 
 
 def build_broker(settings: Settings, listener: EngineLoop | None = None) -> KafkaBroker:
@@ -78,17 +92,21 @@ def build_broker(settings: Settings, listener: EngineLoop | None = None) -> Kafk
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the contract's topics when missing (partitions from the settings)."""
+    """Create the contract's topics when missing (partitions from the settings, `max.message.bytes`
+    explicit: see `topic_max_message_bytes`)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_security(settings)
     )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        sizes = topic_max_message_bytes(settings)
         wanted = [t for t in (TOPIC_EVENTS, *OUTPUT_TOPICS) if t not in existing]
         for topic in wanted:
+            config = {"max.message.bytes": str(sizes[topic])}
+            new = NewTopic(topic, settings.incidents_topic_partitions, 1, topic_configs=config)
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(topic, settings.incidents_topic_partitions, 1)])
+                await admin.create_topics([new])
     finally:
         await admin.close()
 
@@ -172,18 +190,16 @@ class EngineService:
             before_commit=self._before_commit,
             on_timer_dropped=self._timer_dropped,
         )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            max_request_size=max(1_048_576, s.incidents_max_message_bytes * 2),
-            **kafka_security(s),
-        )
+        self.producer = self._new_producer()
         await self.producer.start()
         loop = self.loop
-        self.relay = OutboxRelay(self.store, self.producer, lambda: sorted(loop.assigned))
+        self.relay = OutboxRelay(
+            self.store,
+            self.producer,
+            lambda: sorted(loop.assigned),
+            renew_producer=self._renew_producer,
+            on_parked=self._parked,
+        )
         self.broker = build_broker(s, listener=self.loop)
         subscriber = next(iter(self.broker.subscribers))
         await self.broker.start()
@@ -202,6 +218,38 @@ class EngineService:
     def _timer_dropped(self, _incident_id: str) -> None:
         if self.telemetry is not None:
             self.telemetry.metrics.timer_dropped()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        return AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=max(1_048_576, s.incidents_max_message_bytes * 2),
+            **kafka_security(s),
+        )
+
+    async def _renew_producer(self) -> AIOKafkaProducer:
+        """A started producer in place of the relay's (whose idempotent sequence a refusal broke)."""
+        new = self._new_producer()
+        try:
+            await new.start()
+        except BaseException:  # the relay keeps the old one, and tries again next round
+            with contextlib.suppress(Exception):
+                await new.stop()
+            raise
+        old, self.producer = self.producer, new
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        log.info("outbox relay: new Kafka producer after a refused output")
+        return self.producer
+
+    def _parked(self, row: OutboxRow, _error: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.metrics.parked(row.topic)
 
     def _before_commit(self, result: BatchResult) -> None:
         if self.relay is not None:

@@ -84,6 +84,8 @@ class EngineLoop:
         self.assigned -= gone
         self._pending -= gone
         self._forget_time(gone)
+        for partition in gone:  # a later assignment claims them anew
+            self.processor.epochs.pop(partition, None)
         self.timers.drop_partitions(gone)
         self.processor.cache.forget()
         self.processor.armed_traces.clear()  # reloaded with the timers of the partitions taken next
@@ -93,6 +95,8 @@ class EngineLoop:
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Take partitions: seek to the offsets stored in Postgres and load their timers."""
         new = sorted(tp.partition for tp in assigned if tp.topic == TOPIC_EVENTS)
+        for partition in new:  # an assignment always claims anew (a new epoch)
+            self.processor.epochs.pop(partition, None)
         self.assigned |= set(new)
         try:
             await self._take(new)
@@ -110,14 +114,22 @@ class EngineLoop:
             self.ready.set()
 
     async def _take(self, partitions: list[int]) -> None:
+        # A rebalance callback can run at any await below (the first take of `run` races the group's
+        # first rebalances): after each one, only partitions still assigned are worked on (seeking
+        # one no longer assigned raises).
         if not partitions:
             return
         if self.consumer is None:
             self._pending |= set(partitions)
             return
+        partitions = await self._claim(partitions)
+        if not partitions:
+            return
         offsets = await self.store.committed_offsets(self.processor.group_id, TOPIC_EVENTS, partitions)
         self._forget_time(partitions)  # a new owner knows nothing of their time until it reads them
         for partition in partitions:
+            if partition not in self.assigned:
+                continue
             tp = TopicPartition(TOPIC_EVENTS, partition)
             if partition in offsets:
                 self.consumer.seek(tp, offsets[partition])
@@ -126,6 +138,9 @@ class EngineLoop:
                 await self.consumer.seek_to_beginning(tp)  # nothing consumed yet: lose nothing
                 self.positions[partition] = await self.consumer.position(tp)
         rows = await self.store.load_timers(partitions)
+        partitions = [p for p in partitions if p in self.assigned]
+        owned = set(partitions)
+        rows = [r for r in rows if r.partition in owned]
         if dropped := self.isolation.dropped_timers:
             rows = [r for r in rows if r.incident_id not in dropped]
         self.timers.drop_partitions(partitions)
@@ -139,6 +154,38 @@ class EngineLoop:
         gc.collect()
         gc.freeze()
         log.info("took partitions %s: %d timers armed", partitions, armed)
+
+    async def _claim(self, partitions: list[int]) -> list[int]:
+        """Fence: claim newly assigned partitions (a new epoch, before their offsets and timers are
+        read); for those claimed before (a re-read after a failed batch), keep only the ones whose
+        epoch is still ours. A partition claimed by another replica since was lost without this one
+        knowing (cut off from the group coordinator): it is dropped until Kafka assigns it again.
+
+        Returns the partitions to take (claimed, still ours and still assigned)."""
+        epochs = self.processor.epochs
+        group = self.processor.group_id
+        fresh = [p for p in partitions if p not in epochs]
+        held = {p: epochs[p] for p in partitions if p in epochs}
+        if fresh:
+            claimed = await self.store.claim(group, TOPIC_EVENTS, fresh)
+            for partition, epoch in claimed.items():
+                # A rebalance during the claim may have revoked the partition, or claimed it again
+                # (a higher epoch, also ours): keep the latest of ours, for assigned ones only.
+                if partition in self.assigned and epoch > epochs.get(partition, 0):
+                    epochs[partition] = epoch
+        if held:
+            current = await self.store.epochs(group, TOPIC_EVENTS, list(held))
+            # (one re-claimed by this replica meanwhile has a new epoch of ours: not lost)
+            lost = [p for p, mine in held.items() if current.get(p) != mine and epochs.get(p) == mine]
+            if lost:
+                log.warning("partitions %s were claimed by another replica: dropped until reassigned", lost)
+                for partition in lost:
+                    del epochs[partition]
+                self.assigned -= set(lost)
+                self.timers.drop_partitions(lost)
+                if not self.assigned:
+                    self.ready.clear()
+        return [p for p in partitions if p in epochs and p in self.assigned]
 
     # -- the loop ------------------------------------------------------------------------------------
 

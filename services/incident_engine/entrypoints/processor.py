@@ -137,6 +137,9 @@ class BatchProcessor:
         # set: when the first of two such batches commits, the second still holds the incident (and
         # the object the first wrote is the one the second changed): it must stay cached.
         self.uncommitted_incidents: Counter[str] = Counter()
+        # Ownership epoch of each owned input partition (set by the consume loop when it claims
+        # them): stamped on every batch, whose transaction is refused once one of them is stale.
+        self.epochs: dict[int, int] = {}
 
     async def process(
         self,
@@ -172,6 +175,7 @@ class BatchProcessor:
         states = {i: inc for i in wanted if (inc := cache.get(i)) is not None}
         known, loaded = await self.store.lookup(ids, [i for i in wanted if i not in states])
         states.update(loaded)
+        decided_from = {incident_id: inc.seq for incident_id, inc in states.items()}  # before any change
         known.update(i for i in ids if i in self.uncommitted_ids)
         try:
             for n, (record, item) in enumerate(zip(records, parsed, strict=True), 1):
@@ -199,6 +203,9 @@ class BatchProcessor:
         except BaseException:
             self.abandon()
             raise
+        write = result.write
+        write.decided_from = {i: decided_from[i] for i in write.incidents if i in decided_from}
+        self._stamp_epochs(write)
         for incident_id, (incident, _) in result.write.incidents.items():
             self.cache.put(incident)
             self.uncommitted_incidents[incident_id] += 1
@@ -237,7 +244,13 @@ class BatchProcessor:
         except ValueError:  # a header that is not text may be what made the message fail
             trace = None
         self._emit(result, [out], record.partition, trace)
+        self._stamp_epochs(result.write)  # fenced like any batch, or the partition's owner never lands it
         return result
+
+    def _stamp_epochs(self, write: BatchWrite) -> None:
+        """The ownership epochs of the partitions a batch writes for, checked in its transaction."""
+        epochs = self.epochs
+        write.epochs = {p: epochs[p] for p in write.partitions() if p in epochs}
 
     def abandon(self) -> None:
         """After a failed batch: forget everything not known to be committed (states changed in place)."""
@@ -250,9 +263,9 @@ class BatchProcessor:
         if len(raw) > self.max_message_bytes:
             error: InputError = DecodeError(
                 f"message of {len(raw)} bytes exceeds the limit of {self.max_message_bytes} bytes"
-                f" (INCIDENTS_MAX_MESSAGE_BYTES); original truncated to {_ORIGINAL_LIMIT} bytes"
+                f" (INCIDENTS_MAX_MESSAGE_BYTES); only its start is quoted"
             )
-            return reject_input(error, raw[:_ORIGINAL_LIMIT], now, key=record.key, origin=_origin(record))
+            return reject_input(error, raw, now, key=record.key, origin=_origin(record))
         if record.value is None:
             return reject_input(
                 DecodeError("empty message (tombstone)"), raw, now, key=record.key, origin=_origin(record)

@@ -10,6 +10,12 @@ only after Kafka acknowledged it, so nothing is lost; output ids are determinist
 double send (a sweep racing a commit) is recognisable downstream. The deletes ride on the engine's
 next batch transaction (`take_sent`/`deleted`): a transaction (and WAL flush) of their own per
 round cost Postgres more than the deletes; with no batch coming, the relay deletes them itself.
+
+An output the broker refuses for good (larger than the topic's `max.message.bytes`) must not wedge
+the relay: its native batch is re-sent one message at a time, and a message refused alone is
+*parked* (table `outbox_parked`, with the broker's error; counted, logged) while the rest goes on.
+A refusal leaves a gap in the idempotent producer's sequence of that partition (every later send
+fails with OutOfOrderSequenceNumber), so the relay renews its producer after one.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from incident_contracts.constants import CLOUDEVENTS_CONTENT_TYPE
@@ -32,6 +43,8 @@ log = logging.getLogger(__name__)
 _CONTENT_TYPE = ("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())
 _DELETE_TIMEOUT = 5.0  # seconds a batch may hold sent ids before the relay deletes them itself
 _PARTITION_CACHE = 100_000  # (topic, key) -> partition entries kept (murmur2 is pure Python in aiokafka)
+# The broker's (or the client's) "this will never fit": retrying the same bytes cannot succeed.
+_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class OutboxRelay:
@@ -49,14 +62,19 @@ class OutboxRelay:
         batch: int = 50,
         idle_seconds: float = 0.2,
         sweep_seconds: float = 1.0,
+        renew_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        on_parked: Callable[[OutboxRow, str], None] | None = None,
     ) -> None:
         self.store = store
         self.producer = producer
+        self.renew_producer = renew_producer  # a started producer in place of the current one
+        self.on_parked = on_parked
         self.owned = owned
         self.batch = batch
         self.idle_seconds = idle_seconds
         self.sweep_seconds = sweep_seconds
         self.sent_total = 0
+        self.parked_total = 0
         self._wake = asyncio.Event()
         self._round = asyncio.Lock()  # rounds never overlap (the run loop and a shutdown drain)
         self._partitioner = DefaultPartitioner()
@@ -112,6 +130,8 @@ class OutboxRelay:
                 backoff = 0.1
             except (KafkaError, OSError, ConnectionError) as exc:
                 log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, exc)
+                if isinstance(exc, OutOfOrderSequenceNumber):  # the producer is wedged for good
+                    await self._renew()
                 self.resync()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -187,8 +207,12 @@ class OutboxRelay:
         return rows
 
     async def _send(self, rows: list[OutboxRow]) -> None:
-        """Produce in native batches per (topic, partition): far cheaper than a future per message."""
-        batches: dict[tuple[str, int], list[Any]] = {}
+        """Produce in native batches per (topic, partition): far cheaper than a future per message.
+
+        A batch the broker refuses as too large is re-sent one message at a time (it may be refused
+        for its total size alone); a message refused alone is parked, and the rest goes on.
+        """
+        batches: dict[tuple[str, int], list[tuple[Any, list[OutboxRow]]]] = {}
         partition_of = self._partition_of
         for row in rows:
             partition = partition_of.get((row.topic, row.key))
@@ -196,17 +220,62 @@ class OutboxRelay:
                 partition = await self._partition(row.topic, row.key)
             pending = batches.get((row.topic, partition))
             if pending is None:
-                pending = batches[(row.topic, partition)] = [self.producer.create_batch()]
-            headers = _headers(row)
-            if pending[-1].append(key=row.key, value=row.payload, timestamp=None, headers=headers) is None:
-                pending.append(self.producer.create_batch())  # full: the next one takes it
-                pending[-1].append(key=row.key, value=row.payload, timestamp=None, headers=headers)
-        futures = []
+                pending = batches[(row.topic, partition)] = [(self.producer.create_batch(), [])]
+            headers = kafka_headers(row)
+            if pending[-1][0].append(key=row.key, value=row.payload, timestamp=None, headers=headers) is None:
+                pending.append((self.producer.create_batch(), []))  # full: the next one takes it
+                pending[-1][0].append(key=row.key, value=row.payload, timestamp=None, headers=headers)
+            pending[-1][1].append(row)
+        futures, groups = [], []
         for (topic, partition), pending in batches.items():
-            for batch in pending:
+            for batch, batch_rows in pending:
                 batch.close()
                 futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+                groups.append(batch_rows)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return
+        if not any(isinstance(e, _REFUSED) for e in errors):
+            raise errors[0]
+        # Batches after a refused one in its partition fail on the producer's sequence: all of
+        # them go again, one by one, through a new producer.
+        await self._renew()
+        again = [row for group, r in zip(groups, results, strict=True) if isinstance(r, BaseException)
+                 for row in group]  # fmt: skip
+        for row in again:
+            await self._send_alone(row)
+
+    async def _send_alone(self, row: OutboxRow) -> None:
+        """Send one output by itself; park it when the broker (or the client) refuses it for good."""
+        partition = self._partition_of.get((row.topic, row.key))
+        if partition is None:
+            partition = await self._partition(row.topic, row.key)
+        try:
+            sent = await self.producer.send(
+                row.topic, row.payload, key=row.key, partition=partition, headers=kafka_headers(row)
+            )
+            await sent
+        except _REFUSED as exc:
+            error = f"{type(exc).__name__}: {exc} ({len(row.payload)} bytes of payload)"
+            await self.store.park(row, error)
+            self.parked_total += 1
+            log.error(
+                "output %s to %s refused by Kafka and parked (outbox_parked): %s",
+                row.event_id, row.topic, error,
+                extra={"event_id": row.event_id, "topic": row.topic, "payload_bytes": len(row.payload)},
+            )  # fmt: skip
+            if self.on_parked is not None:
+                self.on_parked(row, error)
+            await self._renew()
+
+    async def _renew(self) -> None:
+        """Replace the producer (its idempotent sequence is broken after a refusal)."""
+        if self.renew_producer is None:
+            return
+        self.producer = await self.renew_producer()
+        self._partitions.clear()
+        self._partition_of.clear()
 
     async def _partition(self, topic: str, key: bytes | None) -> int:
         """The partition the default partitioner picks for a key (as any Kafka client would)."""
@@ -242,7 +311,8 @@ class OutboxRelay:
 _PLAIN_HEADERS = [_CONTENT_TYPE]  # shared by every output without trace headers (never mutated)
 
 
-def _headers(row: OutboxRow) -> list[tuple[str, bytes]]:
+def kafka_headers(row: OutboxRow) -> list[tuple[str, bytes]]:
+    """The Kafka headers of an output: its content type and the trace context it carries."""
     if not row.headers:
         return _PLAIN_HEADERS
     return [_CONTENT_TYPE, *((name, value.encode()) for name, value in row.headers.items())]

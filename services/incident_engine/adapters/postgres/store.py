@@ -103,6 +103,22 @@ class PostgresStore:
         rows = await self.pool.fetch(SQL["committed_offsets"], group_id, topic, partitions)
         return {r["kafka_partition"]: r["next_offset"] for r in rows}
 
+    async def claim(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """Take ownership of partitions: bump and return their epochs (older ones are fenced off)."""
+        if not partitions:
+            return {}
+        rows = await self.pool.fetch(SQL["claim_partitions"], group_id, topic, sorted(set(partitions)))
+        return {r["kafka_partition"]: r["epoch"] for r in rows}
+
+    async def epochs(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        """The current ownership epoch of these partitions (those ever claimed)."""
+        rows = await self.pool.fetch(
+            "SELECT kafka_partition, epoch FROM partition_owners"
+            " WHERE group_id = $1 AND topic = $2 AND kafka_partition = ANY($3::int[])",
+            group_id, topic, partitions,
+        )  # fmt: skip
+        return {r["kafka_partition"]: r["epoch"] for r in rows}
+
     async def known_event_ids(self, event_keys: list[EventKey]) -> set[EventKey]:
         """Which of these input events, by (source, id), are already in the event log."""
         known, _ = await self.lookup(event_keys, [])
@@ -143,9 +159,10 @@ class PostgresStore:
     async def commit(self, batch: BatchWrite) -> None:
         """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
 
-        Four round trips whatever the batch holds: one statement for the offsets (checked first,
-        so a zombie batch stops there), changed incidents, timers, firings, the outbox and the
-        outbox rows already sent; then the new events and the new incidents by COPY; then COMMIT.
+        Four round trips whatever the batch holds: one statement for the fence (the ownership
+        epochs and the offsets, checked first, so a zombie batch stops there), changed incidents
+        (conditional on the seq they were decided from), timers, firings, the outbox and the outbox
+        rows already sent; then the new events and the new incidents by COPY; then COMMIT.
         """
         dumps, fragment = orjson.dumps, orjson.Fragment
         offsets = list(batch.offsets.items())
@@ -174,6 +191,8 @@ class PostgresStore:
              inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
             for inc, partition in new
         ]  # fmt: skip
+        fence = batch.fence()
+        decided_from = batch.decided_from
         async with self.pool.acquire() as conn, conn.transaction():
             done = await conn.fetchrow(
                 SQL["write_batch"],
@@ -187,17 +206,25 @@ class PostgresStore:
                 [p for _, (p, _, _) in firings],
                 queued, [len(grouped[p]) for p in queued], [encode_messages(grouped[p]) for p in queued],
                 batch.group_id, batch.sent_outbox,
+                batch.input_topic, list(fence), list(fence.values()),
+                [decided_from.get(inc.id) for inc, _ in changed],
                 [u for _, (_, u, _) in firings], [b for _, (_, _, b) in firings],
             )  # fmt: skip
             assert done is not None  # the statement always returns its one row of counts
+            if done["fenced"] != len(fence):
+                raise OffsetConflict(
+                    f"partitions {sorted(fence)} of {batch.input_topic}: epochs {list(fence.values())}"
+                    " no longer all current (another replica claimed one since); batch refused"
+                )
             if done["offsets"] != len(offsets):
                 raise OffsetConflict(
                     f"partitions {sorted(p for (_, p), _ in offsets)} moved past the offsets this batch"
                     " started from, under this consumer"
                 )
-            if done["changed"] != len(changed):  # a projection row missing: never lose the change
-                raise RuntimeError(
-                    f"incident projection out of step ({done['changed']} of {len(changed)} rows updated)"
+            if done["changed"] != len(changed):  # a row moved on since the decision, or is missing
+                raise OffsetConflict(
+                    f"incident projection out of step ({done['changed']} of {len(changed)} rows still at"
+                    " the seq this batch was decided from); batch refused"
                 )
             for row_id, partition in zip(done["outbox_ids"], done["outbox_partitions"], strict=True):
                 for out in grouped[partition]:
@@ -232,6 +259,30 @@ class PostgresStore:
     async def outbox_backlog(self) -> int:
         """How many outputs wait for the relay."""
         return int(await self.pool.fetchval("SELECT coalesce(sum(message_count), 0) FROM outbox"))
+
+    async def park(self, row: OutboxRow, error: str) -> None:
+        """Keep an output the broker refused for good (with its error) out of the relay's way."""
+        await self.pool.execute(
+            "INSERT INTO outbox_parked (kafka_partition, topic, key, event_id, headers, payload, error)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            row.partition, row.topic, row.key, row.event_id, row.headers or None, row.payload, error,
+        )  # fmt: skip
+
+    async def parked_outputs(self) -> list[tuple[OutboxRow, str]]:
+        """Every parked output with the broker's error, oldest first (`id` is the parked row's)."""
+        rows = await self.pool.fetch(
+            "SELECT id, kafka_partition, topic, key, event_id, headers, payload, error"
+            " FROM outbox_parked ORDER BY id"
+        )
+        return [
+            (OutboxRow(r["kafka_partition"], r["topic"], r["key"], r["event_id"], r["payload"],
+                       r["headers"], r["id"]), r["error"])
+            for r in rows
+        ]  # fmt: skip
+
+    async def unpark(self, ids: list[int]) -> None:
+        """Forget parked outputs (re-sent by an operator)."""
+        await self.pool.execute("DELETE FROM outbox_parked WHERE id = ANY($1::bigint[])", ids)
 
     async def read_log(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one incident or all), in (incident, seq) order."""
