@@ -65,20 +65,31 @@ def check_year(value: datetime) -> datetime:
 
 
 def check_event_time(
-    time: datetime, now: datetime, max_clock_skew: timedelta, max_event_age: timedelta
+    time: datetime,
+    now: datetime,
+    max_clock_skew: timedelta,
+    max_event_age: timedelta,
+    sent: datetime | None = None,
 ) -> str | None:
     """Why `time` cannot be taken on the live topic at `now` (a `schema` rejection detail), or None.
 
-    Ahead by more than `max_clock_skew`: a wrong clock upstream (an event dated 2099 would fire every
-    clock at once). Older than `max_event_age`: an unset timestamp (1970) or a backfill, which goes
-    through a raised INCIDENTS_MAX_EVENT_AGE or `incidents simulate`, not the live horizon.
+    Ahead by more than `max_clock_skew` of when it was `sent` (the Kafka record's timestamp, when
+    earlier than `now`: read from a backlog, an event is judged against when it was appended, not
+    when it is read) or of `now`: a wrong clock upstream (an event dated 2099 would fire every clock
+    at once; one 2 hours fast in a backlog would move its partition's SLA time past the events
+    queued behind it). Older than `max_event_age`: an unset timestamp (1970) or a backfill, which
+    goes through a raised INCIDENTS_MAX_EVENT_AGE or `incidents simulate`, not the live horizon.
     """
-    ahead = time - now
+    reference, what = now, "the engine clock"
+    if sent is not None and sent < now:
+        reference, what = sent, "the moment Kafka took it"
+    ahead = time - reference
     if ahead > max_clock_skew:
         return (
-            f"time: {time.isoformat()} is {_span(ahead)} ahead of the engine clock ({now.isoformat()});"
+            f"time: {time.isoformat()} is {_span(ahead)} ahead of {what} ({reference.isoformat()});"
             f" at most {_span(max_clock_skew)} is allowed (INCIDENTS_MAX_CLOCK_SKEW)"
         )
+    ahead = time - now
     if -ahead > max_event_age:
         return (
             f"time: {time.isoformat()} is {_span(-ahead)} old at {now.isoformat()}; the live topic takes"

@@ -85,8 +85,10 @@ class Settings(BaseSettings):
         description="Folder of the event-log archive (`incidents db archive`); `replay` and `report` "
         "read its files before the database.",
     )
-    incidents_batch_max: int = Field(500, description="Most input messages processed in one transaction.")
-    incidents_batch_timeout_ms: int = Field(50, description="Longest wait to fill a batch.")
+    incidents_batch_max: int = Field(
+        500, ge=1, description="Most input messages processed in one transaction."
+    )
+    incidents_batch_timeout_ms: int = Field(50, ge=1, description="Longest wait to fill a batch.")
     incidents_max_message_bytes: int = Field(
         1_048_576, description="Input messages larger than this are dead-lettered."
     )

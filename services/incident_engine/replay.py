@@ -2,11 +2,12 @@
 
 Each logged event is applied with `now` = the moment the engine processed it (`processed_at`).
 Between events, time passes in one of two ways:
-- exact (the default): timers fire at the moments the engine recorded in `timer_firings`, so the
-  result is what the live engine had, outputs included;
-- on time (`on_time_until`): every timer fires at its own due moment, as an engine that is never
-  late would have done. A what-if uses it on both sides of its comparison, so the difference it
-  shows comes from the policies alone, never from when the live engine happened to run.
+- exact (the default): timers fire as the engine recorded in `timer_firings` (when, and under which
+  horizons), so the result is what the live engine had, outputs included;
+- on time (`on_time_until`): every timer fires at its own due moment, before each event only what
+  was due before the event's own time (as `simulate` does), as an engine that is never late would
+  have done. A what-if uses it on both sides of its comparison, so the difference it shows comes
+  from the policies alone, never from when the live engine happened to read the events.
 """
 
 from __future__ import annotations
@@ -94,10 +95,14 @@ def replay_incident(
         moment = step[0]
         if as_of is not None and moment > as_of:
             break
+        event = parse_logged(step[1])
         if plan is not None:
             assert incident is not None  # the two are set together
             if on_time:
-                _fire_on_time(plan, incident, moment, outputs, fired, strict=True)
+                # Event time, as the engine decides: what was due before the event happened (never
+                # before the previous one, never after the engine read it), not when it was read.
+                at = min(max(event.time, incident.last_event_at), moment)
+                _fire_on_time(plan, incident, at, outputs, fired, strict=True)
             else:
                 while done < pending and fired_at(firings[done]) < moment:
                     _fire(plan, incident, firings[done], outputs, fired)
@@ -105,7 +110,6 @@ def replay_incident(
         else:
             while done < pending and fired_at(firings[done]) < moment:
                 done += 1  # a firing before the report cannot concern this incident
-        event = parse_logged(step[1])
         if policy_override is not None and event.type == INCIDENT_REPORTED:
             event = pin_policy(event, policy_override)
         result, _ = apply(incident, event, moment, None, outputs, fired)

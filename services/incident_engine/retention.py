@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -64,14 +64,25 @@ def _month_after(moment: datetime) -> datetime:
     return datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
 
 
-async def archive_before(dsn: str, folder: Path, before: datetime, now: datetime) -> list[Archived]:
+async def archive_before(
+    dsn: str, folder: Path, before: datetime, now: datetime, live_horizon: timedelta = timedelta(0)
+) -> list[Archived]:
     """Archive every month before `before` that holds incidents; refuse (archiving nothing) when one
-    of them is open. Months are taken oldest first, one transaction each."""
+    of them is open, or still within `live_horizon` (how old an event the live topic takes: a
+    report redelivered then would no longer be known as a duplicate, and would open the incident
+    again). Months are taken oldest first, one transaction each."""
     current = datetime(now.year, now.month, 1, tzinfo=UTC)
     if before > current:
         raise ArchiveRefused(
             f"--before {before:%Y-%m} would take the current month {current:%Y-%m}, which is still open;"
             f" the latest is --before {current:%Y-%m}"
+        )
+    if before > now - live_horizon:
+        latest = now - live_horizon
+        raise ArchiveRefused(
+            f"--before {before:%Y-%m} would take events the live topic still accepts (up to"
+            f" {latest:%Y-%m-%d}, INCIDENTS_MAX_EVENT_AGE + INCIDENTS_MAX_CLOCK_SKEW): a report"
+            f" redelivered now would open its incident again; the latest is --before {latest:%Y-%m}"
         )
     conn = await asyncpg.connect(dsn)
     try:
@@ -200,7 +211,8 @@ def archive_command(
         raise typer.BadParameter("give --to DIR or set INCIDENTS_ARCHIVE_DIR", param_hint="--to")
     dsn = settings.database_url.get_secret_value()
     try:
-        done = asyncio.run(archive_before(dsn, folder, start, datetime.now(UTC)))
+        horizon = settings.incidents_max_event_age + settings.incidents_max_clock_skew
+        done = asyncio.run(archive_before(dsn, folder, start, datetime.now(UTC), horizon))
     except (ArchiveRefused, ArchiveError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -157,14 +157,15 @@ def backlog(prefix: str, rng: random.Random, start: datetime, count: int) -> lis
 
 
 def slow_commits(service: EngineService, rng: random.Random, most: float) -> None:
-    """Make the engine lag: each batch waits a random pause before it commits."""
+    """Make the engine lag: each batch's commit takes a random pause longer (after it started, as a
+    slow database would: its rows are taken when it starts)."""
     assert service.loop is not None
     processor = service.loop.processor
     commit: Callable[[Any], Awaitable[None]] = processor.commit
 
     async def slowly(result: Any) -> None:
-        await asyncio.sleep(rng.uniform(0, most))
         await commit(result)
+        await asyncio.sleep(rng.uniform(0, most))
 
     processor.commit = slowly  # type: ignore[method-assign]
 

@@ -70,3 +70,14 @@ def test_unreadable_archives_say_which_file(tmp_path: Path) -> None:
     (tmp_path / "event-log-2025-01.jsonl.gz").write_bytes(gzip.compress(b'{"kind": "other"}\n'))
     with pytest.raises(ArchiveError, match="not an event-log archive"):
         list(read_archive(tmp_path))
+
+
+async def test_archive_refuses_months_the_live_topic_still_accepts(tmp_path: Path) -> None:
+    """A month within INCIDENTS_MAX_EVENT_AGE (+ skew) of now stays: a report redelivered from it would
+    no longer be known, and would open its incident again. Refused before anything is read."""
+    from incident_engine.retention import ArchiveRefused, archive_before
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    with pytest.raises(ArchiveRefused, match="the latest is --before 2026-10"):
+        nowhere, november = "postgresql://nobody@127.0.0.1:1/none", datetime(2026, 11, 1, tzinfo=UTC)
+        await archive_before(nowhere, tmp_path, november, now, timedelta(days=30, minutes=5))

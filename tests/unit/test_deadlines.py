@@ -182,3 +182,39 @@ def test_replay_with_recorded_horizons_is_exact_and_counts_the_retracted_breach_
         ("ack", "warning"),
         ("restore", "warning"),
     ]
+
+
+def test_an_event_stamped_ahead_of_the_engine_clock_is_applied_as_of_the_clock() -> None:
+    """Within the skew an event may be stamped a few minutes ahead; time passes no faster for it: it
+    fires nothing due after `now`, and its clocks start (or stop) at `now`."""
+    sla = domain()
+    t = utc("2026-03-02T10:00:00Z")
+    report = event("reported", t, severity="critical", region="uk", summary="s")
+    incident = sla.handle(None, report, t).incident
+    assert incident is not None
+    now = t + 28 * M
+    decision = sla.handle(incident, event("updated", t + 32 * M, note="fast clock"), now)
+    due = [o for o in decision.outputs if o.type in ("incident.sla.breached", "incident.failover.required")]
+    assert all(o.data["due_at"] < now for o in due)  # the ack breach (due 15 min), not the restore one
+    assert incident.last_event_at == now
+    ahead = sla.handle(
+        None, event("reported", t + 3 * M, "INC-2", severity="low", region="uk", summary="s"), t
+    )
+    assert ahead.incident is not None and ahead.incident.reported_at == t
+
+
+def test_what_if_on_a_backlog_read_late_uses_event_time() -> None:
+    """What-if's on-time replay fires what was due before each event's own time, not before the moment
+    the engine read it: the issue's backlog (read two hours late) gives simulate's one warning."""
+    t = utc("2026-12-05T03:00:00Z")
+    lines = [
+        wire("reported", t, severity="critical", region="us", summary="s"),
+        wire("acknowledged", t + 5 * M),
+        wire("restored", t + 20 * M),
+    ]
+    read = t + 120 * M
+    steps = [(read + i * timedelta(seconds=1), line) for i, line in enumerate(lines)]
+    fired: list = []
+    replay_incident(domain(), steps, on_time_until=read + 60 * M, fired=fired)
+    assert [(f.clock, f.kind, f.threshold) for f in fired] == [("restore", "warning", 0.5)]
+    assert sla_events(simulate(lines, read)) == [("warning", "restore", 0.5, t + 15 * M)]

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import IllegalStateError
 from asyncpg.exceptions._base import DataError as ArgumentError
 
 from incident_contracts import TOPIC_EVENTS
@@ -317,3 +318,50 @@ async def test_bisect_finds_every_culprit_and_keeps_order() -> None:
 
     with pytest.raises(ConnectionResetError):
         await bisect([1, 2], unreachable, quarantine)
+
+
+async def test_marking_for_isolation_survives_a_partition_revoked_meanwhile() -> None:
+    """A rebalance while the loop marks what it fetched: the partition no longer assigned is skipped
+    (aiokafka refuses to say anything of it), the loop does not die."""
+    h = Harness({0: [ev("reported", "R0", T0, severity="critical", region="uk")],
+                 1: [ev("reported", "R1", T0, severity="critical", region="uk")]})  # fmt: skip
+    await h.assign()
+
+    async def position(tp: TopicPartition) -> int:
+        if tp.partition == 1:
+            raise IllegalStateError("Partition is not assigned")
+        return 1
+
+    def highwater(tp: TopicPartition) -> int:
+        assert tp.partition != 1, "Partition is not assigned"
+        return 1
+
+    h.consumer.position = position  # type: ignore[method-assign]
+    h.consumer.highwater = highwater  # type: ignore[method-assign]
+    await h.loop.isolation.suspect_fetched()
+    assert h.loop.isolation.suspects == {0: 1}
+
+
+async def test_a_conflict_that_does_not_clear_is_retried_with_backoff() -> None:
+    """Stored offsets ahead of a truncated log (or a replica that keeps claiming): every batch is
+    fenced off. The loop re-reads once at once, then backs off, instead of spinning."""
+    h = Harness({0: [ev("reported", "C", T0, severity="critical", region="uk")]})
+    await h.assign()
+    h.store.commit_failures = [OffsetConflict("incidents.events[0] moved on")] * 1000
+    with pytest.raises(AssertionError):
+        await h.run_until(lambda: False, timeout=1.5)
+    assert 2 <= h.store.commits <= 8  # 1 at once, then 0.2 + 0.4 + 0.8 s of backoff (was: thousands)
+
+
+async def test_a_dropped_timer_comes_back_when_a_new_event_changes_its_incident() -> None:
+    h = Harness({0: [ev("reported", "D", T0, severity="critical", region="uk")]})
+    await h.assign()
+    await h.run_until(lambda: h.offset(0) == 1)
+    h.loop.isolation.dropped_timers["D"] = 0  # its firing failed once
+    h.consumer.log[0].append(
+        Record(1, orjson.dumps(ev("acknowledged", "D", T0 + timedelta(minutes=1))), b"D")
+    )
+    await h.run_until(lambda: h.offset(0) == 2)
+    assert "D" not in h.loop.isolation.dropped_timers
+    await h.loop._reset()  # a reset reloads its (restore) timer from its row
+    assert "D" in {i for i, _ in h.loop.timers.pop_due({0: (T0 + timedelta(days=1)).timestamp()})}

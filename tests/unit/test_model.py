@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from incident_contracts import parse_event
 from incident_engine.domain import Incident, OutputEvent
-from tests.unit.sla_helpers import domain, event, utc
+from tests.unit.sla_helpers import domain, event, utc, wire
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +98,20 @@ def test_copy_is_independent() -> None:
     domain().handle(incident, event("acknowledged", at), at)
     assert snapshot.state == "reported" and incident.state == "acknowledged"
     assert snapshot.next_due is not None
+
+
+def test_two_channels_refused_alike_get_two_dead_letters() -> None:
+    """Dead-letter ids derive from the event's identity, (source, id): two channels that both number
+    their events from 1 and are refused for the same reason are two outputs, not one id."""
+    sla = domain()
+    t, minute = utc("2026-03-02T10:00:00Z"), timedelta(minutes=1)
+    incident = sla.handle(None, event("reported", t, severity="low", region="uk", summary="s"), t).incident
+    assert incident is not None
+    sla.handle(incident, event("restored", t + minute), t + minute)
+    ids = set()
+    for source in ("/channels/phone/au", "/channels/email"):
+        raw = wire("acknowledged", t + 2 * minute, event_id="5").replace(b"/channels/email", source.encode())
+        (out,) = sla.handle(incident, parse_event(raw), t + 2 * minute).outputs
+        assert out.data["reason"] == "invalid_transition"
+        ids.add(out.id)
+    assert len(ids) == 2

@@ -448,3 +448,23 @@ async def test_transitions_caused_by_the_same_id_from_two_sources_have_distinct_
                                                                   ("restored", "5")]  # fmt: skip
     assert len({o.id for o in changes}) == 3  # downstream deduplicates on the id: none may be lost
     assert changes[0].id == stable_id("S/state/1")  # a creation keeps its id
+
+
+async def test_an_event_far_ahead_of_when_kafka_took_it_is_refused(
+    processor: BatchProcessor, store: MemoryStore
+) -> None:
+    """Read from a backlog two hours late, an event stamped two hours after Kafka took it (its
+    sender's clock is fast) is judged against the moment Kafka took it, not the engine's clock: a
+    `schema` dead letter, so it cannot move its partition's SLA time past the events behind it."""
+    feed = Feed()
+    now = T0 + timedelta(hours=2)
+    record = feed(ev("reported", "FAST", now, severity="critical", region="uk"))
+    record.timestamp = int(T0.timestamp() * 1000)  # type: ignore[attr-defined]  # appended at T0
+    result = await processor.process([record], [], now)
+    (dead,) = [o for o in result.outputs if o.type == "incident.rejected"]
+    assert dead.data["reason"] == "schema"
+    assert "ahead of the moment Kafka took it" in dead.data["detail"]
+    assert result.write.events == []
+    on_time = feed(ev("reported", "SLOW", T0 + timedelta(minutes=1), severity="critical", region="uk"))
+    on_time.timestamp = int(T0.timestamp() * 1000)  # type: ignore[attr-defined]
+    assert [e.incident_id for e in (await processor.process([on_time], [], now)).write.events] == ["SLOW"]

@@ -198,3 +198,38 @@ def test_timer_heap_pops_each_partition_under_its_own_watermark() -> None:
     assert heap.pop_due({0: (NOW + S).timestamp(), 1: (NOW + 3 * M).timestamp()}) == [("c", 1)]
     heap.drop_partitions([0])
     assert len(heap) == 0
+
+
+async def test_an_event_stamped_ahead_of_the_clock_fires_nothing_before_its_due_moment() -> None:
+    """An `incident.updated` stamped 4 minutes ahead (within the skew) is applied as of the engine's
+    clock: the restore breach and failover order due 3 minutes from now are not sent now, and a
+    restoration read a minute later cancels them."""
+    clock = Clock(NOW)
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(
+        0,
+        ev("reported", "F", NOW - 27 * M, severity="critical", region="uk"),
+        ev("updated", "F", NOW + 4 * M, note="the channel's clock is fast"),
+    )
+    loop, _ = await engine(consumer, [0], clock)
+    early = await run_steps(loop, 3)
+    assert [k for k in kinds(early) if k[0] != "warning"] == [("breached", "ack", None)]  # due at -12 min
+    clock.now = NOW + M
+    consumer.publish(0, ev("restored", "F", NOW + M))
+    clock.now = NOW + 10 * M
+    later = await run_steps(loop, 4)
+    assert [k for k in kinds(later) if k[0] != "warning"] == []  # restored at +1 min: met
+
+
+async def test_a_caught_up_partition_waits_for_its_next_fetch_response() -> None:
+    """Caught up means: all the broker had when it answered the last fetch has been read. A timer due
+    after that answer waits for the next one (an event sent a moment before it may be in it)."""
+    clock = Clock(NOW)
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, ev("reported", "W", NOW - 7 * M - 31 * S, severity="critical", region="uk"))
+    answered = int((NOW - 2 * S).timestamp() * 1000)
+    consumer.last_poll_timestamp = lambda tp: answered  # type: ignore[method-assign]
+    loop, _ = await engine(consumer, [0], clock)
+    assert kinds(await run_steps(loop, 3)) == []  # the 50 % warning is due at NOW - 1 s
+    answered = int((NOW + S).timestamp() * 1000)
+    assert kinds(await run_steps(loop, 2)) == [("warning", "ack", 0.5)]

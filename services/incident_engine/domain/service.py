@@ -90,6 +90,8 @@ class SlaDomain:
         if at.tzinfo is not UTC:
             at = at.astimezone(UTC)
         stamped = at  # when it happened: what a retraction is judged on
+        if at > now:
+            at = now  # stamped ahead of the engine's clock (within the skew): time passes no faster
         if at < incident.last_event_at:
             at = incident.last_event_at  # a late event never moves a clock back
         plan = incident.plan
@@ -179,6 +181,8 @@ class SlaDomain:
         at = event.time
         if at.tzinfo is not UTC:
             at = at.astimezone(UTC)
+        if at > now:
+            at = now  # stamped ahead of the engine's clock (within the skew): clocks start now
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
         if outputs is not None:
             outputs.append(state_changed(incident, None, event.id, now))
@@ -224,7 +228,10 @@ class SlaDomain:
         if detail is None:
             detail = f"no incident {event.subject!r} has been reported"
         original = raw if raw is not None else event.model_dump_json(by_alias=True, exclude_unset=True)
-        return rejected(reason, detail, original, now, subject=event.subject, origin=event.id)
+        # The origin is the event's CloudEvents identity, (source, id): two channels' event "5"
+        # refused alike are two dead letters, not one id that downstream deduplicates away.
+        origin = f"{event.source} {event.id}"
+        return rejected(reason, detail, original, now, subject=event.subject, origin=origin)
 
 
 def _breached_in_time(incident: Incident, stamped: datetime) -> list[tuple[str, ClockState]]:

@@ -104,6 +104,10 @@ async def ensure_topics(settings: Settings) -> None:
         wanted = [t for t in (TOPIC_EVENTS, *OUTPUT_TOPICS) if t not in existing]
         for topic in wanted:
             config = {"max.message.bytes": str(sizes[topic])}
+            if topic == TOPIC_EVENTS:
+                # Record timestamps by the broker: when an event was taken, whatever its sender's
+                # clock says (the engine judges how far ahead an event's `time` is against it).
+                config["message.timestamp.type"] = "LogAppendTime"
             new = NewTopic(topic, settings.incidents_topic_partitions, 1, topic_configs=config)
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([new])
@@ -212,6 +216,8 @@ class EngineService:
             asyncio.create_task(self.relay.run(), name="outbox-relay"),
             asyncio.create_task(self._sample_gauges(), name="gauges"),
         ]
+        for task in self.tasks:
+            task.add_done_callback(self._task_ended)
         self.started = True
         log.info("engine started: group %s on %s", s.incidents_consumer_group, s.kafka_bootstrap_servers)
 
@@ -344,10 +350,22 @@ class EngineService:
             return None
         return self.domain.policies.get(incident.policy).calendar(incident.severity, incident.region)
 
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A task of the engine that ends while it runs is a dead replica: say so (liveness fails)."""
+        if task.cancelled() or not self.started:
+            return
+        log.critical("engine task %s ended (%r): this replica processes nothing; restart it",
+                     task.get_name(), task.exception())  # fmt: skip
+
+    def alive(self) -> bool:
+        """False once a task of a started engine has ended (the loop, the relay): restart the process."""
+        return not (self.started and any(task.done() for task in self.tasks))
+
     def ready(self) -> dict[str, Any]:
-        """Readiness without I/O: started, partitions assigned and their timers loaded."""
+        """Readiness without I/O: started, alive, partitions assigned and their timers loaded."""
         loop_ready = self.loop is not None and self.loop.ready.is_set()
-        return {"ready": bool(self.started and loop_ready), **(self.loop.status() if self.loop else {})}
+        ready = self.started and loop_ready and self.alive()
+        return {"ready": bool(ready), **(self.loop.status() if self.loop else {})}
 
     async def readiness(self) -> dict[str, Any]:
         """`ready` plus Postgres answering a query and Kafka answering the lag probe lately."""
@@ -363,6 +381,7 @@ class EngineService:
 
     async def stop(self) -> None:
         """Finish the batch in flight, flush the outbox, leave the group, close connections."""
+        self.started = False  # not ready from now on; the tasks ending now is no failure
         if self.loop is not None:
             self.loop.stop()
         if self.tasks:

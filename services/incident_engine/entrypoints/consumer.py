@@ -87,6 +87,9 @@ class EngineLoop:
         for partition in gone:  # a later assignment claims them anew
             self.processor.epochs.pop(partition, None)
         self.timers.drop_partitions(gone)
+        dropped = self.isolation.dropped_timers
+        for incident_id in [i for i, p in dropped.items() if p in gone]:  # their new owner tries again
+            del dropped[incident_id]
         self.processor.cache.forget()
         self.processor.armed_traces.clear()  # reloaded with the timers of the partitions taken next
         if not self.assigned:
@@ -198,30 +201,47 @@ class EngineLoop:
         elif self.assigned and not self._take_failed:
             self.ready.set()
         backoff = 0.2
+        conflicts = 0  # batches fenced off in a row
         while not self._stopping:
             isolating = self.isolation.active
+            committed = self.batches
             try:
                 if self._needs_reset:
                     await self._reset()
                 if self.isolation.active:
-                    progressed = await self.isolation.step()
+                    await self.isolation.step()
                 else:
-                    progressed = await self.step() is not None
-                if progressed:
-                    backoff = 0.2
+                    await self.step()
+                if self.batches > committed:  # a batch committed (a decided one may still fail)
+                    backoff, conflicts = 0.2, 0
             except asyncio.CancelledError:
                 raise
             except OffsetConflict as exc:
-                log.warning("batch fenced off (%s); re-reading the partitions' offsets", exc)
+                # Once is a rebalance (re-read at once); again and again is not (stored offsets
+                # ahead of a truncated log, a replica that keeps claiming): back off, and say so.
+                conflicts += 1
                 self._needs_reset = True
+                if conflicts == 1:
+                    log.warning("batch fenced off (%s); re-reading the partitions' offsets", exc)
+                    continue
+                log_at = log.error if conflicts % 50 == 0 else log.warning
+                log_at(
+                    "batch fenced off %d times in a row (%s); re-reading in %.1fs", conflicts, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
             except Exception as exc:
                 if not isolating and not self._needs_reset and not is_infrastructure(exc):
                     # The input is at fault, not Postgres or Kafka: retrying the same batch would
                     # fail forever. Redo it from the stored offsets one piece at a time instead.
                     log.warning("batch failed on its input (%s); isolating the culprit", describe(exc))
-                    await self.isolation.suspect_fetched()
                     self._needs_reset = True
-                    continue
+                    try:
+                        await self.isolation.suspect_fetched()
+                    except Exception as marking:  # e.g. a rebalance under way: retried as below
+                        log.warning("could not mark the fetched input for isolation: %r", marking)
+                    else:
+                        continue
                 log.warning("batch failed, retrying from the stored offsets in %.1fs: %r", backoff, exc)
                 self._needs_reset = True
                 await asyncio.sleep(backoff)
@@ -282,6 +302,9 @@ class EngineLoop:
             if self.before_commit is not None:
                 self.before_commit(result)
             self._inflight = asyncio.create_task(self._commit(result, started))
+            # Let the commit start now: the store takes its rows from the (cached, shared) incidents
+            # before its first await, and the next batch changes those incidents in place.
+            await asyncio.sleep(0)
             return result
 
     def note_read(self, records: Sequence[InputRecord]) -> None:
@@ -344,6 +367,10 @@ class EngineLoop:
 
     async def _commit(self, result: BatchResult, started: float) -> BatchResult:
         await self.processor.commit(result)
+        dropped = self.isolation.dropped_timers
+        if dropped:  # an incident changed by a new event has new timers: they load again on a reset
+            for event in result.write.events:
+                dropped.pop(event.incident_id, None)
         for incident_id, (partition, next_due) in result.next_due.items():
             if partition in self.assigned:
                 self.timers.arm(incident_id, partition, next_due)

@@ -40,7 +40,10 @@ def create_http_app(service: EngineService) -> Starlette:
         summary: Liveness
         responses:
           200: {description: The process runs, content: {application/json: {example: {status: ok}}}}
+          503: {description: A task of the engine ended (restart the process), content: {application/json: {example: {status: dead}}}}
         """
+        if not service.alive():
+            return JSONResponse({"status": "dead"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> JSONResponse:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from asyncpg.exceptions._base import DataError as ArgumentError
 
 from incident_contracts import TOPIC_EVENTS
@@ -118,7 +118,9 @@ class Isolation:
         self.loop = loop
         self.suspects: dict[int, int] = {}  # partition -> offset up to which input is isolated
         self.timers_suspect = False  # the due timers of the next round are isolated too
-        self.dropped_timers: set[str] = set()  # incidents whose timer firing fails: never re-armed
+        # Incident -> partition, for incidents whose timer firing fails: not re-armed from their rows
+        # on a reset, until a new event changes the incident (or the partition moves)
+        self.dropped_timers: dict[str, int] = {}
         self.on_timer_dropped = on_timer_dropped
 
     @property
@@ -133,8 +135,13 @@ class Isolation:
         self.timers_suspect = True  # a due timer may be the culprit as well
         for partition in sorted(self.loop.assigned):
             end = await self._position(partition)
+            if partition not in self.loop.assigned:
+                continue  # revoked while we waited (a rebalance): its new owner starts afresh
             if end is None:
-                end = consumer.highwater(TopicPartition(TOPIC_EVENTS, partition))
+                try:
+                    end = consumer.highwater(TopicPartition(TOPIC_EVENTS, partition))
+                except (AssertionError, IllegalStateError):  # no longer assigned to the consumer
+                    continue
             if end is not None:
                 self.suspects[partition] = max(end, self.suspects.get(partition, 0))
 
@@ -200,7 +207,7 @@ class Isolation:
             log.error("SLA timer of incident %s (partition %d) cannot fire (%s); dropped from the heap",
                       item.incident_id, item.partition, describe(exc),
                       extra={"incident_id": item.incident_id, "partition": item.partition})  # fmt: skip
-            self.dropped_timers.add(item.incident_id)
+            self.dropped_timers[item.incident_id] = item.partition
             if self.on_timer_dropped is not None:
                 self.on_timer_dropped(item.incident_id)
             return

@@ -31,7 +31,6 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 # A validated input event: the pydantic model, or (the common shape, decoded ~5x cheaper) msgspec's.
 Event = CloudEvent | FastEvent
 _YIELD_EVERY = 32  # records decided between two turns of the event loop
-_ORIGINAL_LIMIT = 64 * 1024  # bytes of an oversized message quoted in its dead letter
 # W3C trace context (https://www.w3.org/TR/trace-context/): anything else starts a new root trace.
 _IDS = rb"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
 _TRACEPARENT = re.compile(  # version 00 exactly; a later version may append fields
@@ -288,7 +287,9 @@ class BatchProcessor:
                 event = parse_event(raw, headers)
         except InputError as exc:
             return reject_input(exc, raw, now, key=record.key, origin=_origin(record))
-        late_or_early = check_event_time(event.time, now, self.max_clock_skew, self.max_event_age)
+        stamp = getattr(record, "timestamp", None)  # ms; the broker's on the engine's input topic
+        sent = datetime.fromtimestamp(stamp / 1000, UTC) if isinstance(stamp, int) and stamp > 0 else None
+        late_or_early = check_event_time(event.time, now, self.max_clock_skew, self.max_event_age, sent)
         if late_or_early is not None:
             # Decided before anything reaches Postgres or the calendar maths, on both decoders' events.
             error = SchemaError(late_or_early, event_id=event.id, subject=event.subject)
@@ -301,7 +302,7 @@ class BatchProcessor:
                 event_id=event.id,
                 subject=event.subject,
             )
-            return reject_input(error, raw, now, key=record.key, origin=event.id)
+            return reject_input(error, raw, now, key=record.key, origin=f"{event.source} {event.id}")
         return event
 
     def _apply_event(
