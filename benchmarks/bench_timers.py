@@ -7,8 +7,10 @@
 2. The engine (`incidents serve`, a child process) loads them; then `--rate` input events/s of new
    incidents (reported, acknowledged, updated, restored, all severities) stream in for `--duration` s.
 3. Every warning/breach/failover of a seeded incident due in the streaming window is read back from
-   incidents.breaches: lateness = its `time` (the firing moment) - its `due_at`; `delivered` is the
-   Kafka timestamp (when the relay sent it) - `due_at`. Target: p99 firing lateness <= 50 ms.
+   incidents.breaches: lateness = its `time` (the firing moment) - the moment it may fire (its
+   `due_at`; plus INCIDENTS_BREACH_GRACE_MS for a breach or failover order, which wait that long for
+   evidence in flight); `delivered` is the Kafka timestamp (when the relay sent it) - that moment.
+   Target: p99 firing lateness <= 50 ms.
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
 """
 
@@ -40,7 +42,10 @@ from bench_common import (
 )
 from devstack.stack import fresh_database, start_kafka, start_postgres
 from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS
+from incident_engine.config import Settings
 from timer_seed import seed
+
+GRACE = Settings().incidents_breach_grace_ms / 1000  # what the engine this benchmark spawns uses
 
 STEPS = (
     ("incident.reported", None),
@@ -99,6 +104,8 @@ async def collect(
                     continue
                 out = orjson.loads(r.value)
                 due = datetime.fromisoformat(out["data"]["due_at"]).timestamp()
+                if out["type"] != "incident.sla.warning":
+                    due += GRACE  # held for evidence in flight on purpose: not late
                 fired = datetime.fromisoformat(out["time"]).timestamp()
                 into.append((due, fired, r.timestamp / 1000))
 

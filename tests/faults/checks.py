@@ -26,24 +26,36 @@ def sized(small: int, full: int) -> int:
 
 
 def script(prefix: str, incidents: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Critical incidents reported an hour ago (ack and restore breaches and the failover order are all
-    overdue on arrival), half acknowledged now; all restored in the second wave."""
+    """Critical incidents of two kinds, so that a check sees missing breaches and false ones alike:
+    even ones reported an hour ago (ack and restore breaches and the failover order all overdue on
+    arrival), every other one of them acknowledged now; odd ones reported two minutes ago and
+    acknowledged a minute later, in time (no breach may come). All restored in the second wave."""
     first, second = [], []
     for i in range(incidents):
         incident = f"{prefix}{i:05d}"
         region = random.choice(["au", "us", "uk"])
-        first.append(event("reported", incident, ago(hours=1), severity="critical", region=region))
         if i % 2 == 0:
-            first.append(event("acknowledged", incident))
+            first.append(event("reported", incident, ago(hours=1), severity="critical", region=region))
+            if i % 4 == 0:
+                first.append(event("acknowledged", incident))
+        else:
+            first.append(event("reported", incident, ago(minutes=2), severity="critical", region=region))
+            first.append(event("acknowledged", incident, ago(minutes=1)))
         second.append(event("restored", incident))
     return first, second
 
 
+def overdue(incidents: int) -> int:
+    """How many incidents of `script` breach (and order a failover)."""
+    return (incidents + 1) // 2
+
+
 def expected_breaches(prefix: str, incidents: int) -> set[tuple[str, str, str]]:
-    """(subject, type, clock) of every breach and failover order the script makes due."""
+    """(subject, type, clock) of every breach and failover order the script makes due: those of the
+    incidents reported an hour ago, none of those handled in time."""
     return {
         (f"{prefix}{i:05d}", kind, clock)
-        for i in range(incidents)
+        for i in range(0, incidents, 2)
         for kind, clock in (("incident.sla.breached", "ack"), ("incident.sla.breached", "restore"),
                             ("incident.failover.required", ""))
     }  # fmt: skip
@@ -106,14 +118,19 @@ def check_outputs(outputs: list[dict[str, Any]], *, strict: bool = False) -> int
 
 
 def check_breaches(outputs: list[dict[str, Any]], expected: set[tuple[str, str, str]]) -> None:
-    """Every due breach and failover order emitted, each under one id."""
+    """Every due breach and failover order emitted, each under one id, and no other: a false or
+    premature breach (of an incident handled in time) fails the check as a missing one does."""
     ids: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for out in outputs:
         if out["type"] in ("incident.sla.breached", "incident.failover.required"):
             ids[(out["subject"], out["type"], out["data"].get("clock", ""))].add(out["id"])
     missing = expected - set(ids)
     assert not missing, f"{len(missing)} due breaches never emitted, e.g. {sorted(missing)[:3]}"
+    false = set(ids) - expected
+    assert not false, f"{len(false)} breaches that were not due, e.g. {sorted(false)[:3]}"
     assert all(len(v) == 1 for v in ids.values())
+    retracted = [o for o in outputs if o["type"] == "incident.sla.retracted"]
+    assert not retracted, f"{len(retracted)} retractions: breaches were sent before their evidence was read"
 
 
 def check_transitions(outputs: list[dict[str, Any]], accepted: list[dict[str, Any]]) -> None:
