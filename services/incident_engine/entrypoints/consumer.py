@@ -21,7 +21,7 @@ from incident_engine.entrypoints.timers import TimerHeap
 
 log = logging.getLogger(__name__)
 # The consumer's fetch long poll: how stale a caught-up partition's watermark can be when it is idle.
-FETCH_WAIT_MS = 100
+FETCH_WAIT_MS = 20
 
 
 class EngineLoop:
@@ -275,8 +275,9 @@ class EngineLoop:
         next_wake = self.timers.next_wake(self.caught_up)  # behind partitions wake with their events
         if next_wake is not None:
             until_wake = int((next_wake - self.clock().timestamp()) * 1000) + 1
-            # past the wall clock but not yet the watermark: the next fetch response moves it
-            wait_ms = min(wait_ms, max(until_wake, FETCH_WAIT_MS // 10))
+            # past the wall clock but not yet the watermark: the next fetch response (within the
+            # long poll) moves it; look again soon rather than spin
+            wait_ms = min(wait_ms, max(until_wake, 2))
         if self._inflight is not None and self._inflight.done():
             await self._finish_inflight()
         fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
