@@ -13,6 +13,7 @@ from aiokafka import TopicPartition
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.memory import MemoryStore
+from incident_engine.adapters.store import TimerRow
 from incident_engine.domain import PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import EngineLoop
 from incident_engine.entrypoints.processor import BatchProcessor
@@ -233,3 +234,26 @@ async def test_a_caught_up_partition_waits_for_its_next_fetch_response() -> None
     assert kinds(await run_steps(loop, 3)) == []  # the 50 % warning is due at NOW - 1 s
     answered = int((NOW + S).timestamp() * 1000)
     assert kinds(await run_steps(loop, 2)) == [("warning", "ack", 0.5)]
+
+
+async def test_a_partition_whose_stored_offset_retention_deleted_still_catches_up() -> None:
+    """Postgres says offset 2, retention moved the log's start to 5 (the consumer resets there and
+    reads nothing): the partition is caught up by the consumer's own position, and its timers fire."""
+    clock = Clock(NOW)
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.log[0] = []
+    consumer.highwater = lambda tp: 5  # type: ignore[method-assign]
+    store_offsets = {("g", TOPIC_EVENTS, 0): 2}
+    loop, store = await engine(consumer, [], clock)
+    store.offsets.update(store_offsets)
+    store.timers["OLD"] = TimerRow("OLD", 0, NOW - M)
+    loop.assigned = {0}
+    await loop._take([0])
+    assert loop.positions[0] == 2
+
+    async def reset_position(tp: TopicPartition) -> int:
+        return 5  # where auto_offset_reset=earliest put it
+
+    consumer.position = reset_position  # type: ignore[method-assign]
+    await run_steps(loop, 1)
+    assert 0 in loop.caught_up and loop.watermarks(NOW) == {0: NOW}

@@ -95,37 +95,6 @@ def stop_clock(incident: Incident, name: str, clock: ClockState, at: datetime) -
             return
 
 
-def fire_timers(
-    incident: Incident,
-    until: datetime,
-    now: datetime,
-    outputs: list[OutputEvent],
-    specs: dict[str, ClockSpec],
-    calendar: Calendar,
-    breach_until: datetime | None = None,
-) -> None:
-    """Fire, in order, every timer due at or before `until` (successors included), emitting at `now`.
-
-    Breaches and failover orders only when due by `breach_until` (default `until`), as `ClockPlan.fire`.
-    """
-    timers = incident.timers
-    held = until if breach_until is None else breach_until
-    index = 0
-    while index < len(timers) and timers[index].due_at <= until:
-        if timers[index].kind != WARNING and timers[index].due_at > held:
-            index += 1
-            continue
-        timer = timers.pop(index)
-        index = 0
-        clock = incident.clocks[timer.clock]
-        if timer.kind == BREACH:
-            clock.status = BREACHED
-        outputs.append(timer_fired(incident, timer, now))
-        successor = next_timer(timer, clock, specs[timer.clock], calendar)
-        if successor is not None:
-            insort(timers, successor)
-
-
 def next_timer(timer: Timer, clock: ClockState, spec: ClockSpec, calendar: Calendar) -> Timer | None:
     """The timer of the same clock cycle that follows `timer`: next threshold, breach, failover, or none."""
     kind = timer.kind
@@ -149,7 +118,7 @@ Action = tuple[str, ClockSpec, bool, bool, bool]
 class ClockPlan:
     """The clocks of one (policy, severity, region), prepared once for the hot path.
 
-    `apply` and `fire` do what `apply_trigger` and `fire_timers` do, with per trigger only the clocks it
+    `apply` does what `apply_trigger` does and `fire` fires timers, with per trigger only the clocks it
     can start, stop or restart, each clock's first and next timers looked up rather than searched,
     and 24x7 time added directly.
     """
@@ -228,7 +197,7 @@ class ClockPlan:
         fired: list[Timer] | None = None,
         breach_until: datetime | None = None,
     ) -> None:
-        """`fire_timers`: fire every timer due by `until` (successors included), emitting at `now`.
+        """Fire every timer due by `until` (successors included), emitting at `now`.
 
         Breaches and failover orders fire only when due by `breach_until` (default `until`): the
         live engine holds them for a grace after their due moment, so that evidence in flight can

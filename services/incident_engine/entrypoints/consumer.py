@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -284,7 +285,7 @@ class EngineLoop:
         records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
         async with self._batch_lock:
             records = [r for r in records if r.partition in self.assigned]
-            self.note_read(records)
+            await self.note_read(records)
             now = self.clock()
             watermarks = self.watermarks(now)
             due = self.pop_due(watermarks)
@@ -308,11 +309,11 @@ class EngineLoop:
             await asyncio.sleep(0)
             return result
 
-    def note_read(self, records: Sequence[InputRecord]) -> None:
+    async def note_read(self, records: Sequence[InputRecord]) -> None:
         """Positions after the records fetched, and which partitions are caught up now."""
         for record in records:
             self.positions[record.partition] = record.offset + 1
-        self._note_caught_up()
+        await self._note_caught_up({record.partition for record in records})
 
     def note_event_times(self, result: BatchResult) -> None:
         """Advance each partition's latest event time with those a decided batch read."""
@@ -339,11 +340,15 @@ class EngineLoop:
                     marks[partition] = min(now, seen - self.allowance)
         return marks
 
-    def _note_caught_up(self) -> None:
-        """Which owned partitions are caught up: position at the high-water mark of the last fetch."""
+    async def _note_caught_up(self, read: set[int]) -> None:
+        """Which owned partitions are caught up: position at the high-water mark of the last fetch.
+
+        The position is the one after the last record read; where nothing was read this time and
+        that looks behind, the consumer's own position is asked (a stored offset below the log's
+        start after retention, an empty log: the consumer moved past records that never came)."""
         consumer = self.consumer
         assert consumer is not None
-        for partition in self.assigned:
+        for partition in list(self.assigned):
             position = self.positions.get(partition)
             tp = TopicPartition(TOPIC_EVENTS, partition)
             try:
@@ -353,6 +358,10 @@ class EngineLoop:
                 highwater = fetched_ms = None
             if fetched_ms is not None:
                 self.fetched_at[partition] = datetime.fromtimestamp(fetched_ms / 1000, UTC)
+            if highwater is not None and partition not in read and (position or 0) < highwater:
+                with contextlib.suppress(TimeoutError, IllegalStateError, AssertionError):
+                    known: int = await asyncio.wait_for(consumer.position(tp), 0.05)  # at once when known
+                    position = self.positions[partition] = known
             caught_up = highwater is not None and position is not None and position >= highwater
             if caught_up:
                 self.caught_up.add(partition)

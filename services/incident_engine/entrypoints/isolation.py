@@ -154,7 +154,7 @@ class Isolation:
         async with loop._batch_lock:
             records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]
                        if r.partition in loop.assigned]  # fmt: skip
-            loop.note_read(records)
+            await loop.note_read(records)
             now = loop.clock()
             watermarks = loop.watermarks(now)
             due = [DueTimer(i, p) for i, p in loop.pop_due(watermarks)]
