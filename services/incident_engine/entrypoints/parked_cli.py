@@ -9,10 +9,14 @@ one Kafka acknowledged; downstream deduplicates on the output id as for any re-s
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import re
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import typer
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from incident_engine.adapters.kafka import kafka_security
@@ -49,8 +53,8 @@ async def resend_parked(settings: Settings, ids: list[int] | None = None) -> dic
     )
     store = PostgresStore(pool)
     outcome: dict[int, str | None] = {}
-    await producer.start()
     try:
+        await producer.start()
         for row, _ in await store.parked_outputs():
             if ids and row.id not in ids:
                 continue
@@ -67,10 +71,31 @@ async def resend_parked(settings: Settings, ids: list[int] | None = None) -> dic
     return outcome
 
 
+T = TypeVar("T")
+
+
+def _run(work: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """Run a command's work; what cannot be reached is one line that says where, and exit 2."""
+    try:
+        return asyncio.run(work)
+    except asyncpg.UndefinedTableError as exc:
+        console.print(f"[red]error:[/red] {exc}: run `incidents db migrate` first")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = re.sub(r"//[^@/]*@", "//", settings.database_url.get_secret_value())  # no credentials
+        console.print(f"[red]error:[/red] cannot use PostgreSQL at {where} (DATABASE_URL): {exc}")
+    except KafkaError as exc:
+        console.print(
+            f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap_servers}"
+            f" (KAFKA_BOOTSTRAP_SERVERS): {exc}"
+        )
+    raise typer.Exit(2)
+
+
 @outbox_app.command("parked")
 def parked_command() -> None:
     """List the parked outputs: id, topic, key, output id, size and the broker's error."""
-    rows = asyncio.run(list_parked(Settings().database_url.get_secret_value()))
+    settings = Settings()
+    rows = _run(list_parked(settings.database_url.get_secret_value()), settings)
     for row, error in rows:
         key = row.key.decode(errors="replace") if row.key is not None else "-"
         console.print(f"{row.id}\t{row.topic}\t{key}\t{row.event_id}\t{len(row.payload)} bytes\t{error}")
@@ -83,7 +108,8 @@ def resend_command(
     ids: Annotated[list[int] | None, typer.Argument(help="Parked ids to re-send (default: all).")] = None,
 ) -> None:
     """Re-send parked outputs (after fixing what made Kafka refuse them)."""
-    outcome = asyncio.run(resend_parked(Settings(), ids))
+    settings = Settings()
+    outcome = _run(resend_parked(settings, ids), settings)
     for parked_id, error in outcome.items():
         console.print(f"{parked_id}\t{'sent' if error is None else 'still parked: ' + error}")
     if any(error is not None for error in outcome.values()):
