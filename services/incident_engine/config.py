@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,11 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def without_credentials(dsn: str) -> str:
+    """A DSN fit to print: user and password dropped (`postgresql://u:p@h/db` -> `postgresql://h/db`)."""
+    return re.sub(r"//[^@/]*@", "//", dsn)
 
 
 class Settings(BaseSettings):

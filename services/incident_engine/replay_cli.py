@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from incident_contracts.constants import REGIONS, SEVERITIES
 from incident_engine.adapters.archive_files import ArchiveError
-from incident_engine.config import Settings
+from incident_engine.config import Settings, without_credentials
 from incident_engine.domain import PolicyError, PolicyRegistry, SlaDomain, UnknownPolicyError
 from incident_engine.domain.policy import load_policy
 from incident_engine.reporting.source import EmptyLog, LogScope
@@ -28,6 +28,15 @@ from incident_engine.reporting.source import EmptyLog, LogScope
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 T = TypeVar("T")
+# `--archive`, alike for every command that reads the log
+ArchiveOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--archive",
+        help="Folder of archive files (`incidents db archive`), read before the database"
+        " (default INCIDENTS_ARCHIVE_DIR).",
+    ),
+]
 
 
 class Format(StrEnum):
@@ -117,7 +126,7 @@ def run_db(work: Awaitable[T], dsn: str) -> T:
     except asyncpg.UndefinedTableError as exc:
         err.print(f"[red]error:[/red] {exc}: the database has no event log yet; run `incidents db migrate`")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = re.sub(r"//[^@/]*@", "//", dsn)  # never print credentials
+        where = without_credentials(dsn)
         err.print(f"[red]error:[/red] cannot read the event log at {where}: {exc}")
     raise typer.Exit(1)
 
@@ -158,14 +167,7 @@ def replay_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
     ] = True,
-    archive: Annotated[
-        Path | None,
-        typer.Option(
-            "--archive",
-            help="Folder of archive files (`incidents db archive`), read before the database"
-            " (default INCIDENTS_ARCHIVE_DIR).",
-        ),
-    ] = None,
+    archive: ArchiveOption = None,
 ) -> None:
     """Replay the event log: check the live state (default), state --as-of an instant, or --policy what-if."""
     moment = parse_instant(as_of, "--as-of")
@@ -262,14 +264,7 @@ def report_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
     ] = True,
-    archive: Annotated[
-        Path | None,
-        typer.Option(
-            "--archive",
-            help="Folder of archive files (`incidents db archive`), read before the database"
-            " (default INCIDENTS_ARCHIVE_DIR).",
-        ),
-    ] = None,
+    archive: ArchiveOption = None,
 ) -> None:
     """SLA compliance from the event log: shares within SLA, times to ack/restore, breaches, availability."""
     from incident_engine.reporting.html import render_html

@@ -30,7 +30,7 @@ from incident_engine.adapters.archive_files import (
     write_month,
 )
 from incident_engine.adapters.outbox_codec import decode_messages
-from incident_engine.config import Settings
+from incident_engine.config import Settings, without_credentials
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _ARCHIVE_LOCK = 0x51A_A3C1  # any constant: serializes concurrent archive runs
@@ -220,7 +220,7 @@ def archive_command(
         console.print(f"[red]error:[/red] {exc}: no event log in this database; run `incidents db migrate`")
         raise typer.Exit(1) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = re.sub(r"//[^@/]*@", "//", dsn)  # never print credentials
+        where = without_credentials(dsn)
         console.print(f"[red]error:[/red] archive failed ({where}, folder {folder}): {exc}")
         raise typer.Exit(1) from None
     if not done:

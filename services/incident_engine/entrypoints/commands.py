@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from incident_contracts.errors import InputError
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.telemetry import inject_headers, setup_telemetry
-from incident_engine.config import Settings
+from incident_engine.config import Settings, without_credentials
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
@@ -224,7 +223,7 @@ def replay_command(archive: Path | None = None) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = re.sub(r"//[^@/]*@", "//", dsn)  # never print credentials
+        where = without_credentials(dsn)
         console.print(f"[red]error:[/red] cannot read the event log at {where}: {exc}")
         raise typer.Exit(1) from None
     console.print(f"replayed {events} events of {incidents} incidents")

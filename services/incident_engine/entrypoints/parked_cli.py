@@ -9,7 +9,6 @@ one Kafka acknowledged; downstream deduplicates on the output id as for any re-s
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -22,7 +21,7 @@ from rich.console import Console
 from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
 from incident_engine.adapters.store import OutboxRow
-from incident_engine.config import Settings
+from incident_engine.config import Settings, without_credentials
 from incident_engine.entrypoints.relay import kafka_headers
 
 console = Console(highlight=False, soft_wrap=True)
@@ -81,7 +80,7 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings) -> T:
     except asyncpg.UndefinedTableError as exc:
         console.print(f"[red]error:[/red] {exc}: run `incidents db migrate` first")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = re.sub(r"//[^@/]*@", "//", settings.database_url.get_secret_value())  # no credentials
+        where = without_credentials(settings.database_url.get_secret_value())
         console.print(f"[red]error:[/red] cannot use PostgreSQL at {where} (DATABASE_URL): {exc}")
     except KafkaError as exc:
         console.print(
