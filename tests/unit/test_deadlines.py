@@ -6,15 +6,27 @@ the live engine and replay make; the live engine's own tests are in tests/integr
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
+from incident_engine.domain import Incident, SlaDomain
 from incident_engine.replay import replay_incident
 from tests.unit.sla_helpers import domain, event, local, simulate, sla_events, utc, wire
 
 pytestmark = pytest.mark.unit
 M = timedelta(minutes=1)
+
+
+def reported_critical() -> tuple[SlaDomain, datetime, Incident]:
+    """A domain, a moment and a critical UK incident reported then (24x7: ack 15 min, restore 30)."""
+    sla = domain()
+    t = utc("2026-03-02T10:00:00Z")
+    incident = sla.handle(
+        None, event("reported", t, severity="critical", region="uk", summary="s"), t
+    ).incident
+    assert incident is not None
+    return sla, t, incident
 
 
 def test_the_issue_example_ack_and_restore_exactly_at_their_deadlines_are_met() -> None:
@@ -108,12 +120,7 @@ def test_evidence_read_after_the_breach_retracts_it() -> None:
 
 
 def test_a_retracted_restore_breach_also_retracts_its_failover_order() -> None:
-    sla = domain()
-    t = utc("2026-03-02T10:00:00Z")
-    incident = sla.handle(
-        None, event("reported", t, severity="critical", region="uk", summary="s"), t
-    ).incident
-    assert incident is not None
+    sla, t, incident = reported_critical()
     sla.handle(incident, event("acknowledged", t + 2 * M), t + 2 * M)
     now = t + 31 * M  # the engine fired the restore breach and failover order at 30:00 + grace
     fired = sla.fire_due(incident, now).outputs
@@ -129,12 +136,7 @@ def test_a_retracted_restore_breach_also_retracts_its_failover_order() -> None:
 
 
 def test_evidence_after_the_due_moment_retracts_nothing() -> None:
-    sla = domain()
-    t = utc("2026-03-02T10:00:00Z")
-    incident = sla.handle(
-        None, event("reported", t, severity="critical", region="uk", summary="s"), t
-    ).incident
-    assert incident is not None
+    sla, t, incident = reported_critical()
     sla.fire_due(incident, t + 16 * M)
     decision = sla.handle(incident, event("acknowledged", t + 15 * M + timedelta(seconds=1)), t + 17 * M)
     assert [o.type for o in decision.outputs] == ["incident.state.changed"]
@@ -144,12 +146,7 @@ def test_evidence_after_the_due_moment_retracts_nothing() -> None:
 def test_a_breach_held_by_the_grace_is_cancelled_by_evidence_within_it() -> None:
     """The live engine fires a breach only once its grace has passed (`breach_until`); an ack stamped
     in time and read within the grace cancels it, and nothing is sent."""
-    sla = domain()
-    t = utc("2026-03-02T10:00:00Z")
-    incident = sla.handle(
-        None, event("reported", t, severity="critical", region="uk", summary="s"), t
-    ).incident
-    assert incident is not None
+    sla, t, incident = reported_critical()
     now = t + 15 * M + timedelta(seconds=3)  # past the due moment, within a 5 s grace
     held = sla.fire_due(incident, now, breach_until=now - timedelta(seconds=5)).outputs
     assert [(o.type, o.data.get("threshold")) for o in held] == [
@@ -187,11 +184,7 @@ def test_replay_with_recorded_horizons_is_exact_and_counts_the_retracted_breach_
 def test_an_event_stamped_ahead_of_the_engine_clock_is_applied_as_of_the_clock() -> None:
     """Within the skew an event may be stamped a few minutes ahead; time passes no faster for it: it
     fires nothing due after `now`, and its clocks start (or stop) at `now`."""
-    sla = domain()
-    t = utc("2026-03-02T10:00:00Z")
-    report = event("reported", t, severity="critical", region="uk", summary="s")
-    incident = sla.handle(None, report, t).incident
-    assert incident is not None
+    sla, t, incident = reported_critical()
     now = t + 28 * M
     decision = sla.handle(incident, event("updated", t + 32 * M, note="fast clock"), now)
     due = [o for o in decision.outputs if o.type in ("incident.sla.breached", "incident.failover.required")]
