@@ -16,7 +16,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from incident_engine.adapters import telemetry
-from incident_engine.adapters.logging_json import configure_logging, redact
 from incident_engine.adapters.telemetry import (
     Observation,
     carrier_of,
@@ -25,6 +24,8 @@ from incident_engine.adapters.telemetry import (
     inject_headers,
     link_from_carrier,
 )
+from incident_platform import telemetry as platform_telemetry
+from incident_platform.logging_json import configure_logging, redact
 
 pytestmark = pytest.mark.unit
 
@@ -197,9 +198,9 @@ def test_setup_is_idempotent_and_serves_metrics(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.delenv(name, raising=False)
     # Global OTel providers can be set once per process: keep this test from taking that slot.
     installed: list[object] = []
-    monkeypatch.setattr(telemetry.trace, "set_tracer_provider", installed.append)
-    monkeypatch.setattr(telemetry.otel_metrics, "set_meter_provider", installed.append)
-    monkeypatch.setattr(telemetry, "_installed_globally", False)
+    monkeypatch.setattr(platform_telemetry.trace, "set_tracer_provider", installed.append)
+    monkeypatch.setattr(platform_telemetry.otel_metrics, "set_meter_provider", installed.append)
+    monkeypatch.setattr(platform_telemetry, "_installed_globally", False)
     monkeypatch.setattr(telemetry, "_current", None)  # whatever another test left set up
     first = telemetry.setup_telemetry()
     try:

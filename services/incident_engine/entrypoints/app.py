@@ -26,7 +26,6 @@ from incident_contracts.constants import (
     SLA_WARNING,
 )
 from incident_engine.adapters import kafka_records
-from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool, pool_timeouts
 from incident_engine.adapters.store import OutboxRow
@@ -36,6 +35,7 @@ from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import FETCH_WAIT_MS, EngineLoop
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
+from incident_platform.kafka import kafka_security
 
 log = logging.getLogger(__name__)
 _SLA_KINDS = {

@@ -16,10 +16,10 @@ from rich.console import Console
 
 from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_contracts.errors import InputError
-from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.telemetry import inject_headers, setup_telemetry
 from incident_engine.config import Settings, without_credentials
+from incident_platform.kafka import kafka_security
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
@@ -34,9 +34,9 @@ def serve_command(
     """Run the engine: consume incidents.events, fire SLA timers, publish outputs, serve HTTP."""
     import uvicorn
 
-    from incident_engine.adapters.logging_json import configure_logging
     from incident_engine.entrypoints.app import EngineService
     from incident_engine.entrypoints.http import create_http_app
+    from incident_platform.logging_json import configure_logging
 
     settings = Settings()
     configure_logging(settings.incidents_log_level)

@@ -18,11 +18,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 
-from incident_engine.adapters.kafka import kafka_security
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
 from incident_engine.adapters.store import OutboxRow
 from incident_engine.config import Settings, without_credentials
 from incident_engine.entrypoints.relay import kafka_headers
+from incident_platform.kafka import kafka_security
 
 console = Console(highlight=False, soft_wrap=True)
 outbox_app = typer.Typer(no_args_is_help=True, help="Outputs Kafka refused, parked by the relay.")

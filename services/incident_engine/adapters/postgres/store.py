@@ -13,6 +13,9 @@ from incident_engine.adapters.outbox_codec import decode_messages, encode_messag
 from incident_engine.adapters.store import BatchWrite, EventKey, OffsetConflict, OutboxRow, TimerRow
 from incident_engine.domain import Incident
 from incident_engine.gc_pause import gc_paused
+from incident_platform.postgres import create_pool, pool_timeouts
+
+__all__ = ["PostgresStore", "create_pool", "pool_timeouts"]
 
 _EVENT_COLUMNS = (
     "incident_id", "seq", "event_id", "type", "source", "event_time", "processed_at",
@@ -30,66 +33,6 @@ SQL = {
     name.stem: name.read_text()
     for name in (Path(__file__).parent / "queries").glob("*.sql")
 }  # fmt: skip
-
-
-def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + orjson.dumps(value)  # jsonb's binary format: a version byte, then the text
-
-
-def _jsonb_decode(data: bytes) -> Any:
-    return orjson.loads(data[1:])
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # json/jsonb through orjson (several times faster than the json module on the hot path), in the
-    # binary wire format so that COPY (binary only) can write them too. Already serialized JSON goes
-    # in as `orjson.Fragment(raw)`, copied as is.
-    await conn.set_type_codec(
-        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
-    )
-    await conn.set_type_codec(
-        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
-    )
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    # The store keeps no session state (no LISTEN, advisory locks or SETs), so the default reset on
-    # release (four statements per acquire) is pure overhead on the per-batch path.
-    return None
-
-
-async def create_pool(
-    dsn: str,
-    min_size: int = 1,
-    max_size: int = 8,
-    *,
-    connect_timeout: float = 60.0,
-    command_timeout: float | None = None,
-    server_settings: dict[str, str] | None = None,
-) -> asyncpg.Pool:
-    """A connection pool with the codecs the store relies on (timeouts: see `pool_timeouts`)."""
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session,
-        timeout=connect_timeout, command_timeout=command_timeout, server_settings=server_settings,
-    )  # fmt: skip
-    assert pool is not None
-    return pool
-
-
-def pool_timeouts(
-    connect_ms: int, command_ms: int, statement_ms: int, idle_in_transaction_ms: int
-) -> dict[str, Any]:
-    """`create_pool` keywords so that no call can hang: the client gives up on a call after
-    `command_ms`, the server cancels a statement after `statement_ms` and ends a transaction left
-    idle for `idle_in_transaction_ms` (its client gone), each session's own settings. 0 = no limit."""
-    return {
-        "connect_timeout": connect_ms / 1000,
-        "command_timeout": command_ms / 1000 if command_ms > 0 else None,
-        "server_settings": {
-            "statement_timeout": str(max(statement_ms, 0)),
-            "idle_in_transaction_session_timeout": str(max(idle_in_transaction_ms, 0)),
-        },
-    }
 
 
 class PostgresStore:

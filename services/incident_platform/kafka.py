@@ -1,13 +1,17 @@
-"""Kafka client arguments shared by the engine, the relay and the publisher (security from settings)."""
+"""Kafka client arguments and producers shared by every service (security from settings)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from incident_engine.config import Settings
+from aiokafka import AIOKafkaProducer
+
+from incident_platform.settings import PlatformSettings
+
+__all__ = ["durable_producer", "kafka_security"]
 
 
-def kafka_security(settings: Settings) -> dict[str, Any]:
+def kafka_security(settings: PlatformSettings) -> dict[str, Any]:
     """aiokafka security arguments (SASL, TLS) from the settings; empty for PLAINTEXT."""
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
@@ -33,3 +37,21 @@ def kafka_security(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=password.get_secret_value() if password else None,
         )
     return args
+
+
+def durable_producer(settings: PlatformSettings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer whose acknowledged sends are durable: `acks=all`, idempotent, bounded waits.
+
+    A channel answers its sender (HTTP 2xx, SMTP 250) only after `send_and_wait` returned, so an
+    acknowledged event is on every in-sync replica. `request_timeout_ms` bounds how long a send may
+    wait for an unreachable cluster before it raises (the sender then gets a retryable error)."""
+    args: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 0,
+        "request_timeout_ms": 10_000,
+        **kafka_security(settings),
+    }
+    args.update(overrides)
+    return AIOKafkaProducer(**args)
