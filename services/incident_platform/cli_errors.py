@@ -7,6 +7,7 @@ them too. A DSN is printed without its credentials.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import typer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from rich.console import Console
 
 from incident_platform.settings import without_credentials
@@ -53,6 +54,8 @@ def reason_of(exc: BaseException) -> str:
         return f"unknown host ({exc.strerror})"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, KafkaConnectionError):
+        return "no broker answered"
     if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return f"authentication failed ({exc})"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -82,6 +85,8 @@ def kafka_unreachable(bootstrap: str, exc: BaseException | str) -> str:
 @contextmanager
 def exit_on_unreachable(dsn: str | None = None, bootstrap: str | None = None) -> Iterator[None]:
     """Turn PostgreSQL/Kafka failures inside the block into one error line on stderr and exit 2."""
+    if bootstrap is not None:  # the Kafka client's own ERROR lines would say it again, less clearly
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         yield
     except asyncpg.UndefinedTableError as exc:

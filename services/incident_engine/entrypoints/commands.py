@@ -33,22 +33,30 @@ INPUT_TYPES = ("reported", "acknowledged", "investigating", "failed_over", "rest
 def serve_command(
     host: Annotated[str | None, typer.Option(help="Bind address (default INCIDENTS_HTTP_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default INCIDENTS_HTTP_PORT).")] = None,
+    startup_timeout: Annotated[
+        float, typer.Option(min=0, help="Longest wait for PostgreSQL and Kafka at start, in seconds.")
+    ] = 60.0,
 ) -> None:
     """Run the engine: consume incidents.events, fire SLA timers, publish outputs, serve HTTP."""
     import uvicorn
 
-    from incident_engine.entrypoints.app import EngineService
+    from incident_engine.entrypoints.app import EngineService, StartupError, check_startup
     from incident_engine.entrypoints.http import create_http_app
     from incident_platform.logging_json import configure_logging
 
     settings = Settings()
     configure_logging(settings.incidents_log_level)
+    try:  # what would stop the start, said in one log line before anything is served
+        asyncio.run(check_startup(settings, startup_timeout))
+    except StartupError as exc:
+        logging.getLogger("incident_engine").error("cannot start: %s", exc)
+        raise typer.Exit(2) from None
     app = create_http_app(EngineService(settings))
     uvicorn.run(
         app,
         host=host or settings.incidents_http_host,
         port=port or settings.incidents_http_port,
-        log_config=None,
+        log_config=None,  # uvicorn's loggers go through our JSON handler (no colour codes)
         access_log=False,
         timeout_graceful_shutdown=20,
     )
