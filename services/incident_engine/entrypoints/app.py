@@ -40,6 +40,7 @@ from incident_engine.domain import (
     UnknownPolicyError,
 )
 from incident_engine.entrypoints.consumer import FETCH_WAIT_MS, EngineLoop
+from incident_engine.entrypoints.emit_log import OutputLog
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
 from incident_platform.cli_errors import kafka_unreachable, postgres_address, postgres_unreachable, reason_of
@@ -225,6 +226,7 @@ class EngineService:
     kafka_seen: float = 0.0  # loop time of the last answer from the Kafka cluster
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
+    output_log: OutputLog = field(default_factory=OutputLog)  # breaches, failovers, dead letters
 
     async def start(self) -> None:
         """Connect, migrate, join the consumer group and start the loop and the relay."""
@@ -328,6 +330,8 @@ class EngineService:
         if self.relay is not None:
             self.relay.deleted(result.write.sent_outbox)
             self.relay.offer(result.write.outbox)
+        if result.outputs:
+            self.output_log.committed(result.outputs)
         if self.telemetry is None:
             return
         m = self.telemetry.metrics

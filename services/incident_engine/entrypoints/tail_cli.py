@@ -39,6 +39,8 @@ async def tail(
 ) -> int:
     """Print matching outputs until `limit` of them, `timeout` seconds, or Ctrl-C; return how many."""
     consumer = await open_follower(settings, topics, from_beginning=from_beginning)
+    start = "the beginning" if from_beginning else "now"
+    err.print(f"following {', '.join(topics)} from {start} (Ctrl-C to stop)", style="dim")
     shown = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout is not None else None
