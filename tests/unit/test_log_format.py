@@ -24,7 +24,8 @@ def lines() -> object:
 def test_uvicorn_colour_message_is_dropped_and_ansi_stripped(lines) -> None:  # type: ignore[no-untyped-def]
     uvicorn = logging.getLogger("uvicorn.error")
     uvicorn.info("Started server process [%d]", 42, extra={"color_message": "Started [\x1b[36m%d\x1b[0m]"})
-    logging.getLogger("faststream.kafka").info("\x1b[32mINFO\x1b[0m waiting", extra={"topic": "incidents.events"})
+    faststream = logging.getLogger("faststream.kafka")
+    faststream.info("\x1b[32mINFO\x1b[0m waiting", extra={"topic": "incidents.events"})
     started, waiting = lines()
     assert started["message"] == "Started server process [42]" and "color_message" not in started
     assert waiting["message"] == "INFO waiting" and waiting["topic"] == "incidents.events"
