@@ -215,6 +215,9 @@ def publish_command(
     except TopicsMissing as exc:
         console.print(f"[red]error:[/red] cannot wait for the verdict: {exc}; or publish with --no-wait")
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: the event may have been published; see `incidents tail --incident ID`")
+        raise typer.Exit(130) from None
     finally:
         telemetry.shutdown()
     typer.echo(orjson.dumps(event).decode())
