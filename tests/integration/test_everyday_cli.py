@@ -179,6 +179,9 @@ async def test_tail_from_the_beginning_shows_breaches_as_readable_lines(engine: 
     published = await run_cli("publish", "reported", "--incident", incident, "--severity", "critical",
                               "--region", "au", "--time", reported_at, "--wait", **engine.env)  # fmt: skip
     assert published.returncode == 0, published.stderr
+    ghost = f"GHOST-{uuid.uuid4().hex[:6]}"
+    refused = await run_cli("publish", "acknowledged", "--incident", ghost, "--wait", **engine.env)
+    assert refused.returncode == 3, refused.stderr
     readable = await run_cli("tail", "--from-beginning", "--incident", incident, "--topic", "breaches",
                              "--type", "breached", "--type", "failover.required", "--limit", "3",
                              "--timeout", "60", **engine.env)  # fmt: skip
@@ -199,17 +202,13 @@ async def test_tail_from_the_beginning_shows_breaches_as_readable_lines(engine: 
         breaches = [
             e for e in logged if e["message"].startswith("SLA breached") and e.get("incident") == incident
         ]
-        if len(breaches) == 2 or time.monotonic() > deadline:
+        dead = [e for e in logged if e["message"].startswith("dead-lettered") and e.get("incident") == ghost]
+        if (len(breaches) == 2 and dead) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     assert {(b["level"], b["clock"]) for b in breaches} == {("INFO", "ack"), ("INFO", "restore")}
     assert all(b["due_at"] and b["severity"] == "critical" for b in breaches)
     assert any(e["message"].startswith("failover required") and e.get("incident") == incident for e in logged)
-    dead = [
-        e
-        for e in logged
-        if e["message"].startswith("dead-lettered") and e.get("incident") == "DOES-NOT-EXIST"
-    ]
     assert dead and dead[0]["level"] == "WARNING" and dead[0]["reason"] == "unknown_incident"
 
 
