@@ -96,9 +96,12 @@ def exit_on_unreachable(dsn: str | None = None, bootstrap: str | None = None) ->
             raise
         _stderr.print(f"[red]error:[/red] {kafka_unreachable(bootstrap, exc)}")
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        if dsn is None:
+        if isinstance(exc, OSError) and exc.filename is not None:  # a file, not the server
+            _stderr.print(f"[red]error:[/red] {exc.filename}: {exc.strerror or exc}")
+        elif dsn is None:
             raise
-        _stderr.print(f"[red]error:[/red] {postgres_unreachable(dsn, exc)}")
+        else:
+            _stderr.print(f"[red]error:[/red] {postgres_unreachable(dsn, exc)}")
     else:
         return
     raise typer.Exit(UNREACHABLE)

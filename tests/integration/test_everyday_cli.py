@@ -234,8 +234,9 @@ def broken_policies(tmp_path: Path) -> Path:
     return folder
 
 
-def test_db_migrate_with_the_database_down() -> None:
-    run = in_process("db", "migrate", DATABASE_URL=DOWN_DSN)
+@pytest.mark.parametrize("args", [["db", "migrate"], ["db", "archive", "--before", "2025-01", "--to", "."]])
+def test_db_commands_with_the_database_down(args: list[str]) -> None:
+    run = in_process(*args, DATABASE_URL=DOWN_DSN)
     assert_one_clear_error(
         run, "cannot reach PostgreSQL at 127.0.0.1:1", "connection refused", "DATABASE_URL"
     )
