@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from incident_contracts.constants import REGIONS, SEVERITIES
+from incident_engine import timeforms
 from incident_engine.adapters.archive_files import ArchiveError
 from incident_engine.config import Settings, without_credentials
 from incident_engine.domain import PolicyError, PolicyRegistry, SlaDomain, UnknownPolicyError
@@ -55,29 +55,21 @@ class ReportFormat(StrEnum):
 
 
 def parse_instant(text: str | None, option: str) -> datetime | None:
-    """An RFC 3339 / ISO 8601 instant or a date (midnight UTC); a time without offset is UTC."""
+    """`timeforms.parse_instant` for an option: None stays None, a bad form is a usage error."""
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not a date or time; use e.g. 2025-03-04, 2025-03-04T10:30:00Z or"
-            " 2025-03-04T21:30+11:00",
-            param_hint=option,
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return timeforms.parse_instant(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def parse_month(text: str) -> tuple[datetime, datetime]:
-    """[first instant, first instant of the next month) of a YYYY-MM month, in UTC."""
-    match = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
-    if not match or not 1 <= int(match[2]) <= 12:
-        raise typer.BadParameter(f"{text!r} is not a month; use YYYY-MM, e.g. 2025-03", param_hint="--month")
-    year, month = int(match[1]), int(match[2])
-    start = datetime.combine(date(year, month, 1), datetime.min.time(), UTC)
-    end = datetime.combine(date(year + month // 12, month % 12 + 1, 1), datetime.min.time(), UTC)
-    return start, end
+    """`timeforms.parse_month` for `--month`."""
+    try:
+        return timeforms.parse_month(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--month") from None
 
 
 def shadow_domain(registry: PolicyRegistry, policy: str) -> tuple[SlaDomain, str]:
