@@ -86,9 +86,12 @@ def test_every_example_is_described_and_gives_what_it_says() -> None:
 
 def test_the_readme_simulate_commands_run_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
-    readme = (ROOT / "README.md").read_text() + (EXAMPLES / "README.md").read_text()
-    commands = re.findall(r"^(?:\.venv/bin/)?incidents (simulate examples/\S+\.jsonl[^#|\n]*)", readme, re.M)
-    assert len(commands) >= 2, commands
+    pattern = re.compile(r"^(?:\.venv/bin/)?incidents (simulate examples/\S+\.jsonl[^#|\n]*)", re.M)
+    commands = []
+    for readme in (ROOT / "README.md", EXAMPLES / "README.md"):
+        found = pattern.findall(readme.read_text())
+        assert len(found) >= 2, (readme, found)
+        commands += found
     for command in commands:
         args = shlex.split(command)[1:]
         assert Path(args[0]).name in EXPECTED, command
