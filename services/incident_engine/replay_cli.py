@@ -349,4 +349,4 @@ def _write_html(report: Report, output: Path | None, page: str) -> None:
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write the HTML report to {path}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
-    out.print(f"wrote {path.resolve()} (period {report.period_text()})")
+    out.print(f"wrote {path.resolve()} (incidents reported {report.period_text()})")

@@ -52,7 +52,7 @@ def parse_month_start(text: str) -> datetime:
     if moment != start:
         after = month_of(moment)[1]
         raise ValueError(
-            f"{text!r} is not the start of a month (whole months are archived); use {MONTH_FORMS}:"
-            f" {start:%Y-%m} (months before it) or {after:%Y-%m} (up to and with {start:%Y-%m})"
+            f"{text!r} is not the start of a month (whole months are archived); use YYYY-MM:"
+            f" {start:%Y-%m} (the months before {start:%B %Y}) or {after:%Y-%m} ({start:%B %Y} too)"
         )
     return start

@@ -67,9 +67,9 @@ def _as_of_label(as_of: datetime | None, basis: str) -> str:
 
 def print_incident(out: Console, incident: Incident, as_of: datetime | None, basis: str = "") -> None:
     """One incident in detail: state, clocks, pending timers (`basis`: event or processing time)."""
-    out.print(f"{incident.id} {_as_of_label(as_of, basis)}")
     out.print(
-        f"[bold]{incident.id}[/bold]  state [bold]{incident.state}[/bold]  policy {incident.policy}  "
+        f"[bold]{incident.id}[/bold] {_as_of_label(as_of, basis)}:  state [bold]{incident.state}[/bold]  "
+        f"policy {incident.policy}  "
         f"{incident.severity}/{incident.region}  reported {_when(incident.reported_at)}  "
         f"last event {_when(incident.last_event_at)}  events {incident.seq}"
     )
