@@ -229,3 +229,28 @@ def test_db_archive_before_takes_the_shared_forms() -> None:
 
     result = CliRunner().invoke(app, ["db", "archive", "--before", "2025-04-15", "--to", "/tmp"])
     assert result.exit_code == 2 and "not the start of a month" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"),
+    [("2025-03-04", "2025-03-04T00:00:00Z"), ("2025-03-04T21:30+11:00", "2025-03-04T10:30:00Z")],
+)
+def test_publish_time_takes_the_shared_forms(
+    monkeypatch: pytest.MonkeyPatch, form: str, expected: str
+) -> None:
+    from incident_engine.cli import app
+    from incident_engine.entrypoints import commands
+
+    sent: list[dict[str, object]] = []
+
+    async def publish_events(servers: str, events: list[dict[str, object]], settings: object) -> None:
+        sent.extend(events)
+
+    monkeypatch.setattr(commands, "publish_events", publish_events)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    args = ["publish", "acknowledged", "--incident", "INC-1", "--time"]
+    result = CliRunner().invoke(app, [*args, form])
+    assert result.exit_code == 0, result.output
+    assert [event["time"] for event in sent] == [expected]
+    bad = CliRunner().invoke(app, [*args, "next week"])
+    assert bad.exit_code == 2 and "'next week' is not a date or time" in bad.stderr
