@@ -159,8 +159,10 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
             return Response("no such incident", status_code=404)
         return page("incident_body.html", **context)
 
-    async def _incident_context(request: Request, session: Session, **extra: Any) -> dict[str, Any] | None:
-        incident_id = request.query_params.get("id", "")
+    async def _incident_context(
+        request: Request, session: Session, incident_id: str | None = None, **extra: Any
+    ) -> dict[str, Any] | None:
+        incident_id = incident_id if incident_id is not None else request.query_params.get("id", "")
         now = datetime.now(UTC)
         detail = await backend.incident(incident_id, now) if incident_id else None
         if detail is None:
@@ -186,25 +188,28 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
             return Response("refused: this request did not come from the console page (CSRF check)", 403)
         incident_id, action = form.get("id", ""), form.get("action", "")
         now = datetime.now(UTC)
+
+        async def refuse(status: int, error: str) -> Response:
+            context = await _incident_context(request, session, incident_id)
+            if context is None:
+                return page("missing.html", 404, session=session, incident_id=incident_id)
+            return page("incident.html", status, error=error, **context)
+
         detail = await backend.incident(incident_id, now)
         if detail is None:
             return page("missing.html", 404, session=session, incident_id=incident_id)
         if action not in detail.actions:
-            context = await _incident_context(request, session) or {}
             what = ACTION_LABELS.get(action, action)
-            context.update(
-                i=detail.incident, d=detail, error=f"{what} is not possible in state {detail.incident.state}."
-            )
-            return page("incident.html", 409, **context)
+            return await refuse(409, f"{what} is not possible in state {detail.incident.state}.")
         try:
             event = build_action(incident_id, action, session.user, form, now)
         except InputError as exc:
-            return Response(f"refused: {exc}", 400)
+            return await refuse(400, f"Not sent: {exc}")
         try:
             await backend.publish(event)
         except Exception as exc:
             log.warning("console: could not publish %s for %s: %r", event["type"], incident_id, exc)
-            return Response("Kafka did not take the event; nothing was sent. Try again.", 503)
+            return await refuse(503, "Kafka did not take the event: nothing was sent. Try again.")
         log.info(
             "console: %s published %s for %s (%s)", session.user, event["type"], incident_id, event["id"]
         )

@@ -53,6 +53,7 @@ class Console:
         self, event_type: str, incident: str, source: str = "/channels/phone/au", **data: Any
     ) -> None:
         at = data.pop("at", None)
+        source = source or f"/channels/phone/{data.get('region') or 'au'}"
         event = build_event(
             event_type, self.prefix + incident, source=source, time=at, severity=data.pop("severity", None),
             region=data.pop("region", None), summary=data.pop("summary", None), extra=data,
@@ -176,7 +177,7 @@ async def test_live_board_ack_bar_acknowledge_and_incident_page(browser: Browser
     await expect(ack_bar).to_have_class(re.compile(r"\bamber\b"), timeout=10_000)  # crossed 50 %
     await asyncio.sleep(1.5)
     assert await bar_width(page, ack_bar) > before  # the bar moves between updates
-    await page.screenshot(path=str(console.shots / "board.png"))
+    await page.screenshot(path=str(console.shots / "board-live.png"))
 
     await crit.get_by_role("link").click()
     await page.wait_for_url("**/console/incident?id=*")
@@ -257,6 +258,35 @@ async def test_filters_and_counts(browser: Browser, console: Console) -> None:
     await expect(page.locator(".empty")).to_have_text("No open incident matches these filters.")
     counts = await page.locator(".count").all_inner_texts()
     assert any(text.startswith("reported") for text in counts)
+    await page.context.close()
+
+
+async def test_board_reads_on_a_laptop_and_a_phone_light_and_dark(browser: Browser, console: Console) -> None:
+    monitor = "/channels/monitor/prometheus"
+    await console.publish("reported", "db-au", severity="high", region="au", at=ago(minutes=9),
+                          summary="Replica lag on the AU database", source=monitor)  # fmt: skip
+    await console.publish("reported", "login", severity="critical", region="uk", at=ago(minutes=16),
+                          summary="Login failures for UK customers", source=monitor)  # fmt: skip
+    await console.publish("reported", "mail", severity="low", region="au", summary="Email intake delayed",
+                          source="/channels/email", at=ago(minutes=3))  # fmt: skip
+    await console.publish("investigating", "crit", source="/channels/phone/au", note="DNS failover under way")
+    page = await signed_in(browser, console, "alice")
+    await expect(row(page, console, "mail")).to_be_visible(timeout=5_000)
+    await expect(row(page, console, "crit").locator(".state")).to_have_text("investigating", timeout=5_000)
+    ids = await page.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.incident)")
+    assert ids[0] == console.prefix + "login"  # breached: the most urgent first
+    await expect(row(page, console, "login").locator(".bar").first).to_have_class(re.compile(r"\bbreached\b"))
+    await expect(row(page, console, "login").locator(".clock-label").first).to_contain_text("breached 1m")
+    await page.screenshot(path=str(console.shots / "board.png"))
+    dark = await browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark",
+                                     storage_state=await page.context.storage_state())  # fmt: skip
+    phone = await dark.new_page()
+    await phone.goto(console.url + "/console/")
+    await expect(phone.locator("tbody tr").first).to_be_visible()
+    # no horizontal scrolling on a phone
+    assert await phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    await phone.screenshot(path=str(console.shots / "board-phone-dark.png"), full_page=True)
+    await dark.close()
     await page.context.close()
 
 

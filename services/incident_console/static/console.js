@@ -24,7 +24,7 @@
     timer = null;
     let response;
     try {
-      response = await fetch(live + location.search, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      response = await fetch(live + (body.dataset.query || location.search), { credentials: "same-origin", headers: { Accept: "text/html" } });
     } catch (e) {
       return; // the engine is away; the event stream reconnects and asks again
     }

@@ -189,14 +189,13 @@ def allowed_actions(state: str) -> list[str]:
 def _entry(row: Any) -> TimelineEntry:
     envelope = orjson.loads(row["envelope"])
     data = envelope.get("data") or {}
-    detail = "; ".join(
-        f"{k}: {data[k]}" for k in ("summary", "note", "by", "site", "customer") if data.get(k)
-    )
+    user = envelope.get("user")  # who acted in the console (an extension attribute)
+    shown = [k for k in ("summary", "note", "by", "site", "customer") if data.get(k)]
+    detail = "; ".join(f"{k}: {data[k]}" for k in shown if not (k == "by" and data[k] == user))
     context = _json(row["trace_context"]) if row["trace_context"] else {}
     traceparent = context.get("traceparent", "") if isinstance(context, dict) else ""
     parts = traceparent.split("-")
     trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
-    user = envelope.get("user")
     return TimelineEntry(
         time=row["event_time"].astimezone(UTC), type=row["type"], channel=row["source"],
         event_id=row["event_id"], accepted=True, seq=row["seq"], trace_id=trace_id, detail=detail,
