@@ -169,7 +169,9 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
             return None
         timeline = sorted([*detail.timeline, *hub.rejected(incident_id)], key=lambda e: e.time)
         sent = request.query_params.get("sent")
-        refused = next((e for e in timeline if sent and not e.accepted and e.event_id == sent), None)
+        mine = [e for e in timeline if sent and e.event_id == sent]
+        refused = next((e for e in mine if not e.accepted), None)
+        applied = next((e for e in mine if e.accepted), None)
         return {
             "session": session,
             "now": now,
@@ -178,6 +180,7 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
             "timeline": timeline,
             "sent": sent,
             "refused": refused,
+            "applied": applied,
             "csrf": session.csrf(csrf_key(request, access)),
             **extra,
         }

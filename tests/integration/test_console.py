@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from devstack.stack import Service, fresh_database
 from incident_console.app import server_exiting
+from incident_engine.config import Settings
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.entrypoints.commands import build_event, publish_events
 from incident_engine.entrypoints.http import create_http_app
@@ -43,15 +44,48 @@ TRACE_UI = "http://traces.example/trace/{trace_id}"
 
 @dataclass
 class Console:
-    url: str
-    kafka: str
-    service: EngineService
+    """The engine under test, served by uvicorn on a port of its own; restartable."""
+
+    settings: Settings
+    port: int
     shots: Path
     prefix: str
+    service: EngineService | None = None
+    server: uvicorn.Server | None = None
+    task: asyncio.Task[None] | None = None
 
-    async def publish(
-        self, event_type: str, incident: str, source: str = "/channels/phone/au", **data: Any
-    ) -> None:
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def kafka(self) -> str:
+        return self.settings.kafka_bootstrap_servers
+
+    async def start(self) -> None:
+        """A new engine process's worth: service, HTTP app, uvicorn; returns once /readyz says ready."""
+        self.service = EngineService(self.settings)
+        app = create_http_app(self.service)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise AssertionError("engine not ready in time")
+
+    async def stop(self) -> None:
+        """Stop as on SIGTERM: the event streams end, so uvicorn need not wait for them."""
+        assert self.server is not None and self.task is not None
+        server_exiting()
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 60)
+
+    async def publish(self, event_type: str, incident: str, source: str | None = None, **data: Any) -> str:
+        """Publish an input event as a channel would, in a trace of its own; return the trace id."""
         at = data.pop("at", None)
         source = source or f"/channels/phone/{data.get('region') or 'au'}"
         event = build_event(
@@ -74,35 +108,20 @@ def _free_port() -> int:
 async def console(
     kafka: Service, postgres: Service, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Console]:
-    """One engine (with its console) served by uvicorn on a free port, for the whole module."""
+    """One engine (with its console) for the whole module."""
     settings = settings_for(
         kafka.url, await fresh_database(postgres.url), incidents_api_token=TOKEN,
         incidents_breach_grace_ms=300, incidents_trace_ui_url=TRACE_UI,
     )  # fmt: skip
     await start_at_end(kafka.url, settings.database_url.get_secret_value(), settings.incidents_consumer_group)
-    service = EngineService(settings)
-    port = _free_port()
-    config = uvicorn.Config(
-        create_http_app(service), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path_factory.mktemp("console-shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    engine = Console(settings, _free_port(), shots, f"INC-{uuid.uuid4().hex[:4]}-")
+    await engine.start()
     try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.2)
-            else:
-                raise AssertionError("engine not ready in time")
-        shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path_factory.mktemp("console-shots"))
-        shots.mkdir(parents=True, exist_ok=True)
-        yield Console(f"http://127.0.0.1:{port}", kafka.url, service, shots, f"INC-{uuid.uuid4().hex[:4]}-")
+        yield engine
     finally:
-        server_exiting()  # as on SIGTERM: the event streams end, so uvicorn need not wait for them
-        server.should_exit = True
-        await asyncio.wait_for(task, 60)
+        await engine.stop()
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +221,8 @@ async def test_live_board_ack_bar_acknowledge_and_incident_page(browser: Browser
     assert await link.get_attribute("href") == f"http://traces.example/trace/{trace_id}"
     await expect(page.locator("#whatif-h")).to_be_visible()
     await expect(page.locator("section", has=page.locator("#whatif-h"))).to_contain_text("Under livepro-2")
-    await page.screenshot(path=str(console.shots / "incident.png"), full_page=True)
+    await expect(page.locator(".notice")).to_have_text("Done: your acknowledged is applied.")
+    await page.screenshot(path=str(console.shots / "incident-acknowledged.png"), full_page=True)
 
     # the board shows the new state and a stopped ack bar
     await page.goto(console.url + "/console/")
@@ -287,6 +307,17 @@ async def test_board_reads_on_a_laptop_and_a_phone_light_and_dark(browser: Brows
     assert await phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     await phone.screenshot(path=str(console.shots / "board-phone-dark.png"), full_page=True)
     await dark.close()
+    # a high incident: business time, and livepro-2 would run other clocks for it
+    await row(page, console, "db-au").get_by_role("link").click()
+    await page.get_by_label("Note").fill("Read traffic moved to the Melbourne replica")
+    await page.get_by_role("button", name="Investigating").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("investigating", timeout=5_000)
+    entry = page.locator(".timeline li", has_text="investigating")
+    await expect(entry).to_contain_text("note: Read traffic moved to the Melbourne replica")
+    what_if = page.locator("section", has=page.locator("#whatif-h"))
+    await expect(what_if.locator("h3")).to_have_text("Under livepro-2")  # other clocks for high
+    await expect(what_if.locator("td", has_text="restore")).to_have_count(1)
+    await page.screenshot(path=str(console.shots / "incident.png"), full_page=True)
     await page.context.close()
 
 
@@ -339,4 +370,28 @@ async def test_actions_need_the_page_csrf_token_and_a_state_that_allows_them(
         await page.get_by_role("button", name="Acknowledge").click()
     assert (await answer.value).status == 409
     await expect(page.get_by_role("alert")).to_contain_text("not possible in state acknowledged")
+    await page.context.close()
+
+
+async def test_the_board_recovers_by_itself_after_the_engine_restarts(
+    browser: Browser, console: Console
+) -> None:
+    page = await signed_in(browser, console, "frank")
+    status = page.locator("#live-status")
+    await expect(status).to_have_text("live", timeout=15_000)
+    await page.evaluate("window.notReloaded = true")
+    await console.stop()
+    await expect(status).to_have_text("reconnecting…", timeout=5_000)
+    # reported while no engine runs: read by the next one, shown once the page is back
+    await console.publish(
+        "reported", "while-down", severity="critical", region="us", summary="Reported meanwhile"
+    )
+    await console.start()
+    await expect(status).to_have_text("live", timeout=20_000)
+    await expect(row(page, console, "while-down")).to_be_visible(timeout=10_000)
+    await console.publish(
+        "reported", "after", severity="low", region="us", summary="Reported after the restart"
+    )
+    await expect(row(page, console, "after")).to_be_visible(timeout=5_000)
+    assert await page.evaluate("window.notReloaded") is True
     await page.context.close()
