@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -21,6 +22,7 @@ from incident_console import (
 )
 from incident_console.auth import Access
 from incident_console.view import bar, duration
+from incident_contracts import TOPIC_REJECTED
 from incident_engine.domain import PolicyRegistry
 from incident_engine.domain.model import ClockState
 from incident_engine.entrypoints.console_backend import allowed_actions, clock_view
@@ -224,3 +226,24 @@ async def test_the_incident_page_links_traces_and_offers_only_what_the_lifecycle
         offered = re.findall(r'name="action" value="(\w+)"', page)
         assert offered == ["failed_over", "restored", "updated"]
         assert (await c.get("/incident", params={"id": "nope"})).status_code == 404
+
+
+async def test_an_action_the_engine_refused_shows_its_rejection() -> None:
+    backend = MemoryBackend()
+    backend.add("INC-4")
+    console = console_app(backend, ConsoleConfig(Access(TOKEN), {}))
+    app = Starlette(routes=[Mount("/console", console)])
+    original = {"specversion": "1.0", "id": "ev-9", "source": "/channels/console",
+                "type": "incident.acknowledged", "subject": "INC-4", "time": "2026-11-30T03:00:00Z",
+                "user": "alice"}  # fmt: skip
+    rejection = {"type": "incident.rejected", "subject": "INC-4", "time": "2026-11-30T03:00:01Z",
+                 "data": {"reason": "duplicate", "detail": "already acknowledged",
+                          "original": orjson.dumps(original).decode()}}  # fmt: skip
+    console.state.hub.take(TOPIC_REJECTED, orjson.dumps(rejection))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console.test") as c:
+        await c.post("/console/login", data={"user": "alice", "token": TOKEN})
+        page = (await c.get("/console/incident", params={"id": "INC-4", "sent": "ev-9"})).text
+        assert "Refused: your acknowledged was rejected (duplicate: already acknowledged)." in page
+        assert 'class="rejected"' in page and "by alice" in page
+        other = (await c.get("/console/incident", params={"id": "INC-4", "sent": "ev-other"})).text
+        assert "Refused" not in other and "Sent. The engine applies it" in other
