@@ -25,13 +25,13 @@ from incident_console.app import watch_uvicorn_exit
 from incident_console.auth import Access
 from incident_contracts import TOPIC_EVENTS
 from incident_contracts.constants import INPUT_TYPES
-from incident_platform.kafka import kafka_security
-from incident_engine.adapters.telemetry import inject_headers
 from incident_engine.domain import BusinessCalendar, Calendar, Incident
 from incident_engine.domain.lifecycle import Outcome, transition, trigger_of
 from incident_engine.domain.model import TICK, ClockState
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.replay import replay_incident
+from incident_platform.kafka import kafka_security
+from incident_platform.telemetry import inject_headers
 
 _OPEN_LIMIT = 1000  # the board shows at most this many open incidents
 _TIMELINE_LIMIT = 500
