@@ -13,6 +13,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
 fi
 .venv/bin/incidents db migrate
 if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
+  . deploy/local/start-intake.sh  # the monitors' intake beside the engine
   url="http://127.0.0.1:${INCIDENTS_HTTP_PORT:-8080}"
   if [ -n "${INCIDENTS_API_TOKEN:-}" ]; then
     echo "read API: curl -s -H \"Authorization: Bearer \$INCIDENTS_API_TOKEN\" $url/incidents" >&2
