@@ -30,5 +30,33 @@ class IntakeSettings(PlatformSettings):
         "(the sender retries).",
     )
     intake_retry_after_seconds: int = Field(
-        30, description="`Retry-After` of a 503 (Kafka or PostgreSQL unreachable) or a 429."
+        30, description="`Retry-After` of a 503 (Kafka or PostgreSQL unreachable: the sender retries)."
     )
+
+
+def markdown_table() -> str:
+    """The README table of the intake's own variables (the shared ones are the engine's table)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in IntakeSettings.model_fields.items():
+        if name in PlatformSettings.model_fields:
+            continue
+        rows.append(f"| `{name.upper()}` | `{field.default}` | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+START, END = "<!-- intake-config:start -->", "<!-- intake-config:end -->"
+
+
+def readme_with_table(text: str) -> str:
+    """README text with the intake's variable table regenerated between its markers."""
+    import re
+
+    block = f"{START}\n{markdown_table()}\n{END}"
+    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
+
+
+if __name__ == "__main__":  # python -m incident_intake.settings README.md: regenerate the table
+    import sys
+
+    readme = Path(sys.argv[1])
+    readme.write_text(readme_with_table(readme.read_text()))

@@ -219,3 +219,13 @@ def test_the_shipped_example_is_valid() -> None:
     }
     loaded = load_integrations(Path(__file__).parents[2] / "deploy/local/integrations.yaml", env)
     assert {i.kind for i in loaded.by_name.values()} == {"alertmanager", "grafana", "pagerduty"}
+
+
+def test_the_readme_table_of_intake_variables_is_current() -> None:
+    from incident_intake.settings import readme_with_table
+
+    readme = Path(__file__).parents[2] / "README.md"
+    text = readme.read_text()
+    assert readme_with_table(text) == text, (
+        "README's intake variables are stale: run `.venv/bin/python -m incident_intake.settings README.md`"
+    )
