@@ -72,7 +72,8 @@ def intake_command(
     configure_logging(settings.incidents_log_level)
     providers = create_providers("incident-intake")
     install_globally(providers)
-    service = IntakeService(settings, loaded)  # type: ignore[arg-type]
+    tracer = providers.tracer_provider.get_tracer("incident_intake")
+    service = IntakeService(settings, loaded, tracer=tracer)  # type: ignore[arg-type]
     try:
         asyncio.run(_check_postgres(settings))
     except Exception as exc:

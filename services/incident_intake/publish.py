@@ -20,7 +20,6 @@ from incident_platform.telemetry import inject_headers
 __all__ = ["KafkaPublisher", "MemoryPublisher", "Publisher", "Unavailable", "envelope"]
 
 _log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("incident_intake")
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 
 
@@ -70,8 +69,11 @@ class MemoryPublisher:
 class KafkaPublisher:
     """`Publisher` on Kafka: the durable producer, each event's span a child of the request's."""
 
-    def __init__(self, settings: PlatformSettings, timeout_ms: int) -> None:
+    def __init__(
+        self, settings: PlatformSettings, timeout_ms: int, tracer: trace.Tracer | None = None
+    ) -> None:
         self.timeout = timeout_ms / 1000
+        self.tracer = tracer or trace.get_tracer("incident_intake")
         self.producer = durable_producer(settings, request_timeout_ms=timeout_ms)
         self.started = False
         self._starter: asyncio.Task[None] | None = None
@@ -116,7 +118,7 @@ class KafkaPublisher:
             async with asyncio.timeout(self.timeout):
                 futures = []
                 for event in events:
-                    with _tracer.start_as_current_span(
+                    with self.tracer.start_as_current_span(
                         f"publish {event['type']}", kind=trace.SpanKind.PRODUCER
                     ) as span:
                         span.set_attribute("incident.id", event["subject"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from opentelemetry import trace
 
 from incident_contracts import InputError
 from incident_intake.channels.common import PayloadError
@@ -49,7 +50,9 @@ class IntakeService:
         integrations: Integrations | None = None,
         store: Store | None = None,
         publisher: Publisher | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self.tracer = tracer
         self.settings = settings
         self.integrations = integrations or load_integrations(settings.intake_integrations_file)
         self.store = store
@@ -67,7 +70,7 @@ class IntakeService:
             self._pool = await create_pool(dsn, **self.settings.pool_timeouts())  # type: ignore[arg-type]
             self.store = PostgresStore(self._pool)
         if self.publisher is None:
-            self._kafka = KafkaPublisher(self.settings, self.settings.intake_kafka_timeout_ms)
+            self._kafka = KafkaPublisher(self.settings, self.settings.intake_kafka_timeout_ms, self.tracer)
             await self._kafka.start()
             self.publisher = self._kafka
 
