@@ -229,3 +229,30 @@ def test_the_readme_table_of_intake_variables_is_current() -> None:
     assert readme_with_table(text) == text, (
         "README's intake variables are stale: run `.venv/bin/python -m incident_intake.settings README.md`"
     )
+
+
+async def test_grafana_signature_is_checked_over_http(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+
+    from tests.unit.intake_payloads import GRAFANA
+
+    path = tmp_path / "g.yaml"
+    path.write_text("integrations:\n  graf: {kind: grafana, region: us, hmac: {secret: s3cret}}\n")
+    publisher = MemoryPublisher()
+    service = IntakeService(IntakeSettings(), load_integrations(path, {}), MemoryStore(), publisher)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        body = orjson.dumps(GRAFANA)
+        good = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        bad = await client.post(
+            "/v1/grafana/graf", content=body, headers={"X-Grafana-Alerting-Signature": "00"}
+        )
+        assert bad.status_code == 401 and "does not match" in bad.json()["error"]
+        assert publisher.events == []
+        ok = await client.post(
+            "/v1/grafana/graf", content=body, headers={"X-Grafana-Alerting-Signature": good}
+        )
+        assert ok.status_code == 200, ok.text
+        (event,) = publisher.events
+        assert event["source"] == "/channels/monitor/grafana/graf"

@@ -130,9 +130,17 @@ async def test_real_alertmanager_reports_once_and_restores(stack: Stack, alertma
             assert [e["type"] for e in events.events] == ["incident.reported"]
             assert len(outputs.of("incident.state.changed", to="reported")) == 1
 
-            # resolve: an endsAt in the past resolves the alert, so the group
-            resolved = {**alert, "endsAt": datetime.now(UTC).isoformat()}
-            assert (await client.post(f"{api}/alerts", json=[resolved])).status_code == 200
+            # a second alert joins the group: the same incident, updated
+            second = {**alert, "labels": {**alert["labels"], "instance": "db-2"}}
+            assert (await client.post(f"{api}/alerts", json=[alert, second])).status_code == 200
+            await events.wait_for(lambda: bool(events.of("incident.updated")), "incident.updated")
+            (updated,) = events.of("incident.updated")
+            assert updated["subject"] == incident and "2 alert(s) firing" in updated["data"]["note"]
+
+            # resolve: an endsAt in the past resolves the alerts, so the group
+            now = datetime.now(UTC).isoformat()
+            resolved = [{**alert, "endsAt": now}, {**second, "endsAt": now}]
+            assert (await client.post(f"{api}/alerts", json=resolved)).status_code == 200
             await events.wait_for(lambda: bool(events.of("incident.restored")), "incident.restored")
             (restored,) = events.of("incident.restored")
             assert restored["subject"] == incident
@@ -141,7 +149,11 @@ async def test_real_alertmanager_reports_once_and_restores(stack: Stack, alertma
                 what="the engine's incident.state.changed to restored",
             )
             await asyncio.sleep(3)  # resolved notifications re-sent by repeat_interval add nothing
-            assert [e["type"] for e in events.events] == ["incident.reported", "incident.restored"]
+            assert [e["type"] for e in events.events] == [
+                "incident.reported",
+                "incident.updated",
+                "incident.restored",
+            ]
     finally:
         stop(am)
 
