@@ -26,6 +26,7 @@ if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
     echo "  curl -s -H 'Authorization: Bearer $INCIDENTS_API_TOKEN' $url/incidents" >&2
   fi
 elif [ "$(basename "$1")" = incidents ] && [ "${2:-}" = demo ]; then
+  . deploy/local/start-intake.sh  # the monitors' intake beside the demo's engine
   echo "the demo shows the engine's outputs live and serves no HTTP; \`make run\` serves the read API" >&2
 fi
 exec "$@"
