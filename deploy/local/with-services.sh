@@ -13,6 +13,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
 fi
 .venv/bin/incidents db migrate
 if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
+  . deploy/local/start-intake.sh  # the monitors' intake beside the engine
   url="http://127.0.0.1:${INCIDENTS_HTTP_PORT:-8080}"
   if [ -n "${INCIDENTS_API_TOKEN:-}" ]; then
     echo "read API: curl -s -H \"Authorization: Bearer \$INCIDENTS_API_TOKEN\" $url/incidents" >&2
@@ -30,6 +31,7 @@ if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
     echo "SRE console: $url/console/ (sign in with your name)" >&2
   fi
 elif [ "$(basename "$1")" = incidents ] && [ "${2:-}" = demo ]; then
+  . deploy/local/start-intake.sh  # the monitors' intake beside the demo's engine
   echo "the demo shows the engine's outputs live and serves no HTTP; \`make run\` serves the read API" >&2
 fi
 exec "$@"
