@@ -91,7 +91,8 @@ def _log_one(kind: str, out: OutputEvent) -> None:
         detail = str(data.get("detail", ""))[:_DETAIL_LIMIT]
         fields.update(reason=data.get("reason"), detail=detail)
         reason = data.get("reason")
-        log.warning("dead-lettered (%s) for incident %s: %s", reason, out.subject, detail, extra=fields)
+        incident = out.subject or "(none: no Kafka key)"
+        log.warning("dead-lettered (%s) for incident %s: %s", reason, incident, detail, extra=fields)
         return
     due = data.get("due_at")
     due_at = due.isoformat() if isinstance(due, datetime) else str(due)
@@ -99,8 +100,9 @@ def _log_one(kind: str, out: OutputEvent) -> None:
         clock=data.get("clock", "restore"), due_at=due_at, severity=data.get("severity"),
         region=data.get("region"), policy=data.get("policy"),
     )  # fmt: skip
+    fields = {k: v for k, v in fields.items() if v is not None}  # (a failover order has no severity)
     if kind == "breach":
-        clock = fields["clock"]
+        clock = fields.get("clock")
         log.info("SLA breached: incident %s, clock %s, due %s", out.subject, clock, due_at, extra=fields)
     else:
         log.info("failover required: incident %s, restore due %s", out.subject, due_at, extra=fields)
