@@ -132,7 +132,8 @@ def down(purge: Annotated[bool, typer.Option(help="Also delete the data.")] = Fa
     _stop_services()
     if purge:
         delete_home(_home())
-    console.print("[green]down[/green]" + ("" if purge else f" (data kept in {_home()})"))
+    kept = not purge and _home().exists()
+    console.print("[green]down[/green]" + (f" (data kept in {_home()})" if kept else ""))
 
 
 def _stop_services() -> None:
