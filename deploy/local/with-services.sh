@@ -3,7 +3,8 @@
 # DATABASE_URL when both are set, else start (or reuse) this checkout's local ones (`incidents dev up`).
 # Local services this script started are stopped when the command ends (Ctrl-C included), unless
 # KEEP_SERVICES=1; services that were already running (`incidents dev up` beforehand) are left alone.
-# `incidents demo` gets a database of its own (incidents_demo), never the one of `make run`.
+# `incidents demo` gets local services of its own (folder demo/ of the checkout's, database
+# incidents_demo): its generated incidents never reach the topics or the database of `make run`.
 # The read API is closed without a token: unless INCIDENTS_API_TOKEN or INCIDENTS_API_OPEN is given,
 # a token is generated for this run and the curl line to use it is printed.
 set -euo pipefail
@@ -26,7 +27,15 @@ stop_started_services() {
   fi
   exit "$status"
 }
+demo=
+if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = demo ]; then
+  demo=1
+fi
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
+  if [ -n "$demo" ]; then  # services of its own: its incidents never reach make run's topics or database
+    DEVSTACK_HOME="$("$incidents" dev home)/demo"
+    export DEVSTACK_HOME
+  fi
   if "$incidents" dev status >/dev/null 2>&1; then
     kept="they were running before this run"
   elif [ "${KEEP_SERVICES:-}" = 1 ]; then
@@ -42,10 +51,14 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
   trap 'exit 143' TERM
   exports=$("$incidents" dev up)
   eval "$exports"
-  if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = demo ]; then
-    export DATABASE_URL="${DATABASE_URL%/*}/incidents_demo"  # its own database, never make run's
+  if [ -n "$demo" ]; then
+    export DATABASE_URL="${DATABASE_URL%/*}/incidents_demo"
   fi
-  say "using this checkout's local services:"
+  if [ -n "$demo" ]; then
+    say "using the demo's own local services (not those of make run):"
+  else
+    say "using this checkout's local services:"
+  fi
   say "  export KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS"
   say "  export DATABASE_URL=$DATABASE_URL"
   if [ -n "$kept" ]; then

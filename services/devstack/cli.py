@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,8 @@ import typer
 from devstack.devhome import (
     DATABASE,
     DEMO_DATABASE,
+    DEMO_FOLDER,
+    PREFERRED_PORTS,
     choose_ports,
     delete_home,
     dev_home,
@@ -30,12 +33,12 @@ def _home() -> Path:
     return dev_home()
 
 
-def _state_file() -> Path:
-    return _home() / "state.json"
+def _state_file(home: Path | None = None) -> Path:
+    return (home or _home()) / "state.json"
 
 
-def _load_state() -> dict[str, Any] | None:
-    path = _state_file()
+def _load_state(home: Path | None = None) -> dict[str, Any] | None:
+    path = _state_file(home)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -86,7 +89,9 @@ def up(
     if state:
         down(purge=False)
     home = _home()
-    ports, notes = choose_ports(home, {"kafka": kafka_port, "postgres": pg_port})
+    # the well-known ports only for a checkout's own folder; the demo's and the tests' take free ones
+    preferred = PREFERRED_PORTS if "DEVSTACK_HOME" not in os.environ else {}
+    ports, notes = choose_ports(home, {"kafka": kafka_port, "postgres": pg_port}, preferred=preferred)
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     kafka_port, pg_port = ports["kafka"], ports["postgres"]
@@ -137,13 +142,16 @@ def down(purge: Annotated[bool, typer.Option(help="Also delete the data.")] = Fa
 
 
 def _stop_services() -> None:
-    state = _load_state() or {}
-    for name in ("kafka", "postgres"):
-        pid = state.get(name, {}).get("pid")
-        if pid and pid_alive(pid):
-            console.print(f"stopping {name} (pid {pid})")
-            stop_pid(pid, timeout=30.0)
-    _state_file().unlink(missing_ok=True)
+    # this checkout's services, and those of its demo (`make demo` runs on services of its own)
+    for home in (_home(), _home() / DEMO_FOLDER):
+        state = _load_state(home) or {}
+        for name in ("kafka", "postgres"):
+            pid = state.get(name, {}).get("pid")
+            if pid and pid_alive(pid):
+                whose = " of the demo" if home.name == DEMO_FOLDER else ""
+                console.print(f"stopping {name}{whose} (pid {pid})")
+                stop_pid(pid, timeout=30.0)
+        _state_file(home).unlink(missing_ok=True)
 
 
 @dev_app.command("status")
@@ -165,6 +173,12 @@ def status() -> None:
         raise typer.Exit(1)
 
 
+@dev_app.command("home")
+def home_command() -> None:
+    """Print this checkout's dev folder (services' data, ports, logs); `demo/` in it is the demo's."""
+    typer.echo(str(_home()))
+
+
 @dev_app.command("reset")
 def reset(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -177,7 +191,7 @@ def reset(
         )
         return
     size = folder_size(home) / 2**20
-    what = f"{home} ({size:.0f} MiB: Kafka topics, the `{DATABASE}` and `{DEMO_DATABASE}` databases)"
+    what = f"{home} ({size:.0f} MiB: Kafka topics and databases, the demo's included)"
     if not yes:
         if not sys.stdin.isatty():
             console.print(f"[red]error:[/red] would delete {what}; no terminal to confirm: pass --yes")

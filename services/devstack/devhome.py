@@ -21,7 +21,10 @@ from devstack.process import REPO_ROOT, free_port, port_open
 # The ports a first checkout gets when they are free (easy to remember); any other takes free ones.
 PREFERRED_PORTS = {"kafka": 19092, "postgres": 15432}
 DATABASE = "incidents"
-DEMO_DATABASE = "incidents_demo"  # `make demo` writes here, never into the database of `make run`
+# `make demo` runs on services of its own (subfolder `demo/` of the checkout's folder, free ports):
+# its generated incidents never reach the topics or the database of `make run`.
+DEMO_FOLDER = "demo"
+DEMO_DATABASE = "incidents_demo"
 
 
 def checkout_key(root: Path = REPO_ROOT) -> str:
@@ -44,21 +47,23 @@ def choose_ports(
     asked: Mapping[str, int | None],
     is_taken: Callable[[int], bool] = port_open,
     pick_free: Callable[[], int] = free_port,
+    preferred: Mapping[str, int] = PREFERRED_PORTS,
 ) -> tuple[dict[str, int], list[str]]:
-    """Ports for each service: as asked, else the ones this checkout used before (kept stable so the
-    exported environment stays valid), else the preferred ones, else free ones. Returns the ports and
-    a note for each remembered port that had to change because something else took it."""
+    """Ports for each service: as asked, else the ones this folder used before (kept stable so the
+    exported environment stays valid), else the `preferred` ones when free, else free ones. Returns
+    the ports and a note for each remembered port that had to change because something else took it."""
     saved_file = home / "ports.json"
     saved: dict[str, int] = json.loads(saved_file.read_text()) if saved_file.exists() else {}
     chosen: dict[str, int] = {}
     notes: list[str] = []
-    for name, preferred in PREFERRED_PORTS.items():
+    for name in PREFERRED_PORTS:
+        wished = preferred.get(name)
         if (port := asked.get(name)) is not None:
             chosen[name] = port
         elif (old := saved.get(name)) is not None and not is_taken(old):
             chosen[name] = old
-        elif old is None and preferred not in chosen.values() and not is_taken(preferred):
-            chosen[name] = preferred
+        elif old is None and wished is not None and wished not in chosen.values() and not is_taken(wished):
+            chosen[name] = wished
         else:
             chosen[name] = _free(is_taken, pick_free, set(chosen.values()))
             if old is not None:

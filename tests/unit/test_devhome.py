@@ -83,3 +83,23 @@ def test_reset_asks_first_and_deletes_only_this_checkouts_data(tmp_path: Path) -
     code, output = _reset(home, "--yes")
     assert code == 0 and "deleted" in output
     assert not home.exists() and (other / "pgdata" / "PG_VERSION").exists()
+
+
+def test_the_demo_and_the_tests_take_free_ports_not_the_well_known_ones(tmp_path: Path) -> None:
+    free = _free_ports()
+    ports, _ = choose_ports(
+        tmp_path, {"kafka": None, "postgres": None}, lambda _p: False, lambda: next(free), {}
+    )
+    assert ports == {"kafka": 40000, "postgres": 40001}
+
+
+def test_down_forgets_the_services_of_the_checkout_and_of_its_demo(tmp_path: Path) -> None:
+    gone = 2**22 + 1  # above Linux's largest pid: no such process
+    for home in (tmp_path, tmp_path / "demo"):
+        home.mkdir(exist_ok=True)
+        (home / "state.json").write_text(f'{{"kafka": {{"pid": {gone}}}, "postgres": {{"pid": {gone}}}}}')
+    result = CliRunner().invoke(dev_app, ["down"], env={"DEVSTACK_HOME": str(tmp_path)})
+    assert result.exit_code == 0 and "data kept in" in result.output
+    assert not (tmp_path / "state.json").exists() and not (tmp_path / "demo" / "state.json").exists()
+    where = CliRunner().invoke(dev_app, ["home"], env={"DEVSTACK_HOME": str(tmp_path)})
+    assert where.output.strip() == str(tmp_path)
