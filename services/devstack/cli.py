@@ -95,6 +95,8 @@ def up(
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     kafka_port, pg_port = ports["kafka"], ports["postgres"]
+    cluster: KafkaCluster | None = None
+    pg: LocalPostgres | None = None
     try:
         cluster = KafkaCluster.create(home / "kafka", size=1, ports=[kafka_port])
         saved = home / "kafka" / "cluster.json"
@@ -121,8 +123,15 @@ def up(
             "data": str(pg.data_dir),
         }
         _state_file().write_text(json.dumps(state))
-    except DevstackError as exc:
-        down(purge=False)
+    except (DevstackError, KeyboardInterrupt) as exc:
+        # Started detached, the services outlive us: stop what was starting (not yet in state.json).
+        for service in (cluster, pg):
+            if service is not None:
+                service.stop()
+        _state_file().unlink(missing_ok=True)
+        if isinstance(exc, KeyboardInterrupt):
+            console.print("interrupted: stopped the services that were starting")
+            raise typer.Exit(130) from None
         raise _fail(exc) from exc
     console.print(
         f"[green]up[/green] (data in {home}; stop with `incidents dev down`, delete with"

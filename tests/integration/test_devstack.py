@@ -233,3 +233,33 @@ def test_make_run_stops_what_it_started_keeps_what_it_found_and_reset_deletes_th
         [*cli, "dev", "reset", "--yes"], env=env, capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0 and "nothing to reset" in again.stderr
+
+
+def test_dev_up_interrupted_while_starting_leaves_nothing_running() -> None:
+    """Ctrl-C during `make run`'s set-up: the broker, started detached, must not outlive it."""
+    import signal
+    import time
+
+    home = _scratch("devhome-int")
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    env["DEVSTACK_HOME"] = str(home)
+    cli = [sys.executable, "-m", "incident_engine.cli", "dev", "up"]
+    up = subprocess.Popen(cli, env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True)  # fmt: skip
+
+    def broker_running() -> bool:
+        found = subprocess.run(["pgrep", "-f", f"kafka.Kafka {home}"], capture_output=True, text=True)
+        return found.stdout.strip() != ""
+
+    deadline = time.monotonic() + 120
+    while not broker_running() and up.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker_running(), "the broker never started"
+    os.killpg(up.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    assert up.stderr is not None
+    said = up.stderr.read()
+    up.stderr.close()
+    assert up.wait(60) == 130, said
+    assert "interrupted: stopped the services that were starting" in said
+    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
