@@ -20,6 +20,7 @@ from devstack.devhome import (
     delete_home,
     dev_home,
     folder_size,
+    legacy_home,
     save_ports,
 )
 from devstack.kafka import KafkaCluster, kafka_version
@@ -89,6 +90,12 @@ def up(
     if state:
         down(purge=False)
     home = _home()
+    if (old_home := legacy_home()) is not None and "DEVSTACK_HOME" not in os.environ:
+        console.print(
+            f"[yellow]note:[/yellow] {old_home} holds services of an older version (one folder for the"
+            f" whole machine); stop them with `DEVSTACK_HOME={old_home} incidents dev down`, delete it"
+            f" with `DEVSTACK_HOME={old_home} incidents dev reset`"
+        )
     # the well-known ports only for a checkout's own folder; the demo's and the tests' take free ones
     preferred = PREFERRED_PORTS if "DEVSTACK_HOME" not in os.environ else {}
     ports, notes = choose_ports(home, {"kafka": kafka_port, "postgres": pg_port}, preferred=preferred)

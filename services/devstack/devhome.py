@@ -94,6 +94,12 @@ def folder_size(path: Path) -> int:
     return total
 
 
+def legacy_home(base: Path | None = None) -> Path | None:
+    """The machine-wide dev folder of older versions, when it still records services (else None)."""
+    old = (base or base_dir()) / "dev"
+    return old if (old / "state.json").exists() else None
+
+
 def delete_home(home: Path) -> bool:
     """Delete a dev folder; False when there was none."""
     if not home.exists():

@@ -103,3 +103,12 @@ def test_down_forgets_the_services_of_the_checkout_and_of_its_demo(tmp_path: Pat
     assert not (tmp_path / "state.json").exists() and not (tmp_path / "demo" / "state.json").exists()
     where = CliRunner().invoke(dev_app, ["home"], env={"DEVSTACK_HOME": str(tmp_path)})
     assert where.output.strip() == str(tmp_path)
+
+
+def test_the_machine_wide_folder_of_older_versions_is_pointed_out(tmp_path: Path) -> None:
+    from devstack.devhome import legacy_home
+
+    assert legacy_home(tmp_path) is None
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "state.json").write_text("{}")
+    assert legacy_home(tmp_path) == tmp_path / "dev"
