@@ -53,8 +53,6 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
   eval "$exports"
   if [ -n "$demo" ]; then
     export DATABASE_URL="${DATABASE_URL%/*}/incidents_demo"
-  fi
-  if [ -n "$demo" ]; then
     say "using the demo's own local services (not those of make run):"
   else
     say "using this checkout's local services:"
