@@ -2,8 +2,11 @@
 # Validate the Prometheus rule files as `promtool check rules` does: deploy/prometheus/rulecheck is a
 # small Go program on Prometheus' own rule parser (package rulefmt), built once from the Go module
 # proxy into .cache/bin (git-ignored). promtool itself pulls every service-discovery SDK and takes
-# tens of minutes to build on 2 cores; the rule checks are the same code.
-#   deploy/prometheus/check.sh [RULE_FILE...]   default: deploy/prometheus/*.yaml
+# tens of minutes to build on 2 cores; the rule checks are the same code. Without arguments it also
+# evaluates each alert's expression with Prometheus' engine on series shaped like the engine's
+# metrics (rulecheck/alerts_test.go: fires where it should, quiet where it should be).
+#   deploy/prometheus/check.sh                  deploy/prometheus/*.yaml, then the alert scenarios
+#   deploy/prometheus/check.sh RULE_FILE...     only the rule checks of these files
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,7 +29,10 @@ if [ ! -x "$CHECK" ]; then
   mv "$CHECK.tmp" "$CHECK"
   say "built in $((SECONDS - started)) s"
 fi
-if [ $# -eq 0 ]; then
-  set -- deploy/prometheus/*.yaml
+if [ $# -gt 0 ]; then
+  exec "$CHECK" "$@"
 fi
-exec "$CHECK" "$@"
+"$CHECK" deploy/prometheus/*.yaml
+say "alert scenarios (go test; the first run compiles Prometheus' query engine)…"
+cd "$SRC"
+GOTOOLCHAIN=local GOFLAGS=-buildvcs=false go test -count=1 .

@@ -43,6 +43,14 @@ def test_rules_pass_prometheus_rule_checks(tmp_path: Path) -> None:
         assert refused.returncode == 1 and error in refused.stderr, refused.stderr
 
 
+def test_each_alert_fires_where_it_should_and_only_there() -> None:
+    """deploy/prometheus/rulecheck/alerts_test.go: each alert's expression, as written in the rule file,
+    evaluated by Prometheus' engine on series shaped like the engine's metrics."""
+    result = _check()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout and "\nok " in "\n" + result.stdout, result.stdout
+
+
 async def test_every_metric_of_the_rules_is_on_a_running_engines_metrics(
     kafka: Service, postgres: Service
 ) -> None:
