@@ -263,3 +263,6 @@ def test_dev_up_interrupted_while_starting_leaves_nothing_running() -> None:
     assert "interrupted: stopped the services that were starting" in said
     leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
