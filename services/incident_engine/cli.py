@@ -36,6 +36,14 @@ app.command("report")(report_command)
 app.add_typer(outbox_app, name="outbox")
 
 
+@app.command("intake-people")
+def intake_people() -> None:
+    """Run the support mailbox (SMTP) and the phone lines' webhooks (temporary; to fold into `intake`)."""
+    from incident_intake.people_cli import intake_people_command  # lazy: the engine does not need it
+
+    intake_people_command()
+
+
 def main() -> None:
     """Entry point of the console script."""
     app()

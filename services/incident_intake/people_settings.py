@@ -1,0 +1,98 @@
+"""Settings of the email and phone channels (environment variables, names as written, any case)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from incident_platform.settings import PlatformSettings
+
+__all__ = ["EmailSettings", "Mailbox", "PeopleSettings", "PhoneLine", "PhoneSettings"]
+
+Severity = Literal["critical", "high", "low"]
+Region = Literal["au", "us", "uk"]
+
+
+class Mailbox(BaseModel):
+    """A support address: what a new incident mailed to it gets unless a `+tag` says otherwise."""
+
+    region: Region | None = None
+    severity: Severity | None = None
+
+
+class EmailSettings(PlatformSettings):
+    """The SMTP server of the intake (INTAKE_SMTP_*)."""
+
+    intake_smtp_host: str = Field("127.0.0.1", description="Bind address of the SMTP server.")
+    intake_smtp_port: int = Field(2525, description="Port of the SMTP server (MX or forwarding target).")
+    intake_smtp_hostname: str = Field("intake.localdomain", description="Name in the SMTP greeting.")
+    intake_smtp_mailboxes: dict[str, Mailbox] = Field(
+        default_factory=lambda: {"support@localhost": Mailbox()},
+        description='Support addresses as JSON, e.g. {"support-au@example.com": {"region": "au"}, '
+        '"support@example.com": {}}. `support+critical@…` / `support+us@…` set severity / region.',
+    )
+    intake_smtp_default_severity: Severity = Field(
+        "high", description="Severity when neither address nor tag says."
+    )
+    intake_smtp_default_region: Region = Field("au", description="Region when neither address nor tag says.")
+    intake_smtp_max_message_bytes: int = Field(
+        1_048_576, description="Largest message accepted (SIZE; 552 above)."
+    )
+    intake_smtp_tls_certfile: Path | None = Field(
+        None, description="PEM certificate chain: enables STARTTLS."
+    )
+    intake_smtp_tls_keyfile: Path | None = Field(None, description="PEM private key of the certificate.")
+    intake_smtp_require_starttls: bool = Field(
+        False, description="Refuse mail before STARTTLS (needs the cert)."
+    )
+    intake_smtp_auth_users: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='AUTH PLAIN/LOGIN users as JSON {"user": "password"}: when set, AUTH (over TLS) is '
+        "required, for a relay that forwards the mailbox; leave empty when the intake is the MX.",
+    )
+    intake_kafka_timeout_s: float = Field(10.0, description="Longest wait for Kafka's acknowledgement.")
+
+
+class PhoneLine(BaseModel):
+    """A phone line: its number, region, time zone for spoken times, and the provider's base URL."""
+
+    number: str
+    region: Region
+    timezone: str
+    public_url: str = Field(description="Base URL the provider calls (signatures are computed over it).")
+
+
+def _default_lines() -> dict[str, PhoneLine]:
+    base = "http://127.0.0.1:8088"
+    return {
+        "au": PhoneLine(number="+61200000000", region="au", timezone="Australia/Sydney", public_url=base),
+        "us": PhoneLine(number="+12000000000", region="us", timezone="America/New_York", public_url=base),
+        "uk": PhoneLine(number="+442000000000", region="uk", timezone="Europe/London", public_url=base),
+    }
+
+
+class PhoneSettings(PlatformSettings):
+    """The phone webhooks of the intake (INTAKE_PHONE_*)."""
+
+    intake_phone_http_host: str = Field("127.0.0.1", description="Bind address of the phone webhooks.")
+    intake_phone_http_port: int = Field(8088, description="Port of the phone webhooks.")
+    intake_phone_lines: dict[str, PhoneLine] = Field(
+        default_factory=_default_lines,
+        description='Lines as JSON: {"au": {"number": "+61…", "region": "au", "timezone": '
+        '"Australia/Sydney", "public_url": "https://intake.example.com"}, …}.',
+    )
+    intake_phone_twilio_auth_token: SecretStr | None = Field(
+        None, description="Twilio auth token (signature key). Without it every webhook is refused (403)."
+    )
+    intake_phone_sms_severity: Severity = Field("high", description="Severity of `NEW <text>` by SMS.")
+    intake_engine_url: str = Field(
+        "http://127.0.0.1:8080", description="The engine's HTTP (read API) for SMS STATUS."
+    )
+    incidents_api_token: SecretStr | None = Field(None, description="Bearer token of the engine's read API.")
+    intake_kafka_timeout_s: float = Field(10.0, description="Longest wait for Kafka's acknowledgement.")
+
+
+class PeopleSettings(EmailSettings, PhoneSettings):
+    """Both people channels, as `incidents intake-people` runs them."""
