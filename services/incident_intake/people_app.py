@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 
 from incident_intake.email.handler import MailboxHandler
@@ -45,7 +46,9 @@ class PeopleChannels:
         await self.store.close()
 
 
-async def start_people(settings: PeopleSettings, *, engine_transport: Any = None) -> PeopleChannels:
+async def start_people(
+    settings: PeopleSettings, *, engine_transport: Any = None, tracer_provider: TracerProvider | None = None
+) -> PeopleChannels:
     """Migrate, connect, and listen for mail (the phone app is returned to be served or mounted)."""
     dsn = settings.database_url.get_secret_value()
     await migrate_people(dsn)
@@ -55,9 +58,9 @@ async def start_people(settings: PeopleSettings, *, engine_transport: Any = None
     engine = EngineReader(
         settings.intake_engine_url, token.get_secret_value() if token else None, transport=engine_transport
     )
-    mailbox = MailboxHandler(settings, store, publisher)
+    mailbox = MailboxHandler(settings, store, publisher, tracer_provider)
     smtp = await start_smtp_server(settings, mailbox)
-    phone = PhoneIntake(settings, store, publisher, engine)
+    phone = PhoneIntake(settings, store, publisher, engine, tracer_provider)
     return PeopleChannels(store, publisher, engine, smtp, mailbox, phone, create_phone_app(phone))
 
 

@@ -28,28 +28,36 @@ SOURCE: Final = "/channels/email"
 _SEVERITIES: Final = ("critical", "high", "low")
 _REGIONS: Final = ("au", "us", "uk")
 _log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("incident_intake.email")
 
 
 def sender_allowed(sender: str, rules: dict[str, bool], *, change: bool = False) -> bool:
-    """Whether `sender` matches the allowlist `rules` (address or '@domain'); an empty list allows
-    anyone to write but nobody to change an incident."""
-    if not rules:
-        return not change
+    """Whether `sender` may write to (or, with `change`, command incidents through) a mailbox.
+
+    `rules` maps an address or '@domain' to `can_change`: rows without it are the mailbox's
+    allowlist (when there is one, nobody else may write), rows with it are its responders (who may
+    always write, and acknowledge/restore by reply)."""
     domain = "@" + sender.rpartition("@")[2]
-    for pattern in (sender, domain):
-        if pattern in rules:
-            return rules[pattern] or not change
-    return False
+    match = rules.get(sender, rules.get(domain))
+    if change:
+        return match is True
+    restricted = any(not can_change for can_change in rules.values())
+    return match is not None or not restricted
 
 
 class MailboxHandler:
     """aiosmtpd handler of the support mailboxes (`handle_RCPT`, `handle_DATA`)."""
 
-    def __init__(self, settings: EmailSettings, store: PeopleStore, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        settings: EmailSettings,
+        store: PeopleStore,
+        publisher: Publisher,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.publisher = publisher
+        self.tracer = trace.get_tracer("incident_intake.email", tracer_provider=tracer_provider)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -66,7 +74,7 @@ class MailboxHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Turn the message into events; 250 only once Kafka acknowledged them, 451 to retry later."""
-        with _tracer.start_as_current_span("smtp message", kind=trace.SpanKind.SERVER) as span:
+        with self.tracer.start_as_current_span("smtp message", kind=trace.SpanKind.SERVER) as span:
             span.set_attribute("smtp.mail_from", str(envelope.mail_from or ""))
             try:
                 mail = parse_mail(envelope.original_content or envelope.content, envelope.mail_from or "")

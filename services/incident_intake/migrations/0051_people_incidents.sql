@@ -24,8 +24,9 @@ CREATE TABLE IF NOT EXISTS intake_email_messages (
 );
 CREATE INDEX IF NOT EXISTS intake_email_messages_incident ON intake_email_messages (incident_id);
 
--- a mailbox with rows here refuses every other sender; `sender` is an address or '@domain';
--- `can_change` lets the sender's replies acknowledge/restore (commands on the first line)
+-- per mailbox (its address without +tags), senders by address or '@domain': rows without
+-- `can_change` are its allowlist (a mailbox with one refuses every other sender), rows with it are
+-- its responders, who may always write and whose replies may acknowledge/restore (first-line commands)
 CREATE TABLE IF NOT EXISTS intake_email_senders (
     mailbox    text NOT NULL,
     sender     text NOT NULL,

@@ -43,7 +43,6 @@ from incident_intake.store import NewIncident, PeopleStore
 __all__ = ["PhoneIntake", "create_phone_app", "parse_sms"]
 
 _log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("incident_intake.phone")
 _XML: Final = "application/xml"
 _SMS_HELP: Final = (
     "Send NEW <what is wrong> (or NEW CRITICAL|HIGH|LOW <text>), ACK <incident>, RESTORED <incident>"
@@ -88,8 +87,14 @@ class PhoneIntake:
     """The webhooks' logic, on the store, the publisher and the engine's read API."""
 
     def __init__(
-        self, settings: PhoneSettings, store: PeopleStore, publisher: Publisher, engine: EngineReader
+        self,
+        settings: PhoneSettings,
+        store: PeopleStore,
+        publisher: Publisher,
+        engine: EngineReader,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
+        self.tracer = trace.get_tracer("incident_intake.phone", tracer_provider=tracer_provider)
         self.settings = settings
         self.store = store
         self.publisher = publisher
@@ -278,7 +283,7 @@ def create_phone_app(intake: PhoneIntake) -> Starlette:
             "phone.kind": kind,
             "phone.step": request.query_params.get("step", ""),
         }
-        with _tracer.start_as_current_span(
+        with intake.tracer.start_as_current_span(
             f"phone {kind} webhook", kind=trace.SpanKind.SERVER, attributes=attributes
         ):
             try:
