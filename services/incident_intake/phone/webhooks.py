@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -44,6 +45,7 @@ __all__ = ["PhoneIntake", "create_phone_app", "parse_sms"]
 
 _log = logging.getLogger(__name__)
 _XML: Final = "application/xml"
+_MAX_BODY: Final = 64 * 1024
 _SMS_HELP: Final = (
     "Send NEW <what is wrong> (or NEW CRITICAL|HIGH|LOW <text>), ACK <incident>, RESTORED <incident>"
     " or STATUS <incident>, e.g. ACK INC-1042."
@@ -273,7 +275,11 @@ def create_phone_app(intake: PhoneIntake) -> Starlette:
         line = intake.settings.intake_phone_lines.get(line_name)
         if line is None:
             return PlainTextResponse(f"no phone line {line_name!r}", status_code=404)
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        body = await request.body()
+        if len(body) > _MAX_BODY:
+            return PlainTextResponse("request body too large", status_code=413)
+        # the provider posts application/x-www-form-urlencoded (no multipart parser needed)
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if not intake.signed(line, request, form):
             _log.warning("refused a webhook on line %s: bad or missing X-Twilio-Signature", line_name)
             return PlainTextResponse("invalid signature", status_code=403)
