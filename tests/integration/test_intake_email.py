@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import ipaddress
 import smtplib
+import ssl
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from devstack.stack import Service
+from incident_intake.email.server import start_smtp_server
 from incident_intake.people_common import Publisher, derived_id
 from tests.integration.intake_helpers import PeopleStack, engine_state, free_port, people_stack
 
@@ -198,3 +204,72 @@ async def test_kafka_down_is_a_4xx_and_the_retry_succeeds(stack: PeopleStack) ->
     await engine_state(stack.engine, incident, "reported")
     await asyncio.sleep(0.5)
     assert [e["type"] for e in stack.tail.of(incident)] == ["incident.reported", "incident.updated"]
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intake.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return certfile, keyfile
+
+
+async def test_starttls_and_auth_when_configured(stack: PeopleStack, tmp_path: Path) -> None:
+    certfile, keyfile = self_signed(tmp_path)
+    settings = stack.settings.model_copy(
+        update={
+            "intake_smtp_port": free_port(), "intake_smtp_tls_certfile": certfile,
+            "intake_smtp_tls_keyfile": keyfile, "intake_smtp_require_starttls": True,
+            "intake_smtp_auth_users": {"relay": SecretStr("relay-password")},
+        }
+    )  # fmt: skip
+    server = await start_smtp_server(settings, stack.channels.mailbox)
+    trust = ssl.create_default_context(cafile=str(certfile))
+    report = mail("fay@customer.test", f"support@{DOMAIN}", "Forwarded: portal 502", "via the relay")
+
+    def session() -> list[object]:
+        seen: list[object] = []
+        with smtplib.SMTP("127.0.0.1", settings.intake_smtp_port, timeout=30) as client:
+            client.ehlo("relay.test")
+            seen.append(client.mail("fay@customer.test"))  # refused before STARTTLS
+            client.starttls(context=trust)
+            client.ehlo("relay.test")
+            seen.append(client.mail("fay@customer.test"))  # refused before AUTH
+            try:
+                client.login("relay", "wrong")
+            except smtplib.SMTPAuthenticationError as exc:
+                seen.append(exc.smtp_code)
+            client.login("relay", "relay-password")
+            seen.append(client.sendmail("fay@customer.test", [f"support@{DOMAIN}"], report.as_string()))
+        return seen
+
+    try:
+        before_tls, before_auth, wrong, refused = await asyncio.to_thread(session)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert before_tls[0] == 530 and b"STARTTLS" in before_tls[1]  # type: ignore[index]
+    assert before_auth[0] == 530 and b"uthentication required" in before_auth[1]  # type: ignore[index]
+    assert wrong == 535 and refused == {}
+    await engine_state(stack.engine, incident_of(report), "reported")
+    assert stack.tail.of(incident_of(report))[0]["data"]["summary"] == "Forwarded: portal 502"

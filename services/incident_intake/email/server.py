@@ -35,7 +35,7 @@ def _authenticator(settings: EmailSettings) -> Any:
             return AuthResult(success=False, handled=False)
         expected = users.get(auth_data.login.decode("utf-8", "replace"))
         ok = expected is not None and hmac.compare_digest(expected, auth_data.password)
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
     return authenticate
 
