@@ -8,6 +8,7 @@ import contextlib
 import asyncpg
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 
 __all__ = ["intake_people_command"]
@@ -31,6 +32,11 @@ def intake_people_command() -> None:
         console.print(
             f"[red]error:[/red] setting {where.upper()}: {first['msg']}"
             " (see the README, section Intake: email and phone)"
+        )
+        raise typer.Exit(2) from None
+    except SettingsError as exc:  # a JSON setting (mailboxes, lines, users) that is not JSON
+        console.print(
+            f"[red]error:[/red] {exc}: not valid JSON (see the README, section Intake: email and phone)"
         )
         raise typer.Exit(2) from None
     configure_logging(settings.incidents_log_level)
