@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from incident_platform.settings import PlatformSettings
 
-__all__ = ["EmailSettings", "Mailbox", "PeopleSettings", "PhoneLine", "PhoneSettings"]
+__all__ = ["EmailSettings", "Mailbox", "PeopleSettings", "PhoneLine", "PhoneSettings", "settings_table"]
 
 Severity = Literal["critical", "high", "low"]
 Region = Literal["au", "us", "uk"]
@@ -49,8 +50,9 @@ class EmailSettings(PlatformSettings):
     )
     intake_smtp_auth_users: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description='AUTH PLAIN/LOGIN users as JSON {"user": "password"}: when set, AUTH (over TLS) is '
-        "required, for a relay that forwards the mailbox; leave empty when the intake is the MX.",
+        description='AUTH PLAIN/LOGIN users as JSON {"user": "password"}: when set, AUTH is required '
+        "(and only offered after STARTTLS when a certificate is configured), for a relay that forwards "
+        "the mailbox; leave empty when the intake is the MX.",
     )
     intake_kafka_timeout_s: float = Field(10.0, description="Longest wait for Kafka's acknowledgement.")
 
@@ -96,3 +98,22 @@ class PhoneSettings(PlatformSettings):
 
 class PeopleSettings(EmailSettings, PhoneSettings):
     """Both people channels, as `incidents intake-people` runs them."""
+
+
+def settings_table() -> str:
+    """The README table of the people channels' own settings (the shared Kafka/PostgreSQL ones are
+    in the main configuration table)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in PeopleSettings.model_fields.items():
+        if name in PlatformSettings.model_fields:
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, dict):
+            default = {k: v.model_dump() if isinstance(v, BaseModel) else "***" for k, v in default.items()}
+            shown = (
+                f"`{json.dumps(default, separators=(',', ':'))}`" if len(str(default)) < 60 else "see below"
+            )
+        else:
+            shown = "–" if default is None else f"`{default}`"
+        rows.append(f"| `{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)

@@ -163,3 +163,18 @@ def test_status_reads_the_clocks_in_the_lines_time_zone() -> None:
     assert text.startswith("INC-1042 acknowledged (critical, au). ack: met; ")
     assert "restore: 13 min left (due 14:30 AEST)" in text
     assert "update: overdue by 1 h 2 min (due 14:30 AEST)" in text
+
+
+def test_readme_lists_every_setting_of_the_people_channels() -> None:
+    from pathlib import Path
+
+    from incident_intake.people_settings import settings_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- intake-people-config:start -->\n")[1].split(
+        "\n<!-- intake-people-config:end -->"
+    )[0]
+    assert block == settings_table(), (
+        "README.md's Intake: email and phone table is stale: replace it by the output of "
+        "`.venv/bin/python -c 'from incident_intake.people_settings import settings_table as t; print(t())'`"
+    )
