@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from incident_contracts import TOPIC_EVENTS, parse_event
+from incident_contracts.bounds import MAX_TEXT_LENGTH
 from incident_platform.kafka import durable_producer
 from incident_platform.settings import PlatformSettings
 from incident_platform.telemetry import inject_headers
@@ -26,6 +27,7 @@ from incident_platform.telemetry import inject_headers
 __all__ = [
     "KafkaUnavailable",
     "Publisher",
+    "clean_text",
     "derived_id",
     "format_number",
     "input_event",
@@ -34,6 +36,12 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _NUMBER: Final = re.compile(r"\bINC-(\d{1,12})\b", re.IGNORECASE)
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """Free text fit for the contract: control characters (but tab and line ends) dropped, bounded."""
+    return _CONTROL.sub("", text)[:limit]
 
 
 class KafkaUnavailable(Exception):

@@ -14,8 +14,8 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from devstack.stack import Service
-from incident_intake.people_common import derived_id
-from tests.integration.intake_helpers import PeopleStack, engine_state, people_stack
+from incident_intake.people_common import Publisher, derived_id
+from tests.integration.intake_helpers import PeopleStack, engine_state, free_port, people_stack
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +246,22 @@ def tail_subjects(stack: PeopleStack, sid: str) -> list[str]:
     """Subjects published for the incident a message would open."""
     incident = derived_id("phone-au", sid, length=20)
     return [e["subject"] for e in stack.tail.of(incident)]
+
+
+async def test_kafka_down_is_a_503_and_the_providers_retry_publishes(stack: PeopleStack) -> None:
+    provider, phone = Provider(stack), stack.channels.phone
+    live = phone.publisher
+    dead = stack.settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    phone.publisher = Publisher(dead, timeout=2.0)
+    new = sms("au", CALLER, "NEW low Printer\x07 on fire")
+    try:
+        assert (await provider.post("/v1/sms/au", new)).status_code == 503
+    finally:
+        await phone.publisher.close()
+        phone.publisher = live
+    incident = derived_id("phone-au", new["MessageSid"], length=20)
+    assert stack.tail.of(incident) == []
+    assert "opened (low, au)" in message(await provider.post("/v1/sms/au", new))  # the retry
+    await engine_state(stack.engine, incident, "reported")
+    (reported,) = stack.tail.of(incident)
+    assert reported["data"]["summary"] == "Printer on fire"  # the control character dropped

@@ -89,6 +89,9 @@ class MailboxHandler:
             except InputError as exc:
                 _log.warning("message refused: %s", exc)
                 return f"554 5.6.0 the message cannot become an incident event: {str(exc)[:200]}"
+            except Exception:  # a bug of ours: keep the mail at the sender (retried), never lose it
+                _log.exception("message deferred: unexpected error")
+                return "451 4.3.0 internal error of the intake; try again later"
             span.set_attribute("smtp.answer", answer)
             return answer
 

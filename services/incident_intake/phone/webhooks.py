@@ -27,10 +27,10 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from incident_contracts.bounds import MAX_TEXT_LENGTH
 from incident_intake.people_common import (
     KafkaUnavailable,
     Publisher,
+    clean_text,
     derived_id,
     format_number,
     input_event,
@@ -130,7 +130,7 @@ class PhoneIntake:
         source = f"/channels/phone/{line_name}"
         incident = NewIncident(
             incident_id=derived_id(f"phone-{line_name}", sid, length=20), source=source, reporter=caller,
-            severity=severity, region=line.region, summary=summary[:MAX_TEXT_LENGTH],
+            severity=severity, region=line.region, summary=clean_text(summary) or "(no text)",
         )  # fmt: skip
         trace.get_current_span().set_attribute("incident.id", incident.incident_id)
         number = await self.store.number_for(incident)
