@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from incident_platform.settings import PlatformSettings
 
@@ -34,6 +34,13 @@ class EmailSettings(PlatformSettings):
         description='Support addresses as JSON, e.g. {"support-au@example.com": {"region": "au"}, '
         '"support@example.com": {}}. `support+critical@…` / `support+us@…` set severity / region.',
     )
+
+    @field_validator("intake_smtp_mailboxes")
+    @classmethod
+    def _lower_case_addresses(cls, value: dict[str, Mailbox]) -> dict[str, Mailbox]:
+        """Addresses compare in lower case (as the recipients are read)."""
+        return {address.strip().lower(): mailbox for address, mailbox in value.items()}
+
     intake_smtp_default_severity: Severity = Field(
         "high", description="Severity when neither address nor tag says."
     )
