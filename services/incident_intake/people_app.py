@@ -16,9 +16,9 @@ from incident_intake.email.handler import MailboxHandler
 from incident_intake.email.server import start_smtp_server
 from incident_intake.people_common import Publisher
 from incident_intake.people_settings import PeopleSettings
+from incident_intake.people_store import PeopleStore, migrate_people
 from incident_intake.phone.status import EngineReader
 from incident_intake.phone.webhooks import PhoneIntake, create_phone_app
-from incident_intake.store import PeopleStore, migrate_people
 
 __all__ = ["PeopleChannels", "serve_people", "start_people"]
 

@@ -20,7 +20,7 @@ from incident_intake.people_common import (
     parse_number,
 )
 from incident_intake.people_settings import EmailSettings
-from incident_intake.store import NewIncident, PeopleStore
+from incident_intake.people_store import NewIncident, PeopleStore
 
 __all__ = ["SOURCE", "MailboxHandler", "sender_allowed"]
 

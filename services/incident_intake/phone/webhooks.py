@@ -37,9 +37,9 @@ from incident_intake.people_common import (
     parse_number,
 )
 from incident_intake.people_settings import PhoneLine, PhoneSettings
+from incident_intake.people_store import NewIncident, PeopleStore
 from incident_intake.phone import twiml
 from incident_intake.phone.status import EngineReader, describe_status
-from incident_intake.store import NewIncident, PeopleStore
 
 __all__ = ["PhoneIntake", "create_phone_app", "parse_sms"]
 
