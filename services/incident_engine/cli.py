@@ -15,6 +15,7 @@ from incident_engine.replay_cli import replay_command, report_command
 from incident_engine.retention import archive_command
 from incident_engine.schemas_cli import schemas_app
 from incident_engine.simulate import simulate_command
+from incident_intake.cli import intake_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident SLA engine.")
 app.add_typer(dev_app, name="dev")
@@ -34,6 +35,7 @@ app.command("openapi")(openapi_command)
 app.command("replay")(replay_command)
 app.command("report")(report_command)
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(intake_app, name="intake")
 
 
 @app.command("intake-people")

@@ -19,6 +19,7 @@ from incident_contracts.errors import InputError
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.telemetry import inject_headers, setup_telemetry
 from incident_engine.config import Settings, without_credentials
+from incident_engine.timeforms import parse_instant
 from incident_platform.kafka import kafka_security
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -123,7 +124,9 @@ def publish_command(
     severity: Annotated[str | None, typer.Option(help="critical | high | low (reported).")] = None,
     region: Annotated[str | None, typer.Option(help="au | us | uk (reported).")] = None,
     summary: Annotated[str | None, typer.Option(help="Summary (reported).")] = None,
-    time: Annotated[datetime | None, typer.Option(help="When it happened (RFC 3339; default now).")] = None,
+    time: Annotated[
+        str | None, typer.Option(help="When it happened (default now; a bare date is midnight UTC).")
+    ] = None,
     source: Annotated[str, typer.Option(help="Channel, e.g. /channels/phone/au.")] = "/channels/cli",
     event_id: Annotated[str | None, typer.Option("--id", help="Event id (default: a new UUID).")] = None,
     data: Annotated[str | None, typer.Option(help="Extra data fields as a JSON object.")] = None,
@@ -136,9 +139,11 @@ def publish_command(
         extra = orjson.loads(data) if data else {}
         if not isinstance(extra, dict):
             raise typer.BadParameter("--data must be a JSON object")
-        if time is not None and time.tzinfo is None:
-            time = time.replace(tzinfo=UTC)
-        event = build_event(event_type, incident, source=source, time=time, severity=severity, region=region,
+        try:
+            at = None if time is None else parse_instant(time)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--time") from None
+        event = build_event(event_type, incident, source=source, time=at, severity=severity, region=region,
                             summary=summary, extra=extra, event_id=event_id)  # fmt: skip
     except (orjson.JSONDecodeError, InputError) as exc:
         console.print(f"[red]error:[/red] not a valid {event_type} event: {exc}")
