@@ -38,14 +38,6 @@ app.add_typer(outbox_app, name="outbox")
 app.add_typer(intake_app, name="intake")
 
 
-@app.command("intake-people")
-def intake_people() -> None:
-    """Run the support mailbox (SMTP) and the phone lines' webhooks (temporary; to fold into `intake`)."""
-    from incident_intake.people_cli import intake_people_command  # lazy: the engine does not need it
-
-    intake_people_command()
-
-
 def main() -> None:
     """Entry point of the console script."""
     app()

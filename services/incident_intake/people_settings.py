@@ -26,6 +26,9 @@ class Mailbox(BaseModel):
 class EmailSettings(PlatformSettings):
     """The SMTP server of the intake (INTAKE_SMTP_*)."""
 
+    intake_smtp_enabled: bool = Field(
+        False, description="Run the support mailbox's SMTP server in `incidents intake`."
+    )
     intake_smtp_host: str = Field("127.0.0.1", description="Bind address of the SMTP server.")
     intake_smtp_port: int = Field(2525, description="Port of the SMTP server (MX or forwarding target).")
     intake_smtp_hostname: str = Field("intake.localdomain", description="Name in the SMTP greeting.")
@@ -61,7 +64,11 @@ class EmailSettings(PlatformSettings):
         "(and only offered after STARTTLS when a certificate is configured), for a relay that forwards "
         "the mailbox; leave empty when the intake is the MX.",
     )
-    intake_kafka_timeout_s: float = Field(10.0, description="Longest wait for Kafka's acknowledgement.")
+    intake_kafka_timeout_ms: int = Field(
+        10_000,
+        description="Longest wait for Kafka to acknowledge the events before answering 503 / SMTP 451 "
+        "(the sender retries).",
+    )
 
 
 class PhoneLine(BaseModel):
@@ -74,7 +81,7 @@ class PhoneLine(BaseModel):
 
 
 def _default_lines() -> dict[str, PhoneLine]:
-    base = "http://127.0.0.1:8088"
+    base = "http://127.0.0.1:8081"  # the intake's HTTP (INTAKE_HTTP_PORT)
     return {
         "au": PhoneLine(number="+61200000000", region="au", timezone="Australia/Sydney", public_url=base),
         "us": PhoneLine(number="+12000000000", region="us", timezone="America/New_York", public_url=base),
@@ -83,10 +90,8 @@ def _default_lines() -> dict[str, PhoneLine]:
 
 
 class PhoneSettings(PlatformSettings):
-    """The phone webhooks of the intake (INTAKE_PHONE_*)."""
+    """The phone webhooks of the intake (INTAKE_PHONE_*), served on the intake's HTTP."""
 
-    intake_phone_http_host: str = Field("127.0.0.1", description="Bind address of the phone webhooks.")
-    intake_phone_http_port: int = Field(8088, description="Port of the phone webhooks.")
     intake_phone_lines: dict[str, PhoneLine] = Field(
         default_factory=_default_lines,
         description='Lines as JSON: {"au": {"number": "+61…", "region": "au", "timezone": '
@@ -100,11 +105,15 @@ class PhoneSettings(PlatformSettings):
         "http://127.0.0.1:8080", description="The engine's HTTP (read API) for SMS STATUS."
     )
     incidents_api_token: SecretStr | None = Field(None, description="Bearer token of the engine's read API.")
-    intake_kafka_timeout_s: float = Field(10.0, description="Longest wait for Kafka's acknowledgement.")
+    intake_kafka_timeout_ms: int = Field(
+        10_000,
+        description="Longest wait for Kafka to acknowledge the events before answering 503 / SMTP 451 "
+        "(the sender retries).",
+    )
 
 
 class PeopleSettings(EmailSettings, PhoneSettings):
-    """Both people channels, as `incidents intake-people` runs them."""
+    """Both people channels, as `incidents intake` runs them beside the monitors' endpoints."""
 
 
 def settings_table() -> str:

@@ -136,7 +136,8 @@ async def people_stack(kafka: str, postgres: str, **settings: Any) -> AsyncItera
         await asyncio.wait_for(service.loop.ready.wait(), 30)
         intake_settings = PeopleSettings(
             kafka_bootstrap_servers=kafka, database_url=dsn, incidents_api_token=API_TOKEN,
-            intake_smtp_port=free_port(), intake_engine_url="http://engine", intake_kafka_timeout_s=5.0,
+            intake_smtp_port=free_port(), intake_engine_url="http://engine", intake_kafka_timeout_ms=5000,
+            intake_smtp_enabled=True,
             **settings,
         )  # fmt: skip
         spans = InMemorySpanExporter()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import smtplib
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
@@ -14,7 +17,13 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from devstack.stack import Service
+from incident_intake.http import create_app
+from incident_intake.integrations import load_integrations
+from incident_intake.people_app import with_people
 from incident_intake.people_common import Publisher, derived_id
+from incident_intake.people_settings import Mailbox
+from incident_intake.service import IntakeService
+from incident_intake.settings import IntakeSettings
 from tests.integration.intake_helpers import PeopleStack, engine_state, free_port, people_stack
 
 pytestmark = pytest.mark.integration
@@ -265,3 +274,44 @@ async def test_kafka_down_is_a_503_and_the_providers_retry_publishes(stack: Peop
     await engine_state(stack.engine, incident, "reported")
     (reported,) = stack.tail.of(incident)
     assert reported["data"]["summary"] == "Printer on fire"  # the control character dropped
+
+
+async def test_incidents_intake_serves_the_phone_lines_and_the_mailbox_beside_the_monitors(
+    stack: PeopleStack, tmp_path: Path
+) -> None:
+    """The composition `incidents intake` runs: the monitors' app + `with_people` (phone routes on the
+    same HTTP, the SMTP server in its lifespan)."""
+    config = tmp_path / "integrations.yaml"
+    config.write_text("integrations:\n  prom: {kind: alertmanager, region: au, auth: {bearer_token: t}}\n")
+    intake_settings = IntakeSettings(
+        kafka_bootstrap_servers=stack.settings.kafka_bootstrap_servers,
+        database_url=stack.settings.database_url, intake_kafka_timeout_ms=5000,
+    )  # fmt: skip
+    people = stack.settings.model_copy(
+        update={"intake_smtp_port": free_port(), "intake_smtp_mailboxes": {"support@support.test": Mailbox()}}
+    )
+    app = with_people(create_app(IntakeService(intake_settings, load_integrations(config))), people)
+    async with app.router.lifespan_context(app):
+        provider = Provider(stack)
+        provider.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC)
+        new = sms("au", CALLER, "NEW high Lifts stuck on level 3")
+        assert "opened (high, au)" in message(await provider.post("/v1/sms/au", new))
+        assert (await provider.post("/v1/sms/au", new, sign=False)).status_code == 403
+        assert (await provider.client.get("/livez")).status_code == 200  # the monitors' app is there
+        report = EmailMessage()
+        report["From"], report["To"], report["Subject"] = "gus@customer.test", "support@support.test", "VPN"
+        report["Message-ID"] = f"<{uuid.uuid4().hex}@mua.test>"
+        report.set_content("down")
+
+        def deliver() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", people.intake_smtp_port, timeout=30) as client:
+                return client.sendmail("gus@customer.test", ["support@support.test"], report.as_string())
+
+        assert await asyncio.to_thread(deliver) == {}
+    incident = derived_id("phone-au", new["MessageSid"], length=20)
+    await engine_state(stack.engine, incident, "reported")
+    mailed = derived_id("email", str(report["Message-ID"]), length=20)
+    await engine_state(stack.engine, mailed, "reported")
+    assert [e["source"] for e in stack.tail.of(mailed)] == ["/channels/email", "/channels/email"]
+    with pytest.raises(OSError):  # the lifespan closed the SMTP server
+        await asyncio.to_thread(smtplib.SMTP, "127.0.0.1", people.intake_smtp_port, timeout=5)

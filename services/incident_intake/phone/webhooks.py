@@ -41,7 +41,7 @@ from incident_intake.people_store import NewIncident, PeopleStore
 from incident_intake.phone import twiml
 from incident_intake.phone.status import EngineReader, describe_status
 
-__all__ = ["PhoneIntake", "create_phone_app", "parse_sms"]
+__all__ = ["PhoneIntake", "create_phone_app", "parse_sms", "phone_routes"]
 
 _log = logging.getLogger(__name__)
 _XML: Final = "application/xml"
@@ -266,11 +266,19 @@ def _sms(text: str) -> str:
 
 
 def create_phone_app(intake: PhoneIntake) -> Starlette:
-    """The Starlette app of the phone webhooks (to mount into the intake's HTTP app)."""
+    """The Starlette app of the phone webhooks alone (tests, tools)."""
+    return Starlette(routes=phone_routes(lambda: intake))
+
+
+def phone_routes(current: Callable[[], PhoneIntake | None]) -> list[Route]:
+    """`POST /v1/voice/{line}` and `/v1/sms/{line}` on the intake `current()` returns (503 while none)."""
 
     async def handle(
-        request: Request, answer: Callable[[str, PhoneLine, dict[str, str]], Awaitable[str]]
+        request: Request, answer: Callable[[PhoneIntake, str, PhoneLine, dict[str, str]], Awaitable[str]]
     ) -> Response:
+        intake = current()
+        if intake is None:
+            return PlainTextResponse("the phone intake is not running; retry", status_code=503)
         line_name = request.path_params["line"]
         line = intake.settings.intake_phone_lines.get(line_name)
         if line is None:
@@ -293,7 +301,7 @@ def create_phone_app(intake: PhoneIntake) -> Starlette:
             f"phone {kind} webhook", kind=trace.SpanKind.SERVER, attributes=attributes
         ):
             try:
-                return Response(await answer(line_name, line, form), media_type=_XML)
+                return Response(await answer(intake, line_name, line, form), media_type=_XML)
             except KafkaUnavailable as exc:
                 _log.warning("webhook deferred: %s", exc)
                 return PlainTextResponse("the incident queue is unavailable; retry", status_code=503)
@@ -304,7 +312,7 @@ def create_phone_app(intake: PhoneIntake) -> Starlette:
                 return PlainTextResponse(str(exc), status_code=400)
 
     async def voice(request: Request) -> Response:
-        async def answer(line_name: str, line: PhoneLine, form: dict[str, str]) -> str:
+        async def answer(intake: PhoneIntake, line_name: str, line: PhoneLine, form: dict[str, str]) -> str:
             query: dict[str, Any] = dict(request.query_params)
             step = query.get("step", "")
             return await intake.voice(line_name, line, request.url.path, step, form, query)
@@ -312,11 +320,12 @@ def create_phone_app(intake: PhoneIntake) -> Starlette:
         return await handle(request, answer)
 
     async def sms(request: Request) -> Response:
-        return await handle(request, intake.sms)
+        async def answer(intake: PhoneIntake, line_name: str, line: PhoneLine, form: dict[str, str]) -> str:
+            return await intake.sms(line_name, line, form)
 
-    return Starlette(
-        routes=[
-            Route("/v1/voice/{line}", voice, methods=["POST"]),
-            Route("/v1/sms/{line}", sms, methods=["POST"]),
-        ]
-    )
+        return await handle(request, answer)
+
+    return [
+        Route("/v1/voice/{line}", voice, methods=["POST"]),
+        Route("/v1/sms/{line}", sms, methods=["POST"]),
+    ]
