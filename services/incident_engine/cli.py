@@ -11,6 +11,7 @@ from incident_engine.entrypoints.commands import db_app, publish_command, serve_
 from incident_engine.entrypoints.demo import demo_command
 from incident_engine.entrypoints.openapi_cli import openapi_command
 from incident_engine.entrypoints.parked_cli import outbox_app
+from incident_engine.entrypoints.tail_cli import tail_command
 from incident_engine.replay_cli import replay_command, report_command
 from incident_engine.retention import archive_command
 from incident_engine.schemas_cli import schemas_app
@@ -26,6 +27,7 @@ app.command("simulate")(simulate_command)
 app.add_typer(schemas_app, name="schemas")
 app.command("serve")(serve_command)
 app.command("publish")(publish_command)
+app.command("tail")(tail_command)
 app.add_typer(db_app, name="db")
 db_app.command("archive")(archive_command)
 app.command("demo")(demo_command)

@@ -11,7 +11,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import asyncpg
 import orjson
 import typer
 from rich.console import Console
@@ -20,10 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from incident_contracts.constants import REGIONS, SEVERITIES
 from incident_engine import timeforms
 from incident_engine.adapters.archive_files import ArchiveError
-from incident_engine.config import Settings, without_credentials
+from incident_engine.config import Settings
 from incident_engine.domain import PolicyError, PolicyRegistry, SlaDomain, UnknownPolicyError
 from incident_engine.domain.policy import load_policy
 from incident_engine.reporting.source import EmptyLog, LogScope
+from incident_platform.cli_errors import exit_on_unreachable
 
 if TYPE_CHECKING:
     from incident_engine.reporting.compliance import Report
@@ -113,16 +113,13 @@ def progress_bar(enabled: bool, what: str) -> Iterator[Callable[[int, int], None
 
 
 def run_db(work: Awaitable[T], dsn: str) -> T:
-    """Run a database coroutine; turn the usual failures into one clear line and exit 1."""
+    """Run a database coroutine; turn the usual failures into one clear line and exit 1 (2 when
+    PostgreSQL cannot be reached)."""
     try:
-        return asyncio.run(work)  # type: ignore[arg-type]
+        with exit_on_unreachable(dsn=dsn):
+            return asyncio.run(work)  # type: ignore[arg-type]
     except (EmptyLog, ArchiveError) as exc:
         err.print(f"[red]error:[/red] {exc}")
-    except asyncpg.UndefinedTableError as exc:
-        err.print(f"[red]error:[/red] {exc}: the database has no event log yet; run `incidents db migrate`")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = without_credentials(dsn)
-        err.print(f"[red]error:[/red] cannot read the event log at {where}: {exc}")
     raise typer.Exit(1)
 
 

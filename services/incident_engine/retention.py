@@ -12,6 +12,7 @@ both archived and still in the database; readers take such an incident from the 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from incident_engine.adapters.archive_files import (
 from incident_engine.adapters.outbox_codec import decode_messages
 from incident_engine.config import Settings, without_credentials
 from incident_engine.timeforms import parse_month_start
+from incident_platform.cli_errors import UNREACHABLE, postgres_unreachable
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _ARCHIVE_LOCK = 0x51A_A3C1  # any constant: serializes concurrent archive runs
@@ -211,6 +213,9 @@ def archive_command(
     except asyncpg.UndefinedTableError as exc:
         console.print(f"[red]error:[/red] {exc}: no event log in this database; run `incidents db migrate`")
         raise typer.Exit(1) from None
+    except (ConnectionError, socket.gaierror) as exc:  # the server, not the folder
+        console.print(f"[red]error:[/red] {postgres_unreachable(dsn, exc)}")
+        raise typer.Exit(UNREACHABLE) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         where = without_credentials(dsn)
         console.print(f"[red]error:[/red] archive failed ({where}, folder {folder}): {exc}")

@@ -67,8 +67,8 @@ def intake_command(
     from incident_intake.people_cli import people_settings_or_exit
     from incident_intake.service import IntakeService
     from incident_intake.settings import IntakeSettings
+    from incident_platform.cli_errors import postgres_unreachable
     from incident_platform.logging_json import configure_logging
-    from incident_platform.settings import without_credentials
     from incident_platform.telemetry import create_providers, install_globally
 
     settings = _settings(integrations)
@@ -83,9 +83,8 @@ def intake_command(
     try:
         asyncio.run(_check_postgres(settings))
     except Exception as exc:
-        dsn = without_credentials(settings.database_url.get_secret_value())
-        console.print(f"[red]error:[/red] PostgreSQL at {dsn} is unreachable ({type(exc).__name__}: {exc}); "
-                      "set DATABASE_URL")  # fmt: skip
+        dsn = settings.database_url.get_secret_value()
+        console.print(f"[red]error:[/red] {postgres_unreachable(dsn, exc)}")
         raise typer.Exit(2) from None
     try:
         uvicorn.run(
