@@ -53,6 +53,8 @@ async def start_people(
 ) -> PeopleChannels:
     """Migrate, connect, and listen for mail when INTAKE_SMTP_ENABLED (the phone app is returned to be
     served or mounted)."""
+    # aiosmtpd logs every SMTP command (recipients included) at INFO; its warnings still come through
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     dsn = settings.database_url.get_secret_value()
     await migrate_people(dsn)
     store = await PeopleStore.connect(dsn, **settings.pool_timeouts())
