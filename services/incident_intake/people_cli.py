@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -32,4 +34,19 @@ def people_settings_or_exit() -> PeopleSettings:
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    if settings.intake_smtp_enabled:
+        _check_bindable(settings.intake_smtp_host, settings.intake_smtp_port)
     return settings
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Exit with one line now rather than a failed startup later when the SMTP port is taken."""
+    try:
+        with socket.create_server((host, port), reuse_port=False):
+            pass
+    except OSError as exc:
+        console.print(
+            f"[red]error:[/red] the SMTP server cannot listen on {host}:{port} ({exc.strerror or exc});"
+            " set INTAKE_SMTP_HOST / INTAKE_SMTP_PORT"
+        )
+        raise typer.Exit(2) from None
