@@ -10,8 +10,8 @@ from incident_contracts import InputError
 from incident_intake.email.handler import sender_allowed
 from incident_intake.email.parse import address_tags, html_to_text, parse_mail, reply_command, reply_text
 from incident_intake.people_common import derived_id, format_number, input_event, parse_number
+from incident_intake.phone.sms import SmsCommand, parse_sms
 from incident_intake.phone.status import describe_status
-from incident_intake.phone.webhooks import SmsCommand, parse_sms
 
 pytestmark = pytest.mark.unit
 

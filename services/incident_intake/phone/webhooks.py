@@ -9,9 +9,7 @@ published. A step that publishes answers only after Kafka acknowledged, and keep
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -34,14 +32,14 @@ from incident_intake.people_common import (
     derived_id,
     format_number,
     input_event,
-    parse_number,
 )
 from incident_intake.people_settings import PhoneLine, PhoneSettings
 from incident_intake.people_store import NewIncident, PeopleStore
 from incident_intake.phone import twiml
+from incident_intake.phone.sms import parse_sms
 from incident_intake.phone.status import EngineReader, describe_status
 
-__all__ = ["PhoneIntake", "create_phone_app", "parse_sms", "phone_routes"]
+__all__ = ["PhoneIntake", "create_phone_app", "phone_routes"]
 
 _log = logging.getLogger(__name__)
 _XML: Final = "application/xml"
@@ -50,35 +48,6 @@ _SMS_HELP: Final = (
     "Send NEW <what is wrong> (or NEW CRITICAL|HIGH|LOW <text>), ACK <incident>, RESTORED <incident>"
     " or STATUS <incident>, e.g. ACK INC-1042."
 )
-
-
-@dataclass(frozen=True)
-class SmsCommand:
-    """A parsed SMS: the verb and either a number or the text of a new incident."""
-
-    verb: str  # NEW | ACK | RESTORED | STATUS | HELP
-    number: int | None = None
-    severity: str | None = None
-    text: str = ""
-
-
-def parse_sms(body: str) -> SmsCommand:
-    """`NEW [severity] <text>`, `ACK <n>`, `RESTORED <n>`, `STATUS <n>` (n: `INC-1042` or `1042`)."""
-    words = body.strip().split(maxsplit=1)
-    verb = words[0].upper() if words else ""
-    rest = words[1].strip() if len(words) > 1 else ""
-    if verb == "NEW" and rest:
-        first, _, tail = rest.partition(" ")
-        if first.lower() in ("critical", "high", "low") and tail.strip():
-            return SmsCommand("NEW", severity=first.lower(), text=tail.strip())
-        return SmsCommand("NEW", text=rest)
-    if verb in ("ACK", "RESTORED", "STATUS"):
-        number = parse_number(rest) if "inc-" in rest.lower() else None
-        if number is None and re.fullmatch(r"\d{1,12}", rest):
-            number = int(rest)
-        if number is not None:
-            return SmsCommand(verb, number=number)
-    return SmsCommand("HELP")
 
 
 def _spoken(number: int) -> str:
