@@ -113,8 +113,8 @@ def outputs(prefix: str, count: int = 1, kind: str = "breached") -> list[dict[st
             "subject": f"INC-{prefix}-{i}",
             "time": now,
         }
-        data = {"policy": "livepro-1", "severity": "critical", "region": "au", "summary": f"{prefix} down {i}",
-                "source": "/channels/phone/au"}  # fmt: skip
+        data = {"policy": "livepro-1", "severity": "critical", "region": "au",
+                "summary": f"{prefix} down {i}", "source": "/channels/phone/au"}  # fmt: skip
         if kind == "warning":
             model: Any = SlaWarning(
                 type="incident.sla.warning",
