@@ -54,7 +54,7 @@ def backoff_seconds(
     rng: random.Random,
 ) -> float:
     """Delay before the next attempt: the receiver's Retry-After when it gave one (up to its cap),
-    else exponential (base * 2^(attempts-1), at most `cap`) with full jitter in [half, all] of it."""
+    else exponential (base * 2^(attempts-1), at most `cap`) with jitter: a random half to all of it."""
     if retry_after is not None:
         return min(retry_after, retry_after_cap)
     ceiling = min(cap, base * 2 ** max(attempts - 1, 0))

@@ -37,7 +37,7 @@ class NotifierSettings(PlatformSettings):
     incidents_notifier_backoff_base_ms: int = Field(
         1_000,
         ge=1,
-        description="First retry delay; doubles each attempt, with full jitter (half to all of it).",
+        description="First retry delay; doubles each attempt, with jitter (a random half to all of it).",
     )
     incidents_notifier_backoff_max_ms: int = Field(300_000, ge=1, description="Longest retry delay.")
     incidents_notifier_retry_after_max_ms: int = Field(

@@ -219,3 +219,11 @@ def test_dead_letter_quotes_the_output() -> None:
     assert letter["data"] == {"destination": "oncall", "destination_type": "pagerduty", "attempts": 3,
                               "last_error": "HTTP 410", "output": event}  # fmt: skip
     assert letter["id"] == dead_letter(event, config.destinations["oncall"], 5, "other")["id"]
+
+
+def test_readme_documents_every_notifier_setting() -> None:
+    from incident_engine.config_doc import NOTIFIER_END, NOTIFIER_START, notifier_table
+
+    readme = (REPO / "README.md").read_text()
+    block = f"{NOTIFIER_START}\n{notifier_table()}\n{NOTIFIER_END}"
+    assert block in readme, "run `incidents config --write-readme`"
