@@ -140,12 +140,15 @@ def outputs(prefix: str, count: int = 1, kind: str = "breached") -> list[dict[st
     return events
 
 
-async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+async def produce(
+    bootstrap: str, topic: str, events: list[dict[str, Any]], headers: list[tuple[str, bytes]] | None = None
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for event in events:
-            await producer.send_and_wait(topic, orjson.dumps(event), key=event["subject"].encode())
+            key = event["subject"].encode()
+            await producer.send_and_wait(topic, orjson.dumps(event), key=key, headers=headers)
     finally:
         await producer.stop()
 

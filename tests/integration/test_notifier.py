@@ -23,6 +23,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 from aiosmtpd.controller import Controller
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from standardwebhooks import Webhook
 
 from devstack.stack import Service, fresh_database
@@ -67,8 +68,11 @@ def settings_for(kafka: Service, dsn: str, topic: str, **extra: Any) -> Notifier
 
 
 @contextlib.asynccontextmanager
-async def running(settings: NotifierSettings, config: dict[str, Any]) -> AsyncIterator[Notifier]:
-    notifier = Notifier(settings, parse(config), create_providers("notifier-test"))
+async def running(
+    settings: NotifierSettings, config: dict[str, Any], spans: InMemorySpanExporter | None = None
+) -> AsyncIterator[Notifier]:
+    providers = create_providers("notifier-test", span_exporters=[spans] if spans else [])
+    notifier = Notifier(settings, parse(config), providers)
     await notifier.start()
     try:
         yield notifier
@@ -142,7 +146,10 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
     event_time = datetime.now(UTC) - timedelta(minutes=10)
     breach["time"] = event_time.isoformat()
     (warning,) = outputs("warn", 1, kind="warning")  # routed to nobody: never delivered
-    await produce(kafka.url, topic, [breach, warning])
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    traceparent = f"00-{trace_id}-{parent}-01".encode()
+    await produce(kafka.url, topic, [breach, warning], headers=[("traceparent", traceparent)])
+    spans = InMemorySpanExporter()
     async with Receiver() as receiver:
         config = {
             "destinations": {
@@ -171,7 +178,7 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
                 }
             ],
         }
-        async with running(settings_for(kafka, dsn, topic), config) as notifier:
+        async with running(settings_for(kafka, dsn, topic), config, spans) as notifier:
             await wait_for(
                 lambda: len(receiver.requests) >= 3 and sink.messages,
                 30,
@@ -179,6 +186,7 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
             )
             await asyncio.sleep(0.5)  # anything more (a duplicate, the warning) would arrive now
             metrics, _ = notifier.providers.metrics_text()
+            notifier.providers.tracer_provider.force_flush()
 
     # the webhook: the output's id, this attempt's timestamp, one valid signature per secret
     (hook,) = receiver.at("/hook")
@@ -217,6 +225,18 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
     assert mail["Subject"].startswith("[INC-fan-0] SLA breached: fan down 0")
     assert mail["Message-ID"] == f"<{breach['id']}.manager@incident-notifier>"
     assert "fan down 0" in mail.get_payload()
+
+    # a span per delivery, linked to the output's trace
+    delivery_spans = [s for s in spans.get_finished_spans() if s.name.startswith("notify ")]
+    assert sorted(s.name for s in delivery_spans) == [
+        "notify email",
+        "notify pagerduty",
+        "notify slack",
+        "notify webhook",
+    ]
+    for span in delivery_spans:
+        assert [format(link.context.trace_id, "032x") for link in span.links] == [trace_id]
+        assert span.attributes is not None and span.attributes["notifier.outcome"] == "delivered"
 
     stored = await rows(dsn)
     assert {k[1] for k in stored} == {"automation", "team", "paging", "manager"}  # not the warning
