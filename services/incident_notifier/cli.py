@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -87,6 +88,7 @@ async def _run(settings: NotifierSettings, routing: RoutingConfig) -> int:
     from incident_platform.telemetry import create_providers, install_globally
 
     configure_logging(settings.incidents_log_level)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per POST
     providers = create_providers("incident-notifier")
     install_globally(providers)
     notifier = Notifier(settings, routing, providers)
