@@ -121,6 +121,8 @@ class Senders:
             return Outcome(RETRY, f"no answer within {self.timeout:g} s")
         except (httpx.HTTPError, OSError) as exc:
             return Outcome(RETRY, f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # e.g. a secret that is no whsec_ value: counted, dead-lettered in the end
+            return Outcome(RETRY, f"{type(exc).__name__}: {exc}"[:500])
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
         parts = urlsplit(url)
@@ -180,6 +182,10 @@ class Senders:
                 password=reveal(password) if password is not None else None,
                 timeout=self.timeout,
             )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            detail = "; ".join(f"{r.recipient}: SMTP {r.code} {r.message}" for r in exc.recipients)[:500]
+            return Outcome(PERMANENT if codes and all(code >= 500 for code in codes) else RETRY, detail)
         except aiosmtplib.SMTPResponseException as exc:
             detail = f"SMTP {exc.code}: {exc.message}"[:500]
             return Outcome(PERMANENT if 500 <= exc.code < 600 else RETRY, detail)

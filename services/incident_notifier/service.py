@@ -187,6 +187,9 @@ class Notifier:
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when partitions are assigned and PostgreSQL answers."""
+        stopped = [task.get_name() for task in self._tasks if task.done()]
+        if stopped:
+            return False, f"stopped: {', '.join(stopped)}"
         if self.consumer is None or not self.consumer.assignment():
             return False, "no partitions assigned yet"
         try:
@@ -221,7 +224,13 @@ class Notifier:
         assert self.consumer is not None
         consumer = self.consumer
         while not self._stopping.is_set():
-            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            except Exception:
+                # aiokafka retries connections itself; anything it raises is logged and read again
+                _log.exception("could not read the output topics; retrying")
+                await asyncio.sleep(1.0)
+                continue
             self.assigned = bool(consumer.assignment())
             if not batch:
                 continue
@@ -237,7 +246,8 @@ class Notifier:
                 # Not committed: read the batch again (the insert is idempotent).
                 _log.exception("could not schedule deliveries; the batch is read again")
                 for tp, messages in batch.items():
-                    consumer.seek(TopicPartition(tp.topic, tp.partition), messages[0].offset)
+                    with contextlib.suppress(Exception):  # not ours any more after a rebalance: fine
+                        consumer.seek(TopicPartition(tp.topic, tp.partition), messages[0].offset)
                 await asyncio.sleep(1.0)
                 continue
             for name in {row[1] for row in rows}:
