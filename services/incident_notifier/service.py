@@ -169,6 +169,11 @@ class Notifier:
         self._stopping.set()
         for wake in self._wake.values():
             wake.set()
+        # Workers leave their loop and let the attempts in flight finish (each within its timeout),
+        # so that a success is recorded rather than left to its lease; then anything left is cancelled.
+        workers = [t for t in self._tasks if t.get_name() != "notifier-consume"]
+        if workers:
+            await asyncio.wait(workers, timeout=self.settings.incidents_notifier_timeout_ms / 1000 + 2)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -283,6 +288,12 @@ class Notifier:
             for waiter in waiters:
                 if waiter not in inflight and not waiter.done():
                     waiter.cancel()
+        try:
+            if inflight:
+                await asyncio.wait(inflight)
+        finally:
+            for task in inflight:
+                task.cancel()
 
     async def _deliver(self, destination: Destination, row: Any) -> None:
         event: dict[str, Any] = row["event"]
