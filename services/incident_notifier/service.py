@@ -152,7 +152,7 @@ class Notifier:
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.incidents_notifier_group,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset=s.incidents_notifier_start,
             **kafka_security(s),
         )
         await self.consumer.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -23,6 +24,10 @@ class NotifierSettings(PlatformSettings):
     )
     incidents_notifier_topics: str = Field(
         "incidents.breaches", description="Topics the notifier consumes (comma-separated)."
+    )
+    incidents_notifier_start: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a new consumer group starts: `earliest` (every retained output) or `latest`.",
     )
     incidents_notifier_dead_letter_topic: str = Field(
         DEAD_LETTER_TOPIC, description="Where deliveries that failed for good go, with their last error."
