@@ -227,3 +227,10 @@ def test_readme_documents_every_notifier_setting() -> None:
     readme = (REPO / "README.md").read_text()
     block = f"{NOTIFIER_START}\n{notifier_table()}\n{NOTIFIER_END}"
     assert block in readme, "run `incidents config --write-readme`"
+
+
+def test_committed_routing_schema_matches_the_code() -> None:
+    from incident_engine.schemas_cli import NOTIFIER_SCHEMA, notifier_schema
+
+    committed = (REPO / "schemas" / NOTIFIER_SCHEMA).read_bytes()
+    assert committed == notifier_schema(), "schemas/notifier.schema.json is stale: `incidents schemas export`"
