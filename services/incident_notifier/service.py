@@ -137,8 +137,14 @@ class Notifier:
             )
         dsn = s.database_url.get_secret_value()
         await migrate_notifier(dsn)
-        self.pool = await create_pool(dsn, max_size=4, **s.pool_timeouts())  # type: ignore[arg-type]
+        self.pool = await create_pool(dsn, max_size=8, **s.pool_timeouts())  # type: ignore[arg-type]
         self.store = DeliveryStore(self.pool)
+        orphans = await self.store.pending_elsewhere(list(self.config.destinations))
+        if orphans:
+            _log.warning(
+                "pending deliveries to destinations no longer configured stay pending until they are again",
+                extra={"pending": orphans},
+            )
         self.senders = Senders(
             timeout=s.incidents_notifier_timeout_ms / 1000,
             allow_private=s.incidents_notifier_allow_private,

@@ -86,6 +86,15 @@ class DeliveryStore:
             error,
         )
 
+    async def pending_elsewhere(self, configured: list[str]) -> dict[str, int]:
+        """Pending deliveries of destinations not in `configured` (a renamed or removed one)."""
+        rows = await self.pool.fetch(
+            "SELECT destination, count(*) AS n FROM notifier_deliveries"
+            " WHERE status = 'pending' AND destination <> ALL($1::text[]) GROUP BY destination",
+            configured,
+        )
+        return {r["destination"]: int(r["n"]) for r in rows}
+
     async def counts(self) -> dict[str, int]:
         """Deliveries by status."""
         rows = await self.pool.fetch("SELECT status, count(*) AS n FROM notifier_deliveries GROUP BY status")
