@@ -260,7 +260,7 @@ async def test_retries_back_off_honour_retry_after_and_dead_letter_permanent_fai
             "/moved": [(301, {"location": "https://elsewhere.example.com/"})],
             "/down": [(500, {})] * 10,
         }
-        receiver.delay = {"/slow": 1.5}  # slower than the whole retry dance of the others
+        receiver.delay = {"/slow": 3.0}  # slower than the whole retry dance of the others
         names = ["flaky", "limited", "gone", "moved", "down", "slow"]
         config = {
             "destinations": {
@@ -269,12 +269,16 @@ async def test_retries_back_off_honour_retry_after_and_dead_letter_permanent_fai
             },
             "routes": [{"to": names}],
         }
-        settings = settings_for(kafka, dsn, topic, incidents_notifier_max_attempts=3)
+        settings = settings_for(
+            kafka, dsn, topic, incidents_notifier_max_attempts=3,
+            incidents_notifier_timeout_ms=5_000, incidents_notifier_lease_ms=7_000,
+        )  # fmt: skip
         async with running(settings, config):
             await wait_for(
                 lambda: len(receiver.acknowledged("/limited")) == 1, 30, "the rate-limited delivery"
             )
             await wait_for(lambda: len(receiver.at("/down")) == 3, 30, "three attempts at the failing one")
+            await wait_for(lambda: bool(receiver.acknowledged("/slow")), 30, "the slow one")
             letters = await dead_letters(kafka, f"{topic}.dead", 3)
             await asyncio.sleep(0.5)
             stored = await rows(dsn)
@@ -287,7 +291,7 @@ async def test_retries_back_off_honour_retry_after_and_dead_letter_permanent_fai
     assert len(receiver.at("/down")) == 3  # the configured attempts, then no more
     # the slow destination did not hold the others: they were done before its first answer
     assert receiver.acknowledged("/slow") == [breach["id"]]
-    assert receiver.at("/slow")[0].at < receiver.at("/flaky")[-1].at
+    assert receiver.at("/flaky")[-1].at < receiver.at("/slow")[0].at + 3.0
 
     by_destination = {letter["data"]["destination"]: letter for letter in letters}
     assert set(by_destination) == {"gone", "moved", "down"}
@@ -311,8 +315,8 @@ async def test_sigkill_mid_retry_loses_nothing_and_resends_nothing_acknowledged(
     events = outputs("kill", 12)
     await produce(kafka.url, topic, events)
     async with Receiver() as receiver:
-        # /steady acknowledges at once; /retrying fails every output twice before acknowledging
-        receiver.script = {"/retrying": [(503, {}), (503, {})]}
+        # /steady acknowledges at once; /retrying fails every output three times before acknowledging
+        receiver.script = {"/retrying": [(503, {}), (503, {}), (503, {})]}
         config = {
             "destinations": {
                 n: {"type": "webhook", "url": receiver.url(f"/{n}"), "secrets": [{"env": "NT_SECRET"}]}
@@ -335,8 +339,8 @@ async def test_sigkill_mid_retry_loses_nothing_and_resends_nothing_acknowledged(
             "INCIDENTS_NOTIFIER_ALLOW_PRIVATE": "true",
             "INCIDENTS_NOTIFIER_HTTP_HOST": "127.0.0.1",
             "INCIDENTS_NOTIFIER_HTTP_PORT": str(port),
-            "INCIDENTS_NOTIFIER_BACKOFF_BASE_MS": "1500",  # the kill lands within the first back-off
-            "INCIDENTS_NOTIFIER_BACKOFF_MAX_MS": "1500",
+            "INCIDENTS_NOTIFIER_BACKOFF_BASE_MS": "2000",  # 1..2 s each: the kill lands mid-retry
+            "INCIDENTS_NOTIFIER_BACKOFF_MAX_MS": "2000",
             "INCIDENTS_NOTIFIER_TIMEOUT_MS": "1000",
             "INCIDENTS_NOTIFIER_LEASE_MS": "2000",
             "INCIDENTS_NOTIFIER_POLL_MS": "50",
