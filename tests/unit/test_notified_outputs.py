@@ -48,3 +48,19 @@ def test_the_projection_keeps_them_and_an_older_projection_still_loads() -> None
     older = {k: v for k, v in incident.to_json().items() if k not in ("summary", "source")}
     restored = Incident.from_json(older)
     assert restored.summary is None and restored.source is None  # outputs then say null, not fail
+
+
+def test_replay_check_accepts_a_projection_stored_before_the_fields() -> None:
+    from incident_engine.replay import differences
+
+    sla = domain()
+    t = utc("2026-03-02T10:00:00Z")
+    incident = sla.handle(None, event("reported", t, severity="low", region="au", summary="s1"), t).incident
+    assert incident is not None
+    older = {k: v for k, v in incident.to_json().items() if k not in ("summary", "source")}
+    timers = {incident.id: incident.next_due}
+    assert differences({incident.id: incident}, {incident.id: older}, timers) == []
+    wrong = {**incident.to_json(), "summary": "other"}
+    assert differences({incident.id: incident}, {incident.id: wrong}, timers) == [
+        f"{incident.id}: projection differs from replay"
+    ]
