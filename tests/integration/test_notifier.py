@@ -187,6 +187,13 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
             await asyncio.sleep(0.5)  # anything more (a duplicate, the warning) would arrive now
             metrics, _ = notifier.providers.metrics_text()
             notifier.providers.tracer_provider.force_flush()
+        # the same outputs read again (a restart before the offset commit, here a new group): the
+        # idempotent schedule sends nothing twice
+        requests, mails = len(receiver.requests), len(sink.messages)
+        async with running(settings_for(kafka, dsn, topic), config) as again:
+            await wait_for(lambda: again.assigned, 30, "the second notifier's partitions")
+            await asyncio.sleep(2.0)
+        assert (len(receiver.requests), len(sink.messages)) == (requests, mails)
 
     # the webhook: the output's id, this attempt's timestamp, one valid signature per secret
     (hook,) = receiver.at("/hook")
