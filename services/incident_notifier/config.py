@@ -16,8 +16,10 @@ OUTPUT_TYPES = [
     "incident.sla.breached",
     "incident.failover.required",
     "incident.sla.retracted",
+    "incident.state.changed",  # from incidents.state; only for routes that name it (e.g. resolve a page)
 ]
 CLOCKS = ["ack", "restore", "resolution", "update"]
+STATES = ["reported", "acknowledged", "investigating", "failed_over", "restored"]
 
 
 def _one_or_many(item: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +135,7 @@ SCHEMA: dict[str, Any] = {
                         "properties": {
                             "type": _one_or_many({"enum": OUTPUT_TYPES}),
                             "clock": _one_or_many({"enum": CLOCKS}),
+                            "state": _one_or_many({"enum": STATES}),
                             "threshold": _one_or_many(
                                 {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
                             ),

@@ -13,6 +13,7 @@ TITLES = {
     "incident.sla.breached": "SLA breached",
     "incident.failover.required": "Failover required",
     "incident.sla.retracted": "Breach retracted",
+    "incident.state.changed": "Incident update",
 }
 CLOCK_TEXT = {"ack": "acknowledge", "restore": "restore", "resolution": "resolution", "update": "update"}
 
@@ -60,6 +61,9 @@ def headline(event: dict[str, Any], now: datetime | None = None) -> str:
         return f"{incident}: failover required, restore SLA breached{late}"
     if kind == "incident.sla.retracted":
         return f"{incident}: {clock} breach retracted (the clock stopped in time)"
+    if kind == "incident.state.changed":
+        was = f" (was {data['from']})" if data.get("from") else ""
+        return f"{incident}: {str(data.get('to', '?')).replace('_', ' ')}{was}"
     return f"{incident}: {kind}"
 
 
@@ -160,6 +164,26 @@ def email_message(
 
 
 PD_SEVERITY = {"critical": "critical", "high": "error", "low": "warning"}
+# The clocks a state stops (design §4/§5): the pages of their breaches resolve with it.
+STOPPED_CLOCKS = {
+    "acknowledged": ("ack",),
+    "investigating": ("ack",),
+    "failed_over": ("ack", "restore", "resolution"),
+    "restored": ("ack", "restore", "resolution", "update"),
+}
+
+
+def pagerduty_events(event: dict[str, Any], routing_key: str, links_url: str | None) -> list[dict[str, Any]]:
+    """The PagerDuty events of one output: one trigger or resolve, or for a state change the resolves
+    of the clocks it stopped (none for a state that stops none)."""
+    if event.get("type") == "incident.state.changed":
+        state = str((event.get("data") or {}).get("to"))
+        incident = event.get("subject", "")
+        return [
+            {"routing_key": routing_key, "event_action": "resolve", "dedup_key": f"{incident}/{clock}"}
+            for clock in STOPPED_CLOCKS.get(state, ())
+        ]
+    return [pagerduty_event(event, routing_key, links_url)]
 
 
 def pagerduty_event(event: dict[str, Any], routing_key: str, links_url: str | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from incident_notifier.config import ConfigError, Destination, reveal
-from incident_notifier.messages import email_message, pagerduty_event, slack_message
+from incident_notifier.messages import email_message, pagerduty_events, slack_message
 
 DELIVERED = "delivered"
 RETRY = "retry"
@@ -156,9 +156,14 @@ class Senders:
             return await self._post(reveal(destination.url), payload, {"content-type": "application/json"})
         if destination.type == "pagerduty":
             assert destination.routing_key is not None
-            payload = orjson.dumps(pagerduty_event(event, destination.routing_key.value(), self.links_url))
             url = reveal(destination.url) if destination.url else DEFAULT_PAGERDUTY_URL
-            return await self._post(url, payload, {"content-type": "application/json"})
+            outcome = Outcome(DELIVERED)  # a state change that stops no clock resolves nothing
+            for page in pagerduty_events(event, destination.routing_key.value(), self.links_url):
+                # several resolves: each is idempotent in PagerDuty, so a retry resends them all
+                outcome = await self._post(url, orjson.dumps(page), {"content-type": "application/json"})
+                if outcome.status != DELIVERED:
+                    return outcome
+            return outcome
         return Outcome(PERMANENT, f"unknown destination type {destination.type!r}")
 
     async def _email(self, destination: Destination, event: dict[str, Any]) -> Outcome:

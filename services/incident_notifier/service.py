@@ -22,9 +22,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from incident_contracts import TOPIC_STATE
 from incident_contracts.envelope import stable_id
 from incident_notifier.config import Destination, RoutingConfig
-from incident_notifier.routing import destinations_for
+from incident_notifier.routing import STATE_CHANGED, destinations_for
 from incident_notifier.senders import DELIVERED, PERMANENT, Outcome, Senders
 from incident_notifier.settings import NotifierSettings
 from incident_notifier.store import DeliveryStore, Row, migrate_notifier
@@ -153,6 +154,12 @@ class Notifier:
         self.producer = durable_producer(s)
         await self.producer.start()
         topics = [t.strip() for t in s.incidents_notifier_topics.split(",") if t.strip()]
+        wants_state = any(STATE_CHANGED in r.match.get("type", ()) for r in self.config.routes)
+        if wants_state and TOPIC_STATE not in topics:
+            _log.warning(
+                f"a route names {STATE_CHANGED}, but INCIDENTS_NOTIFIER_TOPICS lacks {TOPIC_STATE}: "
+                "it matches nothing until the topic is added"
+            )
         self.consumer = AIOKafkaConsumer(
             *topics,
             bootstrap_servers=s.kafka_bootstrap_servers,

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from incident_contracts.models import FailoverRequired, SlaBreached, SlaWarning
+from incident_contracts.models import FailoverRequired, SlaBreached, SlaWarning, StateChanged
 
 
 @dataclass
@@ -99,6 +99,17 @@ class Receiver:
             return
         finally:
             writer.close()
+
+
+def state_changed(subject: str, from_state: str, to: str) -> dict[str, Any]:
+    """An `incident.state.changed` output, built with its contract model."""
+    model = StateChanged.model_validate({
+        "specversion": "1.0", "id": uuid.uuid4().hex, "source": "/engine", "type": "incident.state.changed",
+        "subject": subject, "time": datetime.now(UTC),
+        "data": {"from": from_state, "to": to, "cause": "e9", "policy": "livepro-1", "severity": "critical",
+                 "region": "au"},
+    })  # fmt: skip
+    return dict(orjson.loads(model.model_dump_json(by_alias=True, exclude_none=True)))
 
 
 def outputs(prefix: str, count: int = 1, kind: str = "breached") -> list[dict[str, Any]]:

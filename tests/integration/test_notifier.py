@@ -31,7 +31,7 @@ from incident_notifier.config import parse
 from incident_notifier.service import Notifier
 from incident_notifier.settings import NotifierSettings
 from incident_platform.telemetry import create_providers
-from tests.integration.notifier_helpers import Receiver, outputs, produce, wait_for
+from tests.integration.notifier_helpers import Receiver, outputs, produce, state_changed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +149,8 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     traceparent = f"00-{trace_id}-{parent}-01".encode()
     await produce(kafka.url, topic, [breach, warning], headers=[("traceparent", traceparent)])
+    restored = state_changed(breach["subject"], "acknowledged", "restored")  # resolves the page
+    await produce(kafka.url, topic, [restored, state_changed("INC-fan-9", "reported", "acknowledged")])
     spans = InMemorySpanExporter()
     async with Receiver() as receiver:
         config = {
@@ -175,12 +177,13 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
                 {
                     "match": {"type": "incident.sla.breached"},
                     "to": ["automation", "team", "paging", "manager"],
-                }
+                },
+                {"match": {"type": "incident.state.changed", "state": "restored"}, "to": "paging"},
             ],
         }
         async with running(settings_for(kafka, dsn, topic), config, spans) as notifier:
             await wait_for(
-                lambda: len(receiver.requests) >= 3 and sink.messages,
+                lambda: len(receiver.requests) >= 7 and sink.messages,
                 30,
                 "the webhook, Slack, PagerDuty and email",
             )
@@ -219,9 +222,13 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
     button = next(b for b in message["blocks"] if b["type"] == "actions")["elements"][0]
     assert button["url"] == "https://console.example.com/incidents/INC-fan-0"
 
-    # PagerDuty Events v2
-    (pd,) = receiver.at("/pd")
+    # PagerDuty Events v2: the breach triggers, the restoration resolves every clock's page
+    pd, *resolves = receiver.at("/pd")
     page = orjson.loads(pd.body)
+    assert [orjson.loads(r.body)["dedup_key"] for r in resolves] == [
+        f"INC-fan-0/{clock}" for clock in ("ack", "restore", "resolution", "update")
+    ]
+    assert {orjson.loads(r.body)["event_action"] for r in resolves} == {"resolve"}
     assert page["routing_key"] == "pd-routing-key" and page["event_action"] == "trigger"
     assert page["dedup_key"] == "INC-fan-0/ack" and page["payload"]["severity"] == "critical"
     assert page["payload"]["source"] == "/channels/phone/au"
@@ -234,7 +241,8 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
     assert "fan down 0" in mail.get_payload()
 
     # a span per delivery, linked to the output's trace
-    delivery_spans = [s for s in spans.get_finished_spans() if s.name.startswith("notify ")]
+    finished = spans.get_finished_spans()
+    delivery_spans = [s for s in finished if (s.attributes or {}).get("cloudevents.event_id") == breach["id"]]
     assert sorted(s.name for s in delivery_spans) == [
         "notify email",
         "notify pagerduty",
@@ -247,6 +255,7 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
 
     stored = await rows(dsn)
     assert {k[1] for k in stored} == {"automation", "team", "paging", "manager"}  # not the warning
+    assert len(stored) == 5  # the breach to four, the restoration to the pager; not the other change
     assert all(r["status"] == "delivered" and r["attempts"] == 1 for r in stored.values())
     assert b"notifier_deliveries_total" in metrics and b'outcome="delivered"' in metrics
     assert b"notifier_delivery_latency_seconds_bucket" in metrics

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from incident_notifier.config import ConfigError, load, parse
-from incident_notifier.messages import email_message, headline, pagerduty_event, slack_message, subject_token
+from incident_notifier.messages import (
+    email_message,
+    headline,
+    pagerduty_event,
+    pagerduty_events,
+    slack_message,
+    subject_token,
+)
 from incident_notifier.routing import destinations_for
 from incident_notifier.senders import PERMANENT, RETRY, RefusedAddress, check_address, classify_http
 from incident_notifier.senders import retry_after_seconds as retry_after
@@ -40,6 +47,7 @@ ESCALATION = {
         {"match": {"type": "incident.failover.required"}, "to": "automation"},
         {"match": {"region": "uk", "severity": ["critical", "high"], "policy": "livepro-2"}, "to": "uk-desk"},
         {"match": {"type": "incident.sla.breached", "clock": "update"}, "to": "team"},
+        {"match": {"type": "incident.state.changed", "state": ["restored", "failed_over"]}, "to": "oncall"},
     ],
 }
 
@@ -75,7 +83,10 @@ def output(kind: str, **data: Any) -> dict[str, Any]:
             ["team"],
         ),
         (output("sla.retracted", clock="ack"), []),  # no route names it
-        (output("state.changed", to="acknowledged", region="uk", policy="livepro-2"), []),  # never notified
+        # state changes only where a route names them: not the catch-all uk-desk route
+        (output("state.changed", to="acknowledged", region="uk", policy="livepro-2"), []),
+        (output("state.changed", to="restored", region="uk", policy="livepro-2"), ["oncall"]),
+        (output("rejected", reason="schema"), []),  # never notified
     ],
 )
 def test_routing_table(event: dict[str, Any], expected: list[str]) -> None:
@@ -158,6 +169,19 @@ def test_email_threads_back_into_the_intake() -> None:
     assert mail["Subject"] == "[INC-7] SLA breached: payments down"
     assert mail["Message-ID"] == "<e1.manager@incident-notifier>"
     assert subject_token("42") == "[INC-42]"
+
+
+def test_pagerduty_resolves_the_clocks_a_state_stops() -> None:
+    restored = pagerduty_events(output("state.changed", to="restored", **{"from": "acknowledged"}), "k", None)
+    assert [(e["event_action"], e["dedup_key"]) for e in restored] == [
+        ("resolve", "INC-7/ack"), ("resolve", "INC-7/restore"), ("resolve", "INC-7/resolution"),
+        ("resolve", "INC-7/update"),
+    ]  # fmt: skip
+    acked = pagerduty_events(output("state.changed", to="acknowledged"), "k", None)
+    assert [e["dedup_key"] for e in acked] == ["INC-7/ack"]
+    assert pagerduty_events(output("state.changed", to="reported"), "k", None) == []
+    event = output("state.changed", to="failed_over", **{"from": "investigating"})
+    assert headline(event) == "INC-7: failed over (was investigating)"
 
 
 def test_pagerduty_trigger_and_resolve_share_the_dedup_key() -> None:
