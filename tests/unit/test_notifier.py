@@ -258,3 +258,14 @@ def test_committed_routing_schema_matches_the_code() -> None:
 
     committed = (REPO / "schemas" / NOTIFIER_SCHEMA).read_bytes()
     assert committed == notifier_schema(), "schemas/notifier.schema.json is stale: `incidents schemas export`"
+
+
+def test_readme_escalation_example_is_valid() -> None:
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Notifications") :]
+    start = section.index("```yaml") + len("```yaml")
+    block = section[start : section.index("```\n", start)]
+    config = parse(yaml.safe_load(block), "README.md")
+    assert destinations_for(config, output("sla.warning", clock="ack", threshold=0.8)) == ["on-call"]
