@@ -305,6 +305,21 @@ class IncidentRejected(_OutputEnvelope):
     data: RejectedData
 
 
+class NotificationDeadData(_Data):
+    destination: str = Field(description="the destination's name in the notifier's routing")
+    destination_type: Literal["webhook", "slack", "email", "pagerduty"]
+    attempts: int = Field(ge=1, description="attempts made (1 for a permanent failure)")
+    last_error: str = Field(description="what the last attempt got, e.g. `HTTP 410` or `SMTP 550 ...`")
+    output: dict[str, Any] = Field(description="the output CloudEvent that could not be delivered, whole")
+
+
+class NotificationDead(_OutputEnvelope):
+    """A delivery of the notifier that failed for good (topic incidents.notifications.dead)."""
+
+    type: Literal["incident.notification.dead"]
+    data: NotificationDeadData
+
+
 OUTPUT_MODELS: tuple[type[CloudEvent], ...] = (
     StateChanged,
     SlaWarning,

@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from incident_contracts import TOPIC_STATE
+from incident_contracts.constants import NOTIFICATION_DEAD
 from incident_contracts.envelope import stable_id
 from incident_notifier.config import Destination, RoutingConfig
 from incident_notifier.routing import STATE_CHANGED, destinations_for
@@ -41,7 +42,7 @@ from incident_platform.telemetry import (
 
 _log = logging.getLogger("incident_notifier")
 
-DEAD_TYPE = "incident.notification.dead"
+DEAD_TYPE = NOTIFICATION_DEAD  # its model: incident_contracts.models.NotificationDead
 DEAD_SOURCE = "/notifier"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 

@@ -7,9 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from incident_contracts.constants import TOPIC_NOTIFICATIONS_DEAD
 from incident_platform.settings import PlatformSettings
 
-DEAD_LETTER_TOPIC = "incidents.notifications.dead"
+DEAD_LETTER_TOPIC = TOPIC_NOTIFICATIONS_DEAD
 
 
 class NotifierSettings(PlatformSettings):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from incident_contracts.models import NotificationDead
 from incident_notifier.config import ConfigError, load, parse
 from incident_notifier.messages import (
     email_message,
@@ -243,6 +244,7 @@ def test_dead_letter_quotes_the_output() -> None:
     assert letter["data"] == {"destination": "oncall", "destination_type": "pagerduty", "attempts": 3,
                               "last_error": "HTTP 410", "output": event}  # fmt: skip
     assert letter["id"] == dead_letter(event, config.destinations["oncall"], 5, "other")["id"]
+    NotificationDead.model_validate(letter)  # the contract's model of the dead-letter topic
 
 
 def test_readme_documents_every_notifier_setting() -> None:
