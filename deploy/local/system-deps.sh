@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs beyond Python, Java and Maven: Chromium (the HTML report is
-# screenshotted headless) and docker-compose (validates docker-compose.yml offline). Installed when
+# Debian packages the test suite needs beyond Python, Java and Maven: Chromium (the console's browser
+# tests; the HTML report is screenshotted headless) and docker-compose (validates docker-compose.yml offline). Installed when
 # missing and we may (root with apt-get); otherwise say what to install.
 set -euo pipefail
 missing=()

@@ -40,6 +40,17 @@ class Settings(PlatformSettings):
         description="Open the read API without a token (local development only). Without a token and "
         "without this, `/incidents` answers 401; probes and metrics stay open.",
     )
+    incidents_console_user_header: str | None = Field(
+        None,
+        description="Request header naming the signed-in user, set by an authenticating reverse proxy in "
+        "front of the console (e.g. `X-Forwarded-User`): with it the console asks no token. Only when "
+        "every request comes through that proxy, which must drop the header from clients.",
+    )
+    incidents_trace_ui_url: str | None = Field(
+        None,
+        description="Link of a trace in the trace UI, `{trace_id}` replaced; the console links each "
+        "event of a timeline to its trace (e.g. `http://127.0.0.1:16686/trace/{trace_id}` for Jaeger).",
+    )
     incidents_archive_dir: Path | None = Field(
         None,
         description="Folder of the event-log archive (`incidents db archive`); `replay` and `report` "

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import asyncpg
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from incident_contracts.constants import REGIONS, SEVERITIES
+from incident_engine import timeforms
 from incident_engine.adapters.archive_files import ArchiveError
-from incident_engine.config import Settings, without_credentials
+from incident_engine.config import Settings
 from incident_engine.domain import PolicyError, PolicyRegistry, SlaDomain, UnknownPolicyError
 from incident_engine.domain.policy import load_policy
 from incident_engine.reporting.source import EmptyLog, LogScope
+from incident_platform.cli_errors import exit_on_unreachable
+
+if TYPE_CHECKING:
+    from incident_engine.reporting.compliance import Report
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -55,29 +58,21 @@ class ReportFormat(StrEnum):
 
 
 def parse_instant(text: str | None, option: str) -> datetime | None:
-    """An RFC 3339 / ISO 8601 instant or a date (midnight UTC); a time without offset is UTC."""
+    """`timeforms.parse_instant` for an option: None stays None, a bad form is a usage error."""
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not a date or time; use e.g. 2025-03-04, 2025-03-04T10:30:00Z or"
-            " 2025-03-04T21:30+11:00",
-            param_hint=option,
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return timeforms.parse_instant(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def parse_month(text: str) -> tuple[datetime, datetime]:
-    """[first instant, first instant of the next month) of a YYYY-MM month, in UTC."""
-    match = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
-    if not match or not 1 <= int(match[2]) <= 12:
-        raise typer.BadParameter(f"{text!r} is not a month; use YYYY-MM, e.g. 2025-03", param_hint="--month")
-    year, month = int(match[1]), int(match[2])
-    start = datetime.combine(date(year, month, 1), datetime.min.time(), UTC)
-    end = datetime.combine(date(year + month // 12, month % 12 + 1, 1), datetime.min.time(), UTC)
-    return start, end
+    """`timeforms.parse_month` for `--month`."""
+    try:
+        return timeforms.parse_month(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--month") from None
 
 
 def shadow_domain(registry: PolicyRegistry, policy: str) -> tuple[SlaDomain, str]:
@@ -118,16 +113,13 @@ def progress_bar(enabled: bool, what: str) -> Iterator[Callable[[int, int], None
 
 
 def run_db(work: Awaitable[T], dsn: str) -> T:
-    """Run a database coroutine; turn the usual failures into one clear line and exit 1."""
+    """Run a database coroutine; turn the usual failures into one clear line and exit 1 (2 when
+    PostgreSQL cannot be reached)."""
     try:
-        return asyncio.run(work)  # type: ignore[arg-type]
+        with exit_on_unreachable(dsn=dsn):
+            return asyncio.run(work)  # type: ignore[arg-type]
     except (EmptyLog, ArchiveError) as exc:
         err.print(f"[red]error:[/red] {exc}")
-    except asyncpg.UndefinedTableError as exc:
-        err.print(f"[red]error:[/red] {exc}: the database has no event log yet; run `incidents db migrate`")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = without_credentials(dsn)
-        err.print(f"[red]error:[/red] cannot read the event log at {where}: {exc}")
     raise typer.Exit(1)
 
 
@@ -147,7 +139,20 @@ def _emit_json(value: Any) -> None:
 
 def replay_command(
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Show state, clocks and pending timers as they were then.")
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="State, clocks and pending timers as they were then in event time: every event stamped"
+            " up to then (whenever the engine read it), timers fired at their due moments.",
+        ),
+    ] = None,
+    as_of_processed: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of-processed",
+            help="The same as the engine had them then (processing time): what it had read by then,"
+            " timers as it fired them.",
+        ),
     ] = None,
     incident: Annotated[str | None, typer.Option("--incident", help="Only this incident.")] = None,
     policy: Annotated[
@@ -170,8 +175,14 @@ def replay_command(
     archive: ArchiveOption = None,
 ) -> None:
     """Replay the event log: check the live state (default), state --as-of an instant, or --policy what-if."""
-    moment = parse_instant(as_of, "--as-of")
+    event_moment = parse_instant(as_of, "--as-of")
+    processed_moment = parse_instant(as_of_processed, "--as-of-processed")
+    moment = event_moment or processed_moment
     start, end = parse_instant(since, "--since"), parse_instant(until, "--until")
+    if event_moment and processed_moment:
+        raise typer.BadParameter(
+            "choose one of --as-of (event time) and --as-of-processed", param_hint="--as-of"
+        )
     if check and (moment or policy):
         raise typer.BadParameter("--check takes no --as-of or --policy", param_hint="--check")
     if moment and policy:
@@ -187,7 +198,7 @@ def replay_command(
         scope = LogScope(incident, start, end)
         _what_if(settings, dsn, policy, scope, end, output_format, limit, progress, folder)
     elif moment or incident:
-        scope = LogScope(incident, processed_until=moment)
+        scope = LogScope(incident, processed_until=processed_moment, event_until=event_moment)
         _as_of(settings, dsn, scope, output_format, limit, progress, folder)
     else:
         from incident_engine.entrypoints.commands import replay_command as check_command
@@ -208,19 +219,21 @@ def _as_of(
     from incident_engine.reporting.text import print_incident, print_states
 
     _, domain = _domain(settings)
-    as_of = scope.processed_until
+    as_of = scope.event_until or scope.processed_until
+    basis = "event time" if scope.event_until else "processing time" if as_of else ""
     if as_of is not None and as_of > datetime.now(UTC):
-        err.print(
-            f"[yellow]note:[/yellow] --as-of {as_of.isoformat()} is in the future: showing the state now"
-        )
+        err.print(f"[yellow]note:[/yellow] {as_of.isoformat()} is in the future: showing the state now")
     with progress_bar(progress, "replaying") as bar:
         state, _ = run_db(state_at(dsn, domain, scope, progress=bar, archive=archive), dsn)
     if output_format is Format.json:
         _emit_json([state_json(i, as_of) for i in state.incidents.values()])
     elif scope.incident is not None:
-        print_incident(out, state.incidents[scope.incident], as_of)
+        if scope.incident not in state.incidents:
+            err.print(f"[red]error:[/red] incident {scope.incident!r} was not reported by {as_of} ({basis})")
+            raise typer.Exit(1)
+        print_incident(out, state.incidents[scope.incident], as_of, basis)
     else:
-        print_states(out, state.incidents, as_of, limit)
+        print_states(out, state.incidents, as_of, limit, basis)
 
 
 def _what_if(
@@ -250,7 +263,9 @@ def _what_if(
 
 
 def report_command(
-    month: Annotated[str | None, typer.Option(help="Calendar month YYYY-MM (UTC).")] = None,
+    month: Annotated[
+        str | None, typer.Option(help="Calendar month YYYY-MM (UTC); default the current month.")
+    ] = None,
     since: Annotated[str | None, typer.Option(help="Incidents reported from then on.")] = None,
     until: Annotated[str | None, typer.Option(help="Incidents reported before then.")] = None,
     region: Annotated[str | None, typer.Option(help=f"Only one region: {', '.join(REGIONS)}.")] = None,
@@ -259,7 +274,13 @@ def report_command(
         ReportFormat, typer.Option("--format", help="table, json (stdout) or html (a file).")
     ] = ReportFormat.table,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="HTML file (default sla-report-<period>.html).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="HTML file, or a folder for the default name (default sla-report-<period>.html in the"
+            " current directory); its full path is printed.",
+        ),
     ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
@@ -267,15 +288,21 @@ def report_command(
     archive: ArchiveOption = None,
 ) -> None:
     """SLA compliance from the event log: shares within SLA, times to ack/restore, breaches, availability."""
+    from incident_engine.reporting.compliance import DEFAULT_PERIOD_NOTE, period_label
     from incident_engine.reporting.html import render_html
     from incident_engine.reporting.run import compliance_report
     from incident_engine.reporting.text import print_report
 
     if month and (since or until):
         raise typer.BadParameter("give --month or --since/--until, not both", param_hint="--month")
-    start, end = (
-        parse_month(month) if month else (parse_instant(since, "--since"), parse_instant(until, "--until"))
-    )
+    now = datetime.now(UTC)
+    by_default = not (month or since or until)
+    start: datetime | None
+    end: datetime | None
+    if month or by_default:  # the current calendar month by default, said in the output
+        start, end = parse_month(month) if month else timeforms.month_of(now)
+    else:
+        start, end = parse_instant(since, "--since"), parse_instant(until, "--until")
     if start and end and start >= end:
         raise typer.BadParameter(f"--since {since} is not before --until {until}", param_hint="--since")
     if region is not None and region not in REGIONS:
@@ -291,15 +318,32 @@ def report_command(
     _, domain = _domain(settings)
     with progress_bar(progress, "report") as bar:
         work = compliance_report(
-            dsn, domain, start, end, severity=severity, region=region, progress=bar,
+            dsn, domain, start, end, severity=severity, region=region, progress=bar, now=now,
             archive=archive or settings.incidents_archive_dir,
         )  # fmt: skip
         report = run_db(work, dsn)
+    report.period = period_label(report.since, report.until, now)
+    if by_default:
+        report.period_note = DEFAULT_PERIOD_NOTE
+    elif since is None and until is not None:
+        report.period_note = "from the first incident in the log; give --since to choose the start"
     if output_format is ReportFormat.json:
         _emit_json(report.to_json())
     elif output_format is ReportFormat.html:
-        path = output or Path(f"sla-report-{month or f'{report.since:%Y%m%d}-{report.until:%Y%m%d}'}.html")
-        path.write_text(render_html(report), encoding="utf-8")
-        err.print(f"wrote {path}")
+        _write_html(report, output, render_html(report))
     else:
         print_report(out, report)
+
+
+def _write_html(report: Report, output: Path | None, page: str) -> None:
+    """Write the page where --output says (a folder: the default name in it); print where it went."""
+    whole_month = (report.since, report.until) == timeforms.month_of(report.since)
+    period = f"{report.since:%Y-%m}" if whole_month else f"{report.since:%Y%m%d}-{report.until:%Y%m%d}"
+    name = f"sla-report-{period}.html"
+    path = Path(name) if output is None else output / name if output.is_dir() else output
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write the HTML report to {path}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    out.print(f"wrote {path.resolve()} (incidents reported {report.period_text()})")

@@ -12,7 +12,7 @@ both archived and still in the database; readers take such an incident from the 
 from __future__ import annotations
 
 import asyncio
-import re
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +31,8 @@ from incident_engine.adapters.archive_files import (
 )
 from incident_engine.adapters.outbox_codec import decode_messages
 from incident_engine.config import Settings, without_credentials
+from incident_engine.timeforms import parse_month_start
+from incident_platform.cli_errors import UNREACHABLE, postgres_unreachable
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _ARCHIVE_LOCK = 0x51A_A3C1  # any constant: serializes concurrent archive runs
@@ -50,14 +52,6 @@ class Archived:
     events: int
     firings: int
     path: Path
-
-
-def month_start(text: str) -> datetime:
-    """The first instant (UTC) of a YYYY-MM month; ValueError otherwise."""
-    match = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
-    if not match or not 1 <= int(match[2]) <= 12:
-        raise ValueError(f"{text!r} is not a month; use YYYY-MM, e.g. 2025-03")
-    return datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
 
 
 def _month_after(moment: datetime) -> datetime:
@@ -102,7 +96,7 @@ async def archive_before(
         await _refuse_unrelayed(conn, "", before=before)  # refuse as a whole before archiving any month
         done = []
         for row in months:
-            start = month_start(row["month"])
+            start = parse_month_start(row["month"])
             done.append(await _archive_month(conn, folder, row["month"], start, _month_after(start)))
         return done
     finally:
@@ -203,7 +197,7 @@ def archive_command(
     """Move closed months of the event log (all incidents restored, outputs relayed) to compressed files."""
     settings = Settings()
     try:
-        start = month_start(before)
+        start = parse_month_start(before)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--before") from None
     folder = to or settings.incidents_archive_dir
@@ -219,6 +213,9 @@ def archive_command(
     except asyncpg.UndefinedTableError as exc:
         console.print(f"[red]error:[/red] {exc}: no event log in this database; run `incidents db migrate`")
         raise typer.Exit(1) from None
+    except (ConnectionError, socket.gaierror) as exc:  # the server, not the folder
+        console.print(f"[red]error:[/red] {postgres_unreachable(dsn, exc)}")
+        raise typer.Exit(UNREACHABLE) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         where = without_credentials(dsn)
         console.print(f"[red]error:[/red] archive failed ({where}, folder {folder}): {exc}")

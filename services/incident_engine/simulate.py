@@ -27,12 +27,14 @@ from incident_contracts.models import INPUT_ADAPTER
 from incident_engine.domain import DomainError, Incident, PolicyRegistry, SlaDomain, Timer, reject_input
 from incident_engine.domain.policy import DEFAULT_POLICY, POLICY_DIR
 from incident_engine.gc_pause import gc_paused
+from incident_engine.timeforms import parse_instant
 
 Emit = Callable[[list[OutputEvent]], None]
 
 
 class MalformedInput(ValueError):
-    """A line of the input file that is not a JSON object; the message has the line number."""
+    """A line of the input file that is not a valid input event (in a strict run); the message has the
+    line number."""
 
     def __init__(self, line: int, problem: str) -> None:
         super().__init__(f"line {line}: {problem}")
@@ -65,13 +67,18 @@ class Simulation:
     seen_ids: set[tuple[str, str]] = field(default_factory=set)  # (source, id): the CloudEvents identity
     events_read: int = 0
     outputs: int = 0
+    strict: bool = False  # a line that is not a valid input event raises MalformedInput
+    bad_lines: list[int] = field(default_factory=list)  # numbers of the lines rejected as decode/schema
     _pending: list[OutputEvent] = field(default_factory=list)
     _buckets: dict[int, list[Entry]] = field(default_factory=dict)  # heaps of entries
     _order: list[int] = field(default_factory=list)  # heap of the numbers of the non-empty buckets
     _next: datetime = _NEVER  # the earliest due queued (a stale entry's, maybe: never later)
 
     def run(self, lines: Iterable[bytes], until: datetime) -> None:
-        """Feed every non-blank line in order, then advance to `until`; raise MalformedInput on a bad line."""
+        """Feed every non-blank line in order, then advance to `until`.
+
+        A line that is not a valid input event is an `incident.rejected` output (`decode`: not JSON,
+        its detail naming the line; `schema`: not a valid event), or with `strict` a MalformedInput."""
         # One loop with local names: this is the hot path of a million-event run.
         seen, incidents, pending = self.seen_ids, self.incidents, self._pending
         buckets, order, apply, parse = (
@@ -100,10 +107,8 @@ class Simulation:
                     except ValidationError:
                         try:
                             parse_event(raw)
-                        except DecodeError as exc:
-                            raise MalformedInput(number, exc.detail) from None
-                        except SchemaError as exc:
-                            pending.append(reject_input(exc, raw, clock))
+                        except (DecodeError, SchemaError) as exc:
+                            self._reject(number, exc, raw, clock)
                         continue
                 identity = (event.source, event.id)
                 if identity in seen:
@@ -142,6 +147,19 @@ class Simulation:
             self.events_read += read
         self.advance(until.astimezone(UTC))
         self.flush()
+
+    def _reject(self, number: int, error: DecodeError | SchemaError, raw: bytes, clock: datetime) -> None:
+        """A bad line: a rejection (a decode one names the line: there is no event id to name), or the
+        end of a strict run."""
+        if self.strict:
+            raise MalformedInput(number, f"{error.reason}: {error.detail}")
+        self.bad_lines.append(number)
+        origin = None
+        if isinstance(error, DecodeError):
+            detail = error.detail.replace(": line 1 column ", " at column ")  # the line is one line
+            error = DecodeError(f"line {number}: {detail}", event_id=error.event_id, subject=error.subject)
+            origin = f"line/{number}"
+        self._pending.append(reject_input(error, raw, clock, origin=origin))
 
     def advance(self, until: datetime, *, before: bool = False) -> None:
         """Move the virtual clock to `until`, firing every timer due on the way at its own due moment.
@@ -205,9 +223,11 @@ def _enqueue(
         heappush(entries, (key, incident_id, incident, timer))
 
 
-def run_simulation(lines: Iterable[bytes], until: datetime, domain: SlaDomain, emit: Emit) -> Simulation:
+def run_simulation(
+    lines: Iterable[bytes], until: datetime, domain: SlaDomain, emit: Emit, *, strict: bool = False
+) -> Simulation:
     """Run `lines` (JSONL input CloudEvents) through `domain` up to `until`; return the finished run."""
-    simulation = Simulation(domain, emit)
+    simulation = Simulation(domain, emit, strict=strict)
     # Hundreds of thousands of live incidents make the cyclic GC rescan them again and again, for
     # nothing: the simulation creates no reference cycles. Plain reference counting frees the rest.
     with gc_paused(keep=True):
@@ -224,23 +244,26 @@ def writer(stream: BinaryIO) -> Emit:
     return emit
 
 
-def parse_instant(text: str) -> datetime:
-    """An RFC 3339 instant with an offset (`Z` allowed)."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset (add Z or +hh:mm)")
-    return moment
-
-
 def simulate_command(
     file: Annotated[Path, typer.Argument(help="JSONL file of input CloudEvents (structured JSON).")],
     until: Annotated[
-        str, typer.Option("--until", help="Advance the virtual clock to this RFC 3339 instant.")
+        str,
+        typer.Option(
+            "--until", help="Advance the virtual clock to this instant (a bare date is midnight UTC)."
+        ),
     ],
     policy: Annotated[
         str, typer.Option("--policy", help="Default policy for incidents that name none.")
     ] = DEFAULT_POLICY,
     policies: Annotated[Path, typer.Option("--policies", help="Folder of policy YAML files.")] = POLICY_DIR,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Stop at the first line that is not a valid input event (exit 1) instead of printing"
+            " its rejection.",
+        ),
+    ] = False,
 ) -> None:
     """Run input events through the SLA domain on a virtual clock; print the output events as JSONL."""
     try:
@@ -251,11 +274,18 @@ def simulate_command(
         raise typer.Exit(2) from None
     try:
         with file.open("rb") as lines:
-            run_simulation(lines, end, domain, writer(sys.stdout.buffer))
+            run = run_simulation(lines, end, domain, writer(sys.stdout.buffer), strict=strict)
     except OSError as exc:
         typer.echo(f"error: cannot read {file}: {exc}", err=True)
         raise typer.Exit(2) from None
     except MalformedInput as exc:
         sys.stdout.flush()
-        typer.echo(f"error: {file}:{exc.line}: malformed input: {exc.problem}", err=True)
+        typer.echo(f"error: {file}:{exc.line}: {exc.problem} (--strict: stopped here)", err=True)
         raise typer.Exit(1) from None
+    if run.bad_lines:
+        shown = ", ".join(map(str, run.bad_lines[:10])) + (", …" if len(run.bad_lines) > 10 else "")
+        typer.echo(
+            f"note: {file}: {len(run.bad_lines)} line(s) not valid input events, printed as"
+            f" incident.rejected outputs: {shown} (--strict stops at the first instead)",
+            err=True,
+        )

@@ -11,7 +11,7 @@ from typing import IO, Any, Final
 import orjson
 from opentelemetry import trace
 
-__all__ = ["JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
+__all__ = ["CoordinatorRetryFilter", "JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
 
 _MASK: Final = "***"
 _URL_PASSWORD: Final = re.compile(
@@ -33,8 +33,22 @@ def _mask_value(match: re.Match[str]) -> str:
     return f"{match['keep']}{quote}{_MASK}{quote}"
 
 
-# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged too.
-_RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged too
+# (but uvicorn's `color_message`: the message again, with terminal colour codes).
+_RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal escape codes: never inside a JSON line
+# What aiokafka's group coordinator says at ERROR while a fresh broker elects the coordinator of a
+# group (its first start, the group's first join): harmless, retried at once, so said at INFO.
+_COORDINATOR_LOGGER: Final = "aiokafka.consumer.group_coordinator"
+_COORDINATOR_RETRY: Final = re.compile(
+    r"Group Coordinator Request failed: \[Error \d+\] "
+    r"(GroupCoordinatorNotAvailableError|CoordinatorLoadInProgressError|NotCoordinatorForGroupError)"
+)
 _HANDLER_MARK: Final = "_incidents_json_handler"
 
 
@@ -61,6 +75,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class CoordinatorRetryFilter(logging.Filter):
+    """Says aiokafka's harmless "coordinator not available yet" at INFO instead of ERROR (only that)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Lower the level of the known-harmless message; never drops a record."""
+        if record.levelno > logging.INFO and _COORDINATOR_RETRY.match(record.getMessage()):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """time, level, logger, message, trace_id, span_id, then the record's extra fields."""
 
@@ -70,7 +94,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message if "\x1b" not in (message := record.getMessage()) else _ANSI.sub("", message),
         }
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
@@ -101,4 +125,12 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
     # Client libraries are chatty at INFO (every rebalance step); their warnings still come through.
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    coordinator = logging.getLogger(_COORDINATOR_LOGGER)
+    if not any(isinstance(f, CoordinatorRetryFilter) for f in coordinator.filters):
+        coordinator.addFilter(CoordinatorRetryFilter())
+    # uvicorn and FastStream log through the root handler, in this format (no handlers of their own)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
+        framework = logging.getLogger(name)
+        framework.handlers.clear()
+        framework.propagate = True
     return handler

@@ -113,8 +113,8 @@ async def test_as_of_matches_the_live_engine_at_several_instants(
 
     # The CLI gives the same state as JSON, for one incident.
     env = {**os.environ, "DATABASE_URL": dsn}
-    command = [sys.executable, "-m", "incident_engine.cli", "replay", "--as-of", snapshots[2][0].isoformat(),
-               "--incident", crit, "--format", "json", "--no-progress"]  # fmt: skip
+    command = [sys.executable, "-m", "incident_engine.cli", "replay", "--incident", crit, "--format", "json",
+               "--as-of-processed", snapshots[2][0].isoformat(), "--no-progress"]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert run.returncode == 0, run.stderr.decode()
     (shown,) = orjson.loads(run.stdout)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -171,7 +174,9 @@ async def test_cli_json_and_bad_input(seeded: str) -> None:
         bad = _cli(seeded, *args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
     nothing = _cli(seeded, "--month", "2024-01")
-    assert nothing.returncode == 1 and b"none of the" in nothing.stderr
+    assert nothing.returncode == 1, nothing.stderr
+    assert b"no incident reported from 2024-01-01 00:00 UTC before 2024-02-01 00:00 UTC" in nothing.stderr
+    assert b"--month YYYY-MM or --since/--until" in nothing.stderr
 
 
 def _chromium() -> str:
@@ -242,3 +247,42 @@ async def test_html_report_renders_its_charts_in_headless_chromium(seeded: str, 
     assert sum(n for c, n in colors.items() if c != background) > 0.05 * sum(colors.values()), "blank page"
     for name, rgb in [("blue series", (0x25, 0x63, 0xEB)), ("amber series", (0xF5, 0x9E, 0x0B))]:
         assert colors.get(rgb, 0) > 20, f"no {name} pixels: the SVG charts did not render"
+
+
+_LAYOUT_SCRIPT = """<script>
+const rows = sel => { const m = new Map(); document.querySelectorAll(sel).forEach(e => {
+  const r = e.getBoundingClientRect(), k = Math.round(r.top);
+  if (!m.has(k)) m.set(k, []); m.get(k).push(Math.round(r.width)); }); return [...m.values()]; };
+const page = document.documentElement;
+document.body.setAttribute("data-layout", JSON.stringify({cards: rows(".card"), figures: rows("figure"),
+  charts: Math.round(document.querySelector(".charts").getBoundingClientRect().width),
+  overflow: page.scrollWidth > page.clientWidth}));
+</script>"""
+
+
+async def test_html_report_layout_has_no_lone_card_and_no_half_empty_row(seeded: str, tmp_path: Path) -> None:
+    """The page as Chromium lays it out at several window widths: the six KPI cards in even rows, each
+    row of charts full (one across the page or two side by side), nothing wider than the window."""
+    chromium = _chromium()
+    run = _cli(seeded, "--month", "2025-03", "--format", "html", "-o", str(tmp_path))
+    assert run.returncode == 0, run.stderr.decode()
+    page = tmp_path / "sla-report-2025-03.html"  # a folder as --output: the default name in it
+    assert f"wrote {page}" in run.stdout.decode()
+    probe = tmp_path / "probe.html"  # the page (which has no script) with a script that measures it
+    probe.write_text(page.read_text().replace("</body>", _LAYOUT_SCRIPT + "</body>"))
+    for width in (1600, 1200, 900, 600):
+        with tempfile.TemporaryDirectory() as profile:
+            dump = subprocess.run(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={profile}", f"--window-size={width},1600", "--dump-dom", probe.as_uri()],
+                capture_output=True, timeout=120, check=False, text=True,
+            )  # fmt: skip
+        found = re.search(r'data-layout="([^"]*)"', dump.stdout)
+        assert found, f"Chromium did not lay the page out: {dump.stderr[-500:]}"
+        layout = json.loads(html.unescape(found[1]))
+        cards, figures = layout["cards"], layout["figures"]
+        assert sum(map(len, cards)) == 6 and len({len(row) for row in cards}) == 1, (width, cards)
+        for row in figures:  # one chart across the page, or two: never one in a half-empty row
+            assert len(row) == 2 or row[0] >= 0.95 * layout["charts"], (width, figures)
+        assert not layout["overflow"], f"the page is wider than a {width} px window"

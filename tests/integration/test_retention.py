@@ -23,7 +23,8 @@ from incident_engine.entrypoints.commands import replay_check
 from incident_engine.reporting.run import compliance_report, state_at
 from incident_engine.reporting.seed import record_history, write_log, write_projections
 from incident_engine.reporting.source import LogScope
-from incident_engine.retention import ArchiveRefused, archive_before, month_start
+from incident_engine.retention import ArchiveRefused, archive_before
+from incident_engine.timeforms import parse_month_start
 from tests.integration.test_replay_report import _history
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,7 @@ async def test_archive_then_replay_and_report_stay_exact(postgres: Service, tmp_
     before_uk = await _report(dsn, None, **week, region="uk", severity="critical")
 
     folder = tmp_path / "archive"
-    done = await archive_before(dsn, folder, month_start("2025-04"), NOW)
+    done = await archive_before(dsn, folder, parse_month_start("2025-04"), NOW)
     assert [(m.month, m.incidents, m.events) for m in done] == [("2025-02", 1, 2), ("2025-03", 8, 25)]
     assert sorted(p.name for p in folder.iterdir()) == [
         "event-log-2025-02.jsonl.gz", "event-log-2025-03.jsonl.gz",
@@ -126,7 +127,7 @@ async def test_archive_then_replay_and_report_stay_exact(postgres: Service, tmp_
     without = _cli(dsn, "replay", "--check")  # the archived incidents are not in the log any more
     assert without.returncode == 0, without.stderr
 
-    again = await archive_before(dsn, folder, month_start("2025-04"), NOW)
+    again = await archive_before(dsn, folder, parse_month_start("2025-04"), NOW)
     assert again == []  # nothing left to archive before April
 
 
@@ -134,9 +135,9 @@ async def test_archive_refuses_an_open_month_and_unrelayed_outputs(postgres: Ser
     dsn = await _seeded(postgres.url)
     folder = tmp_path / "archive"
     with pytest.raises(ArchiveRefused, match=r"2025-04 \(1, e.g. 'O1'\)"):
-        await archive_before(dsn, folder, month_start("2025-05"), NOW)
+        await archive_before(dsn, folder, parse_month_start("2025-05"), NOW)
     with pytest.raises(ArchiveRefused, match="current month 2025-05"):
-        await archive_before(dsn, folder, month_start("2025-06"), NOW)
+        await archive_before(dsn, folder, parse_month_start("2025-06"), NOW)
     assert not folder.exists()  # refused as a whole: nothing written, nothing deleted
     assert await _count(dsn, "SELECT count(*) FROM event_log") == 28
 
@@ -157,7 +158,7 @@ async def test_archive_refuses_an_open_month_and_unrelayed_outputs(postgres: Ser
     finally:
         await conn.close()
     with pytest.raises(ArchiveRefused, match="2025-03: outputs of incident 'C2' wait in the outbox"):
-        await archive_before(dsn, folder, month_start("2025-04"), NOW)
+        await archive_before(dsn, folder, parse_month_start("2025-04"), NOW)
     assert not folder.exists()  # refused before February was taken either
     assert await _count(dsn, "SELECT count(*) FROM event_log WHERE incident_id = 'C2'") == 4
     february = _cli(dsn, "db", "archive", "--before", "2025-03", "--to", str(folder))  # closed, relayed

@@ -59,6 +59,9 @@ def test_scope_applies_to_archived_incidents() -> None:
     assert LogScope(reported_since=T0 + timedelta(hours=1)).archived_group(incident) is None
     cut = LogScope(processed_until=T0 + timedelta(minutes=1, seconds=1)).archived_group(incident)
     assert cut is not None and len(cut[1]) == 1 and cut[2] == []
+    by_event_time = LogScope(event_until=T0 + timedelta(minutes=1)).archived_group(incident)  # reported only
+    assert by_event_time is not None and [row[3] for row in by_event_time[1]] == ["incident.reported"]
+    assert LogScope(event_until=T0).archived_group(incident) is None  # nothing had happened yet
 
 
 def test_unreadable_archives_say_which_file(tmp_path: Path) -> None:

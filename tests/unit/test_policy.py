@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -66,7 +67,7 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
             "ack: {budget: 15m}",
             "ack: {budget: 15x}",
             "severities.critical.clocks.ack.budget",
-            "does not match",
+            "expected a duration like 90s, 15m or 12h",
         ),
         ("ack: {budget: 15m}", "ack: {budget: 15m, colour: red}", "severities.critical.clocks.ack", "colour"),
         ("  high:\n", "  urgent:\n", "severities", "'high' is a required property"),
@@ -84,8 +85,12 @@ def test_bad_policy_names_file_field_and_problem(
     path = _broken(tmp_path, old, new)
     with pytest.raises(PolicyError) as caught:
         load_policy(path)
-    assert str(caught.value).startswith(f"{path}: {field}: ")
-    assert problem in caught.value.problem
+    assert re.search(
+        rf"^{re.escape(str(path))}(:\d+)?: {re.escape(field)}: .*{re.escape(problem)}",
+        str(caught.value),
+        re.M,
+    )
+    assert any(problem in said for _, _, said in caught.value.problems)
 
 
 def test_empty_directory(tmp_path: Path) -> None:
@@ -98,3 +103,39 @@ def test_per_clock_thresholds(tmp_path: Path) -> None:
     spec = load_policy(path).rules("critical").clocks["ack"]
     assert spec.thresholds == (0.25, 0.9)
     assert spec.warning_budgets == ((0.25, timedelta(seconds=225)), (0.9, timedelta(seconds=810)))
+
+
+def test_every_problem_of_a_file_is_reported_with_its_line(tmp_path: Path) -> None:
+    path = _broken(tmp_path, "ack: {budget: 15m}", "ack: {budget: 15 minutes}")
+    text = (
+        path.read_text()
+        .replace("Australia/Sydney", "7")
+        .replace("resolution: {budget: 12h}", "resolution: {}")
+    )
+    path.write_text(text)
+    lines = text.splitlines()
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    message = str(caught.value).splitlines()
+    assert message[0] == f"{path}: 3 problems"
+    found = {m.split(": ")[1]: m for m in message[1:]}  # field -> its line of the message
+    assert set(found) == {
+        "regions.au.timezone", "severities.critical.clocks.ack.budget", "severities.high.clocks.resolution"
+    }  # fmt: skip
+    for field, line in found.items():
+        number = int(line.split(":")[1])  # file:LINE: field: problem, LINE being where the field is
+        assert field.split(".")[-1] in lines[number - 1], (field, lines[number - 1])
+    budget = found["severities.critical.clocks.ack.budget"]
+    assert "'15 minutes' is not valid: expected a duration like 90s, 15m or 12h" in budget
+    assert "'budget' is a required property" in found["severities.high.clocks.resolution"]
+
+
+def test_a_good_file_has_no_problem_and_one_problem_is_one_line(tmp_path: Path) -> None:
+    assert load_policy(POLICY_DIR / "livepro-1.yaml").name == "livepro-1"
+    path = _broken(tmp_path, "ack: {budget: 15m}", "ack: {budget: 15d}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    (line,) = str(caught.value).splitlines()
+    assert re.match(
+        rf"{re.escape(str(path))}:\d+: severities.critical.clocks.ack.budget: '15d' is not valid", line
+    )

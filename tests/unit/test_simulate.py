@@ -63,24 +63,70 @@ def test_bad_event_is_a_rejection_not_a_crash(tmp_path: Path) -> None:
     assert "data.severity" in rejection["data"]["detail"] and rejection["subject"] == "INC-1"
 
 
-def test_malformed_file_names_the_line(tmp_path: Path) -> None:
+def test_a_line_that_is_not_json_is_a_decode_rejection_naming_the_line(tmp_path: Path) -> None:
     good = wire("reported", "2025-06-11T02:00:00Z", severity="high", region="au", summary="s")
-    code, _, stderr = run(tmp_path, [good, b"", b'{"oops": '], "--until", "2025-06-11T03:00:00Z")
+    ack = wire("acknowledged", "2025-06-11T02:05:00Z")
+    code, outputs, stderr = run(tmp_path, [good, b"", b'{"oops": ', ack], "--until", "2025-06-11T03:00:00Z")
+    assert code == 0, stderr  # the run goes on: the acknowledgement after the bad line is applied
+    [rejection] = [o for o in outputs if o["type"] == "incident.rejected"]
+    assert rejection["data"]["reason"] == "decode" and rejection["data"]["original"] == '{"oops": '
+    assert rejection["data"]["detail"].startswith("line 3: not JSON")
+    assert [o["data"]["to"] for o in outputs if o["type"] == "incident.state.changed"] == [
+        "reported", "acknowledged",
+    ]  # fmt: skip
+    assert "events.jsonl: 1 line(s) not valid input events" in stderr and ": 3 (--strict" in stderr
+
+
+def test_two_identical_bad_lines_are_two_rejections(tmp_path: Path) -> None:
+    code, outputs, _ = run(tmp_path, [b"not json", b"not json"], "--until", "2025-06-11T03:00:00Z")
+    assert code == 0
+    assert [o["data"]["detail"][:7] for o in outputs] == ["line 1:", "line 2:"]
+    assert outputs[0]["id"] != outputs[1]["id"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (b'{"oops": ', "events.jsonl:2: decode: not JSON"),
+        (wire("reported", "2025-06-11T02:00:00Z", severity="urgent", region="au", summary="s"),
+         "events.jsonl:2: schema: data.severity"),
+    ],
+)  # fmt: skip
+def test_strict_stops_at_the_first_bad_line_with_one_line_naming_it(
+    tmp_path: Path, bad: bytes, message: str
+) -> None:
+    good = wire("reported", "2025-06-11T02:00:00Z", severity="high", region="au", summary="s")
+    code, _, stderr = run(tmp_path, [good, bad, good], "--until", "2025-06-11T03:00:00Z", "--strict")
     assert code == 1
-    assert "events.jsonl:3: malformed input: not JSON" in stderr
+    assert stderr.startswith("error: ") and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--until", "tomorrow"], "Invalid isoformat string"),
-        (["--until", "2025-06-11T03:00:00"], "has no UTC offset"),
+        (["--until", "tomorrow"], "'tomorrow' is not a date or time; use e.g. 2025-03-04 (midnight UTC)"),
         (["--until", "2025-06-11T03:00:00Z", "--policy", "nope"], "unknown policy 'nope'"),
     ],
 )
 def test_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
     code, _, stderr = run(tmp_path, [b""], *args)
     assert code == 2 and message in stderr
+
+
+def test_until_takes_the_forms_of_every_command(tmp_path: Path) -> None:
+    """A bare date is midnight UTC, a time without offset is UTC, as in report, replay and db archive."""
+    line = wire("reported", "2025-06-10T23:40:00Z", severity="critical", region="au", summary="s")
+    by_form = {}
+    for until in ("2025-06-11", "2025-06-11T00:00:00", "2025-06-11T00:00:00Z", "2025-06-11T10:00+10:00"):
+        code, outputs, stderr = run(tmp_path, [line], "--until", until)
+        assert code == 0, stderr
+        by_form[until] = [o["id"] for o in outputs]
+    assert len({tuple(ids) for ids in by_form.values()}) == 1
+    # 20 minutes in at midnight: the ack clock (15 min) has breached, the restore one (30 min) not
+    code, outputs, _ = run(tmp_path, [line], "--until", "2025-06-11")
+    assert ("incident.sla.breached", "ack") in [(o["type"], o["data"].get("clock")) for o in outputs]
+    assert "incident.failover.required" not in [o["type"] for o in outputs]
 
 
 def test_missing_file(tmp_path: Path) -> None:

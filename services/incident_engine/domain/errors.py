@@ -12,13 +12,24 @@ class DomainError(Exception):
 
 
 class PolicyError(DomainError, ValueError):
-    """A policy file that cannot be used; the message names the file, the field and the problem."""
+    """A policy file that cannot be used; the message names the file, then each problem with its
+    line and field (`file:line: field: problem`, one per line)."""
 
-    def __init__(self, file: str, field: str, problem: str) -> None:
-        super().__init__(f"{file}: {field}: {problem}")
+    def __init__(
+        self,
+        file: str,
+        field: str,
+        problem: str,
+        problems: list[tuple[int | None, str, str]] | None = None,
+    ) -> None:
         self.file = file
         self.field = field
         self.problem = problem
+        self.problems = problems or [(None, field, problem)]  # (line, field, problem), all of them
+        lines = [f"{file}{f':{n}' if n else ''}: {where}: {what}" for n, where, what in self.problems]
+        if len(lines) > 1:
+            lines.insert(0, f"{file}: {len(lines)} problems")
+        super().__init__("\n".join(lines))
 
 
 class UnknownPolicyError(DomainError, KeyError):

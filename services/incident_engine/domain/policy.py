@@ -107,21 +107,51 @@ def _policy_validator() -> jsonschema.Draft202012Validator:
 
 
 def load_policy(path: Path) -> Policy:
-    """Read, validate and build one policy file; a bad file raises PolicyError (file, field, problem)."""
+    """Read, validate and build one policy file; a bad file raises PolicyError naming every problem
+    (its YAML path and line) at once, so that one edit can fix them all."""
     file = str(path)
     try:
-        document = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        document = yaml.safe_load(text)
+        root = yaml.compose(text)
     except (OSError, yaml.YAMLError) as exc:
         raise PolicyError(file, "(file)", f"cannot be read as YAML: {exc}") from None
     errors = sorted(_policy_validator().iter_errors(document), key=lambda e: list(map(str, e.path)))
     if errors:
-        problems = [(".".join(map(str, e.absolute_path)) or "(top level)", e.message) for e in errors]
-        field, problem = problems[0]
-        also = "".join(f"; also {f}: {p}" for f, p in problems[1:4])
-        raise PolicyError(file, field, problem + also)
+        problems = [
+            (_line_of(root, list(path)), ".".join(map(str, path)) or "(top level)", _say(e))
+            for e in errors
+            if (path := e.absolute_path) is not None
+        ]
+        raise PolicyError(file, problems[0][1], problems[0][2], problems)
     if document["name"] != path.stem:
         raise PolicyError(file, "name", f"{document['name']!r} differs from the file name {path.stem!r}")
     return _build(file, document)
+
+
+def _say(error: jsonschema.ValidationError) -> str:
+    """A validation error in words: a value that misses a documented pattern says what fits."""
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.instance!r} is not valid: expected {error.schema['description']}"
+    return error.message
+
+
+def _line_of(node: yaml.Node | None, path: list[Any]) -> int | None:
+    """The 1-based line of the YAML node at `path` (the deepest one found), for error messages."""
+    line = None
+    for step in path:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == str(step)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
 
 
 def _build(file: str, doc: dict[str, Any]) -> Policy:

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
@@ -31,10 +31,19 @@ from incident_engine.adapters.postgres.store import PostgresStore, create_pool, 
 from incident_engine.adapters.store import OutboxRow
 from incident_engine.adapters.telemetry import Observation, Telemetry, root_sample_ratio, setup_telemetry
 from incident_engine.config import Settings
-from incident_engine.domain import Calendar, Incident, PolicyRegistry, SlaDomain
+from incident_engine.domain import (
+    Calendar,
+    Incident,
+    PolicyError,
+    PolicyRegistry,
+    SlaDomain,
+    UnknownPolicyError,
+)
 from incident_engine.entrypoints.consumer import FETCH_WAIT_MS, EngineLoop
+from incident_engine.entrypoints.emit_log import OutputLog
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
+from incident_platform.cli_errors import kafka_unreachable, postgres_address, postgres_unreachable, reason_of
 from incident_platform.kafka import kafka_security
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,11 @@ def build_broker(settings: Settings, listener: EngineLoop | None = None) -> Kafk
     """The FastStream broker, with the engine's channels declared (for the AsyncAPI document too)."""
     kafka_records.install()  # a header name that is not UTF-8 is a dead letter, not a stuck partition
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers, client_id="incident-engine", **kafka_security(settings)
+        settings.kafka_bootstrap_servers,
+        client_id="incident-engine",
+        # FastStream's own logger has a coloured text handler; ours goes through the JSON one
+        logger=logging.getLogger("faststream.kafka"),
+        **kafka_security(settings),
     )
     broker.subscriber(
         TOPIC_EVENTS,
@@ -126,20 +139,73 @@ def engine_pool_options(settings: Settings) -> dict[str, Any]:
     )
 
 
+class StartupError(Exception):
+    """What keeps the engine from starting, in one line that says where and what to do."""
+
+
 async def wait_for_postgres(
     dsn: str, timeout: float = 60.0, settings: Settings | None = None
 ) -> asyncpg.Pool:
-    """A pool, once Postgres accepts connections (it may still be starting); timeouts from `settings`."""
+    """A pool, once Postgres accepts connections (it may still be starting); timeouts from `settings`.
+
+    Raises StartupError naming the server when it does not answer within `timeout` seconds."""
     options = engine_pool_options(settings) if settings is not None else {}
     deadline = asyncio.get_running_loop().time() + timeout
+    where = postgres_address(dsn)
     while True:
         try:
             return await create_pool(dsn, min_size=2, max_size=8, **options)
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            raise StartupError(postgres_unreachable(dsn, exc)) from exc  # waiting cannot fix it
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"PostgreSQL not reachable within {timeout:.0f}s: {exc}") from exc
-            log.warning("waiting for PostgreSQL: %s", exc)
+                reason = f"no answer within {timeout:g} s ({reason_of(exc)})"
+                raise StartupError(postgres_unreachable(dsn, reason)) from exc
+            log.warning(
+                "waiting for PostgreSQL at %s (DATABASE_URL): %s", where, reason_of(exc),
+                extra={"postgres": where},
+            )  # fmt: skip
             await asyncio.sleep(1.0)
+
+
+async def wait_for_kafka(settings: Settings, timeout: float = 60.0) -> None:
+    """Return once a Kafka broker answers; StartupError naming the servers after `timeout` seconds."""
+    bootstrap = settings.kafka_bootstrap_servers
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_security(settings))
+        try:
+            await admin.start()
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                reason = f"no answer within {timeout:g} s ({reason_of(exc)})"
+                raise StartupError(kafka_unreachable(bootstrap, reason)) from exc
+            log.warning("waiting for Kafka at %s (KAFKA_BOOTSTRAP_SERVERS): %s", bootstrap, reason_of(exc))
+            await asyncio.sleep(1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+def load_domain(settings: Settings) -> SlaDomain:
+    """The policies of INCIDENTS_POLICY_DIR as a domain; StartupError says what is wrong with them."""
+    try:
+        registry = PolicyRegistry.load(settings.incidents_policy_dir)
+        registry.get(settings.incidents_default_policy)
+    except PolicyError as exc:
+        raise StartupError(f"policies (INCIDENTS_POLICY_DIR): {exc}") from exc
+    except UnknownPolicyError as exc:
+        raise StartupError(f"INCIDENTS_DEFAULT_POLICY: {exc}") from exc
+    return SlaDomain(registry, settings.incidents_default_policy)
+
+
+async def check_startup(settings: Settings, timeout: float = 60.0) -> None:
+    """Before serving: the policies load, PostgreSQL and Kafka answer (each waited for up to `timeout`)."""
+    load_domain(settings)
+    pool = await wait_for_postgres(settings.database_url.get_secret_value(), timeout, settings)
+    await pool.close()
+    await wait_for_kafka(settings, timeout)
 
 
 @dataclass
@@ -160,6 +226,7 @@ class EngineService:
     kafka_seen: float = 0.0  # loop time of the last answer from the Kafka cluster
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
+    output_log: OutputLog = field(default_factory=OutputLog)  # breaches, failovers, dead letters
 
     async def start(self) -> None:
         """Connect, migrate, join the consumer group and start the loop and the relay."""
@@ -170,9 +237,7 @@ class EngineService:
         await migrate(dsn)
         await ensure_topics(s)
         self.store = PostgresStore(self.pool)
-        domain = self.domain = SlaDomain(
-            PolicyRegistry.load(s.incidents_policy_dir), s.incidents_default_policy
-        )
+        domain = self.domain = load_domain(s)
         processor = BatchProcessor(
             domain,
             self.store,
@@ -265,6 +330,8 @@ class EngineService:
         if self.relay is not None:
             self.relay.deleted(result.write.sent_outbox)
             self.relay.offer(result.write.outbox)
+        if result.outputs:
+            self.output_log.committed(result.outputs)
         if self.telemetry is None:
             return
         m = self.telemetry.metrics

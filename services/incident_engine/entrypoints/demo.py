@@ -208,5 +208,6 @@ def demo_command(
     """Run the engine with a generator of realistic incidents and a live view of what it emits."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("incident_engine.outputs").setLevel(logging.ERROR)  # the live view shows them
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(rate, duration))

@@ -15,17 +15,19 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from incident_engine.adapters.telemetry import metrics_text
 from incident_engine.domain import Calendar, Incident
 from incident_engine.entrypoints.app import EngineService
+from incident_engine.entrypoints.console_backend import mount_console
 
 _INCIDENT_COLUMNS = "incident_id, state, policy, severity, region, seq, reported_at, updated_at"
 
 
 def create_http_app(service: EngineService) -> Starlette:
     """The ASGI app; its lifespan starts and stops the engine."""
+    console, close_console = mount_console(service)  # the SRE console, at /console
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -33,6 +35,7 @@ def create_http_app(service: EngineService) -> Starlette:
         try:
             yield
         finally:
+            await close_console()
             await service.stop()
 
     async def healthz(_request: Request) -> JSONResponse:
@@ -157,6 +160,7 @@ def create_http_app(service: EngineService) -> Starlette:
         Route("/metrics", metrics),
         Route("/incidents", list_incidents),
         Route("/incidents/{incident_id:path}", get_incident),
+        Mount("/console", console),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -8,20 +8,18 @@ one Kafka acknowledged; downstream deduplicates on the output id as for any re-s
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
-import asyncpg
 import typer
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
 from incident_engine.adapters.store import OutboxRow
-from incident_engine.config import Settings, without_credentials
+from incident_engine.config import Settings
 from incident_engine.entrypoints.relay import kafka_headers
+from incident_platform.cli_errors import run_or_exit
 from incident_platform.kafka import kafka_security
 
 console = Console(highlight=False, soft_wrap=True)
@@ -75,19 +73,8 @@ T = TypeVar("T")
 
 def _run(work: Coroutine[Any, Any, T], settings: Settings) -> T:
     """Run a command's work; what cannot be reached is one line that says where, and exit 2."""
-    try:
-        return asyncio.run(work)
-    except asyncpg.UndefinedTableError as exc:
-        console.print(f"[red]error:[/red] {exc}: run `incidents db migrate` first")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = without_credentials(settings.database_url.get_secret_value())
-        console.print(f"[red]error:[/red] cannot use PostgreSQL at {where} (DATABASE_URL): {exc}")
-    except KafkaError as exc:
-        console.print(
-            f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap_servers}"
-            f" (KAFKA_BOOTSTRAP_SERVERS): {exc}"
-        )
-    raise typer.Exit(2)
+    dsn = settings.database_url.get_secret_value()
+    return run_or_exit(work, dsn=dsn, bootstrap=settings.kafka_bootstrap_servers)
 
 
 @outbox_app.command("parked")

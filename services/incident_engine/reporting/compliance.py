@@ -19,6 +19,7 @@ from typing import Any
 from incident_contracts.constants import CLOCKS, REGIONS, SEVERITIES
 from incident_engine.domain.model import BREACHED, MET
 from incident_engine.reporting.facts import IncidentFacts
+from incident_engine.timeforms import month_of
 
 UPTIME_COMMITMENT = 0.9999
 ACK_BUCKETS = (5, 10, 15, 30, 60, 120, 240)  # minutes: upper bounds of the time-to-ack histogram
@@ -34,6 +35,32 @@ def percentile(values: list[float], p: float) -> float | None:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def duration_text(minutes: float | None) -> str:
+    """A duration for people: seconds under a minute (a 1.3 s acknowledgement is not "0 min"),
+    minutes under two hours, hours beyond."""
+    if minutes is None:
+        return "–"
+    seconds = minutes * 60
+    if seconds < 59.95:
+        return "0 s" if seconds == 0 else f"{seconds:.1f} s" if seconds < 9.95 else f"{seconds:.0f} s"
+    return f"{minutes:.0f} min" if minutes < 119.5 else f"{minutes / 60:.1f} h"
+
+
+def period_label(since: datetime, until: datetime, now: datetime) -> str:
+    """How a report names its period: the month when it is one, "so far" when it is not over, and
+    the exact instants."""
+    end, so_far = min(until, now), until > now
+    if (since, until) == month_of(since):
+        span = f"{since:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} UTC"
+        label = f"in {since:%B %Y}{' so far' if so_far else ''} ({span})"
+    else:
+        label = f"from {since:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC{' (so far)' if so_far else ''}"
+    return label
+
+
+DEFAULT_PERIOD_NOTE = "the current month by default; choose another with --month YYYY-MM or --since/--until"
 
 
 @dataclass
@@ -170,11 +197,18 @@ class Report:
     ack_histogram: dict[str, list[int]]  # severity -> counts per ACK_BUCKETS bucket (+ one beyond)
     breaches_per_clock: dict[str, int]
     events: int = 0
+    period: str = ""  # how the period is named (`period_label`); set by who chose it
+    period_note: str = ""  # how it was chosen, when not by the user (e.g. DEFAULT_PERIOD_NOTE)
+
+    def period_text(self) -> str:
+        """The period's name, or the plain instants."""
+        return self.period or period_label(self.since, self.until, self.generated_at)
 
     def to_json(self) -> dict[str, Any]:
         """The whole report as JSON-able data."""
         return {
-            "since": self.since.isoformat(), "until": self.until.isoformat(),
+            "since": self.since.isoformat(), "until": self.until.isoformat(), "period": self.period_text(),
+            "period_note": self.period_note,
             "generated_at": self.generated_at.isoformat(), "events_replayed": self.events,
             "groups": [g.to_json() for g in self.groups],
             "availability": [a.to_json() for a in self.availability],

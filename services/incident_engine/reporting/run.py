@@ -21,20 +21,29 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class StateAt:
-    """Every incident of a scope as the engine had it at `as_of` (None: now), from the log alone."""
+    """Every incident of a scope at `as_of` (None: now), from the log alone: as the engine had it then
+    (processing time), or, with `event_time`, as the events' own times say it was (every event
+    stamped up to `as_of`, whenever it was read, and the timers fired at their due moments)."""
 
     as_of: datetime | None
+    event_time: bool = False
     incidents: dict[str, Incident] = field(default_factory=dict)
     events: int = 0
     firings: int = 0
 
     def visit(self, domain: SlaDomain, groups: list[Group]) -> None:
-        """Replay each incident exactly (recorded firings) up to `as_of`."""
+        """Replay each incident up to `as_of`: exactly (recorded firings), or on time in event time
+        (the rows are those stamped up to `as_of`: `LogScope.event_until`)."""
         as_of = self.as_of
         for incident_id, rows, fired in groups:
-            incident, applied = replay_incident(domain, rows, fired, as_of=as_of)
+            if self.event_time and as_of is not None:
+                done: list[Timer] = []
+                incident, applied = replay_incident(domain, rows, on_time_until=as_of, fired=done)
+                self.firings += len(done)
+            else:
+                incident, applied = replay_incident(domain, rows, fired, as_of=as_of)
+                self.firings += len(fired)
             self.events += applied
-            self.firings += len(fired)
             if incident is not None:
                 self.incidents[incident_id] = incident
 
@@ -47,8 +56,11 @@ async def state_at(
     progress: Progress | None = None,
     archive: Path | None = None,
 ) -> tuple[StateAt, LogSummary]:
-    """Replay the scope up to `scope.processed_until`."""
-    state = StateAt(scope.processed_until)
+    """Replay the scope up to `scope.event_until` (event time) or else `scope.processed_until`."""
+    if scope.event_until is not None:
+        state = StateAt(scope.event_until, event_time=True)
+    else:
+        state = StateAt(scope.processed_until)
     with gc_paused(keep=True):
         summary = await scan(
             dsn, scope, lambda groups: state.visit(domain, groups), progress=progress, archive=archive

@@ -34,7 +34,8 @@ class EmptyLog(LookupError):
 class LogScope:
     """Which part of the log to read: one incident, or the incidents reported in a window.
 
-    `processed_until` drops what the engine applied after it (an as-of replay). With `down_since`,
+    `processed_until` drops what the engine applied after it (an as-of replay in processing time),
+    `event_until` the events whose own time is after it (in event time). With `down_since`,
     critical incidents reported before `reported_since` and not yet restored or failed over by then
     are included too (they still count as downtime in the window).
     """
@@ -46,6 +47,7 @@ class LogScope:
     severity: str | None = None
     region: str | None = None
     down_since: bool = False
+    event_until: datetime | None = None
 
     def incidents_sql(self, args: list[Any]) -> str | None:
         """A subquery of the chosen incident ids (None: every incident); appends its parameters."""
@@ -104,11 +106,12 @@ class LogScope:
             )
             if not down:
                 return None
-        until = self.processed_until
+        until, event_until = self.processed_until, self.event_until
         picked = [
             (r["processed_at"], r["envelope"], r["incident_id"], r["type"], r["event_time"])
             for r in rows
-            if until is None or r["processed_at"] <= until
+            if (until is None or r["processed_at"] <= until)
+            and (event_until is None or r["event_time"] <= event_until)
         ]
         fired: list[Firing] = [
             (moment, fire_until, breach_until)
@@ -127,6 +130,9 @@ class LogScope:
         if self.processed_until is not None:
             args.append(self.processed_until)
             where.append(f"l.processed_at <= ${len(args)}")
+        if self.event_until is not None:
+            args.append(self.event_until)
+            where.append(f"l.event_time <= ${len(args)}")
         sql = f"SELECT {what} FROM event_log l"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -264,6 +270,19 @@ def _merged(db: LogSummary, files: LogSummary) -> LogSummary:
 def _empty_message(scope: LogScope, total: int) -> str:
     if total == 0:
         return "the event log is empty: nothing to replay (has the engine processed any event?)"
+    as_of = scope.event_until or scope.processed_until
+    by_then = "" if as_of is None else f" by {as_of:%Y-%m-%d %H:%M:%S} UTC"
     if scope.incident is not None:
-        return f"no incident {scope.incident!r} in the event log (or nothing logged for it by then)"
+        return f"no incident {scope.incident!r} in the event log (or nothing logged for it{by_then})"
+    if by_then:
+        done = "happened" if scope.event_until else "had been processed"
+        return f"none of the {total:,} logged events {done}{by_then}"
+    if scope.reported_since is not None or scope.reported_until is not None:
+        since, until = scope.reported_since, scope.reported_until
+        window = f"from {since:%Y-%m-%d %H:%M} UTC" if since else ""
+        window += f"{' ' if window else ''}before {until:%Y-%m-%d %H:%M} UTC" if until else ""
+        return (
+            f"no incident reported {window} (the log holds {total:,} events);"
+            " choose the period with --month YYYY-MM or --since/--until"
+        )
     return f"none of the {total:,} logged events falls in the asked scope"

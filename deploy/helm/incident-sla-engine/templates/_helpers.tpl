@@ -122,3 +122,17 @@ app.kubernetes.io/part-of: incident-sla-engine
   mountPath: /etc/incidents/kafka-tls
   readOnly: true
 {{- end }}
+
+{{/* The intake's pods only (a component of their own, so the engine's Service never selects them). */}}
+{{- define "intake.selectorLabels" -}}
+{{ include "engine.baseLabels" . }}
+app.kubernetes.io/component: intake
+{{- end }}
+
+{{- define "intake.fullname" -}}
+{{- printf "%s-intake" (include "engine.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "intake.integrationsConfigMap" -}}
+{{- default (printf "%s-integrations" (include "intake.fullname" .)) .Values.intake.integrations.existingConfigMap }}
+{{- end }}
