@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 TITLES = {
     "incident.sla.warning": "SLA warning",
@@ -68,9 +69,14 @@ def headline(event: dict[str, Any], now: datetime | None = None) -> str:
 
 
 def incident_link(event: dict[str, Any], links_url: str | None) -> str | None:
+    """The incident's page: `links_url` with `{id}` replaced (e.g. the console's
+    `https://host/console/incident?id={id}`), else `<links_url>/incidents/<id>` (the read API)."""
     if not links_url:
         return None
-    return f"{links_url.rstrip('/')}/incidents/{event.get('subject', '')}"
+    incident = quote(str(event.get("subject", "")), safe="")
+    if "{id}" in links_url:
+        return links_url.replace("{id}", incident)
+    return f"{links_url.rstrip('/')}/incidents/{incident}"
 
 
 def _facts(event: dict[str, Any]) -> list[tuple[str, str]]:

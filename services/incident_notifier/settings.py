@@ -70,5 +70,6 @@ class NotifierSettings(PlatformSettings):
     )
     incidents_notifier_links_url: str | None = Field(
         None,
-        description="Base URL of the engine's read API or console: messages link `<url>/incidents/<id>`.",
+        description="Where messages link an incident: a URL with `{id}` (e.g. the console's "
+        "`https://host/console/incident?id={id}`), or a base URL that gets `/incidents/<id>` (the read API).",
     )

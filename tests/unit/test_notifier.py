@@ -156,6 +156,18 @@ def test_slack_message_has_what_a_reader_needs() -> None:
     )
 
 
+def test_links_to_the_console_or_the_read_api() -> None:
+    from incident_notifier.messages import incident_link
+
+    event = output("sla.breached", clock="ack") | {"subject": "INC 7/x"}
+    assert (
+        incident_link(event, "https://h/console/incident?id={id}")
+        == "https://h/console/incident?id=INC%207%2Fx"
+    )
+    assert incident_link(event, "https://h/") == "https://h/incidents/INC%207%2Fx"
+    assert incident_link(event, None) is None
+
+
 def test_warning_headline_needs_no_arithmetic() -> None:
     warning = output(
         "sla.warning", clock="ack", threshold=0.8, deadline=(NOW + timedelta(minutes=6)).isoformat()
