@@ -78,7 +78,11 @@ def _env(container: Manifest) -> dict[str, Manifest]:
 def test_kinds(default: list[Manifest], production: list[Manifest]) -> None:
     base = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "Job"}
     assert {d["kind"] for d in default} == base
-    assert {d["kind"] for d in production} == base | {"HorizontalPodAutoscaler", "ServiceMonitor"}
+    assert {d["kind"] for d in production} == base | {
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
 
 
 @pytest.mark.parametrize("values", ["default", "production"])
@@ -195,6 +199,36 @@ def test_read_api_closed_unless_configured(default: list[Manifest], production: 
     env = _env(_engine(production))
     assert env["INCIDENTS_API_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "api-token"
     assert "INCIDENTS_API_OPEN" not in env
+
+
+def test_prometheus_rule_is_the_plain_rule_file_for_this_release(production: list[Manifest]) -> None:
+    """The PrometheusRule carries deploy/prometheus/incident-engine-rules.yaml, rule for rule, scoped to
+    the job its ServiceMonitor makes (the Service's name) and labelled for the operator to pick up."""
+    rule = _one(production, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = _one(production, "Service")["metadata"]["name"]
+    assert rule["metadata"]["name"] == service
+    plain = yaml.safe_load((REPO / "deploy" / "prometheus" / "incident-engine-rules.yaml").read_text())
+    expected = yaml.safe_load(
+        yaml.safe_dump(plain["groups"]).replace('job="incident-sla-engine"', f'job="{service}"')
+    )
+    assert rule["spec"]["groups"] == expected
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert all(f'job="{service}"' in expr for expr in exprs)
+
+
+def test_prometheus_rule_is_off_by_default_and_takes_the_runbook_address(helm_template: Any) -> None:
+    result = helm_template(
+        "--set", "prometheusRule.enabled=true",
+        "--set", "prometheusRule.runbookBaseUrl=https://git.example.com/team/engine/blob/main/README.md",
+        "--show-only", "templates/prometheusrule.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rule = yaml.safe_load(result.stdout)
+    urls = {r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "https://git.example.com/team/engine/blob/main/README.md#incidentenginedown" in urls
+    assert all(url.startswith("https://git.example.com/team/engine/blob/main/README.md#") for url in urls)
 
 
 def test_notifier_deployment_when_enabled(helm_template: Any, tmp_path: Path) -> None:
