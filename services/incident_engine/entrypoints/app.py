@@ -346,7 +346,7 @@ class EngineService:
                 if out.type == INCIDENT_REJECTED:
                     rejections[out.data["reason"]] += 1
             elif kind == "failover":
-                sla[("failover", "restore", "")] += 1
+                sla[("failover", "restore", out.data["severity"])] += 1
             else:
                 sla[(kind, out.data["clock"], out.data["severity"])] += 1
         for reason, count in rejections.items():
