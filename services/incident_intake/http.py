@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
 import math
@@ -75,6 +76,15 @@ def _json(body: bytes) -> Any:
         raise _error(400, f"the body is not JSON: {exc}", "bad_request") from None
 
 
+def _same(offered: str, expected: str) -> bool:
+    """Constant-time equality of two secrets (digests: not even the length leaks); an empty offered
+    or expected value never matches."""
+    same = hmac.compare_digest(
+        hashlib.sha256(offered.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
+    return same and bool(offered) and bool(expected)
+
+
 def _check_credentials(integration: Integration, request: Request) -> None:
     """401 unless the Authorization header carries the integration's bearer token or basic auth."""
     if integration.bearer_token is None and integration.basic is None:
@@ -83,16 +93,14 @@ def _check_credentials(integration: Integration, request: Request) -> None:
     scheme, _, value = header.partition(" ")
     ok = False
     if integration.bearer_token is not None and scheme.lower() == "bearer":
-        ok = hmac.compare_digest(value.strip().encode(), integration.bearer_token.encode())
+        ok = _same(value.strip(), integration.bearer_token)
     elif integration.basic is not None and scheme.lower() == "basic":
         try:
             user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             user, password = "", ""
         expected_user, expected_password = integration.basic
-        ok = hmac.compare_digest(user.encode(), expected_user.encode()) & hmac.compare_digest(
-            password.encode(), expected_password.encode()
-        )
+        ok = _same(user, expected_user) & _same(password, expected_password)
     if not ok:
         what = "bearer token" if integration.bearer_token is not None else "basic auth credentials"
         problem = "missing" if not header else "wrong"

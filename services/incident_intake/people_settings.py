@@ -70,6 +70,15 @@ class EmailSettings(PlatformSettings):
         "(the sender retries).",
     )
 
+    @field_validator("intake_smtp_auth_users")
+    @classmethod
+    def _no_empty_password(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """An empty password would let anyone in under that name: refuse to start."""
+        empty = [user for user, secret in value.items() if not secret.get_secret_value().strip()]
+        if empty:
+            raise ValueError(f"INTAKE_SMTP_AUTH_USERS: the password of {empty[0]!r} is empty")
+        return value
+
 
 class PhoneLine(BaseModel):
     """A phone line: its number, region, time zone for spoken times, and the provider's base URL."""

@@ -178,3 +178,14 @@ def test_readme_lists_every_setting_of_the_people_channels() -> None:
         "README.md's Intake: email and phone table is stale: replace it by the output of "
         "`.venv/bin/python -c 'from incident_intake.people_settings import settings_table as t; print(t())'`"
     )
+
+
+def test_an_empty_smtp_auth_password_is_refused_at_start() -> None:
+    """An AUTH user with an empty password would let anyone in under that name."""
+    from pydantic import ValidationError
+
+    from incident_intake.people_settings import EmailSettings
+
+    with pytest.raises(ValidationError, match="the password of 'relay' is empty"):
+        EmailSettings(intake_smtp_auth_users={"relay": " "})  # type: ignore[dict-item]
+    assert EmailSettings(intake_smtp_auth_users={"relay": "pw"}).intake_smtp_auth_users  # type: ignore[dict-item]
