@@ -31,6 +31,7 @@ from incident_intake.integrations import Integration
 from incident_intake.publish import Unavailable
 from incident_intake.ratelimit import TokenBucket
 from incident_intake.service import IntakeService, Outcome
+from incident_platform.bodies import BodyTooLarge, read_body
 from incident_platform.telemetry import Providers
 
 __all__ = ["create_app"]
@@ -53,20 +54,15 @@ def _error(status: int, message: str, outcome: str, headers: dict[str, str] | No
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _error(
-            413, f"the body is {length} bytes; the limit is {limit} (INTAKE_MAX_BODY_BYTES)", "too_large"
+    try:
+        return await read_body(request, limit)
+    except BodyTooLarge as exc:
+        size = (
+            f"is {exc.length} bytes; the limit is {limit}"
+            if exc.length
+            else f"is over the limit of {limit} bytes"
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _error(
-                413, f"the body is over the limit of {limit} bytes (INTAKE_MAX_BODY_BYTES)", "too_large"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        raise _error(413, f"the body {size} (INTAKE_MAX_BODY_BYTES)", "too_large") from None
 
 
 def _json(body: bytes) -> Any:

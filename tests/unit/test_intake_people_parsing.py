@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -189,3 +190,31 @@ def test_an_empty_smtp_auth_password_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="the password of 'relay' is empty"):
         EmailSettings(intake_smtp_auth_users={"relay": " "})  # type: ignore[dict-item]
     assert EmailSettings(intake_smtp_auth_users={"relay": "pw"}).intake_smtp_auth_users  # type: ignore[dict-item]
+
+
+async def test_an_oversized_webhook_body_is_refused_while_it_streams_not_after_buffering_it() -> None:
+    """`POST /v1/sms/{line}` before any signature check: 413 after at most the limit (+ one chunk)
+    was read, not after the whole (here 16 MiB, endless for all the server knows) body."""
+    import httpx
+
+    from incident_intake.people_settings import PhoneSettings
+    from incident_intake.phone.webhooks import PhoneIntake, create_phone_app
+
+    intake = PhoneIntake(PhoneSettings(), store=None, publisher=None, engine=None)  # type: ignore[arg-type]
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(256):
+            sent += 65_536
+            yield b"x" * 65_536
+
+    transport = httpx.ASGITransport(app=create_phone_app(intake))
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post("/v1/sms/au", content=body())
+        assert answer.status_code == 413 and "over 65536 bytes" in answer.text
+        assert sent <= 3 * 65_536, sent
+        declared = await client.post("/v1/voice/au", content=b"x" * 70_000)
+        assert declared.status_code == 413  # refused on its Content-Length
+        small = await client.post("/v1/sms/au", data={"Body": "NEW x"})
+        assert small.status_code == 403  # within the limit: on to the signature check

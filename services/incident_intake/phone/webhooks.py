@@ -38,6 +38,7 @@ from incident_intake.people_store import NewIncident, PeopleStore
 from incident_intake.phone import twiml
 from incident_intake.phone.sms import parse_sms
 from incident_intake.phone.status import EngineReader, describe_status
+from incident_platform.bodies import BodyTooLarge, read_body
 
 __all__ = ["PhoneIntake", "create_phone_app", "phone_routes"]
 
@@ -252,9 +253,10 @@ def phone_routes(current: Callable[[], PhoneIntake | None]) -> list[Route]:
         line = intake.settings.intake_phone_lines.get(line_name)
         if line is None:
             return PlainTextResponse(f"no phone line {line_name!r}", status_code=404)
-        body = await request.body()
-        if len(body) > _MAX_BODY:
-            return PlainTextResponse("request body too large", status_code=413)
+        try:  # bounded while it streams: an oversized body is refused before it is buffered
+            body = await read_body(request, _MAX_BODY)
+        except BodyTooLarge:
+            return PlainTextResponse(f"request body over {_MAX_BODY} bytes", status_code=413)
         # the provider posts application/x-www-form-urlencoded (no multipart parser needed)
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if not intake.signed(line, request, form):
