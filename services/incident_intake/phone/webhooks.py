@@ -37,7 +37,7 @@ from incident_intake.people_settings import PhoneLine, PhoneSettings
 from incident_intake.people_store import NewIncident, PeopleStore
 from incident_intake.phone import twiml
 from incident_intake.phone.sms import parse_sms
-from incident_intake.phone.status import EngineReader, describe_status
+from incident_intake.phone.status import EngineReader, EngineRefused, describe_status
 from incident_platform.bodies import BodyTooLarge, read_body
 
 __all__ = ["PhoneIntake", "create_phone_app", "phone_routes"]
@@ -71,6 +71,7 @@ class PhoneIntake:
         self.store = store
         self.publisher = publisher
         self.engine = engine
+        self._refusal_logged = False  # the engine refusing our token is logged once, at ERROR
         token = settings.intake_phone_twilio_auth_token
         self.validator = RequestValidator(token.get_secret_value()) if token else None
 
@@ -221,9 +222,15 @@ class PhoneIntake:
             return f"No incident {shown}."
         try:
             body = await self.engine.incident(incident)
+        except EngineRefused as exc:
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                _log.error("SMS STATUS is not configured: %s (set it to the engine's token)", exc)
+            return f"STATUS is not configured on this line; {shown} is recorded. Ask the operator."
         except httpx.HTTPError as exc:
             _log.warning("engine read API unavailable for STATUS: %s", exc)
             return f"The status of {shown} is unavailable right now; try again in a minute."
+        self._refusal_logged = False  # a fixed token that breaks again is said again
         if body is None:
             return f"{shown} is recorded; the engine has not processed it yet. Try again shortly."
         return describe_status(shown, body, line.timezone)
