@@ -207,8 +207,7 @@ async def test_migration_0010_fills_summary_and_source_of_older_projections(post
     try:
         # O1 as stored before the upgrade (no keys), C1 as re-saved by an upgraded engine (nulls).
         await conn.execute(
-            "UPDATE incidents SET body = (body::jsonb - 'summary' - 'source')::json"
-            " WHERE incident_id = 'O1'"
+            "UPDATE incidents SET body = (body::jsonb - 'summary' - 'source')::json WHERE incident_id = 'O1'"
         )
         await conn.execute(
             'UPDATE incidents SET body = (body::jsonb || \'{"summary": null, "source": null}\')::json'
