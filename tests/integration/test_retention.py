@@ -190,11 +190,11 @@ async def test_migration_0006_on_a_database_with_data(postgres: Service) -> None
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await conn.execute("DELETE FROM event_log WHERE incident_id = 'C1'")
         await conn.execute("SET enable_seqscan = off")  # a table this small would be scanned anyway
-        explained = await conn.fetch(
-            "EXPLAIN SELECT incident_id FROM incidents ORDER BY updated_at DESC, incident_id DESC LIMIT 5"
+        explained = await conn.fetch(  # GET /incidents' order (index of migration 0011)
+            "EXPLAIN SELECT incident_id FROM incidents ORDER BY reported_at DESC, incident_id DESC LIMIT 5"
         )
         plan = "\n".join(r[0] for r in explained)
-        assert "incidents_updated_idx" in plan and "Sort" not in plan
+        assert "incidents_reported_idx" in plan and "Sort" not in plan
     finally:
         await conn.close()
 
