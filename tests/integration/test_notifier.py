@@ -517,9 +517,18 @@ async def test_two_workers_racing_on_one_row_cannot_overwrite_the_later_outcome(
         assert not await a.delivered(events[2]["id"], "hook", old)
         assert await status(events[2]["id"]) == "dead"
         # a resend makes it pending again, from its first attempt, one generation later
-        assert await a.resend("hook") == 1
+        env = {**os.environ, "DATABASE_URL": dsn}
+        command = [sys.executable, "-m", "incident_engine.cli", "notify", "resend", "--destination", "hook"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().startswith("1 dead deliveries of 'hook' pending again")
         row = (await rows(dsn))[(events[2]["id"], "hook")]
         assert (row["status"], row["attempts"], row["resends"]) == ("pending", 0, 1)
+        assert await a.resend(None) == 0  # nothing dead any more
+        bad = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+        refused = subprocess.run(command, env=bad, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr.startswith("incidents notify: cannot reach PostgreSQL")
     finally:
         for pool in pools:
             await pool.close()
