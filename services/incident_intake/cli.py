@@ -15,7 +15,8 @@ __all__ = ["intake_app"]
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 intake_app = typer.Typer(
     no_args_is_help=False, invoke_without_command=True,
-    help="The intake for monitors: Alertmanager and Grafana webhooks, PagerDuty Events v2 (HTTP).",
+    help="The intake: monitors (Alertmanager, Grafana, PagerDuty Events v2), the support mailbox (SMTP) "
+    "and the phone lines (Twilio webhooks).",
 )  # fmt: skip
 
 

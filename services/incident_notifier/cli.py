@@ -22,7 +22,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+notify_app = typer.Typer(
+    invoke_without_command=True,
+    add_completion=False,
+    help="Deliver warnings, breaches and failover orders to webhooks, Slack, email and PagerDuty.",
+)
+
+
+@notify_app.callback()
 def notify_command(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", help="Routing YAML (default INCIDENTS_NOTIFIER_CONFIG).")
     ] = None,
@@ -34,6 +43,8 @@ def notify_command(
     ] = False,
 ) -> None:
     """Deliver warnings, breaches and failover orders to webhooks, Slack, email and PagerDuty."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         settings = NotifierSettings()
     except Exception as exc:  # pydantic's ValidationError: one line per field
@@ -54,6 +65,41 @@ def notify_command(
         settings.incidents_notifier_http_port = port
     code = asyncio.run(_run(settings, routing))
     raise typer.Exit(code)
+
+
+@notify_app.command("resend")
+def resend_command(
+    destination: Annotated[
+        str | None,
+        typer.Option("--destination", help="Only the dead deliveries of this destination (default: all)."),
+    ] = None,
+) -> None:
+    """Send dead deliveries again, once their cause is fixed (a new failure: a dead letter, new id)."""
+    try:
+        settings = NotifierSettings()
+    except Exception as exc:
+        _fail(f"invalid settings: {exc}".replace("\n", " "))
+    try:
+        count = asyncio.run(_resend(settings, destination))
+    except (TimeoutError, OSError) as exc:
+        _fail(f"cannot reach PostgreSQL: {type(exc).__name__}: {exc}; check DATABASE_URL")
+    except Exception as exc:  # asyncpg's errors (authentication, a missing database)
+        _fail(f"PostgreSQL: {type(exc).__name__}: {exc}; check DATABASE_URL")
+    which = f"of {destination!r} " if destination else ""
+    typer.echo(f"{count} dead deliveries {which}pending again; a running notifier sends them now")
+
+
+async def _resend(settings: NotifierSettings, destination: str | None) -> int:
+    from incident_notifier.store import DeliveryStore, migrate_notifier
+    from incident_platform.postgres import create_pool
+
+    dsn = settings.database_url.get_secret_value()
+    await migrate_notifier(dsn)
+    pool = await create_pool(dsn, max_size=1, **settings.pool_timeouts())  # type: ignore[arg-type]
+    try:
+        return await DeliveryStore(pool).resend(destination)
+    finally:
+        await pool.close()
 
 
 class _Server:

@@ -102,14 +102,20 @@ def _facts(event: dict[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+def mrkdwn_escape(text: str) -> str:
+    """Slack mrkdwn control characters as entities: untrusted text (a summary from an email subject,
+    an SMS) shows as text, never as `<!channel>`, a mention or a disguised link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_message(
     event: dict[str, Any], links_url: str | None, now: datetime | None = None
 ) -> dict[str, Any]:
     """A Block Kit message: header, the summary, the facts, a link button; `text` is the fallback."""
     data = event.get("data") or {}
     title = TITLES.get(event.get("type", ""), event.get("type", ""))
-    line = headline(event, now)
-    summary = data.get("summary") or "(no summary)"
+    line = mrkdwn_escape(headline(event, now))
+    summary = mrkdwn_escape(str(data.get("summary") or "(no summary)"))
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -119,7 +125,8 @@ def slack_message(
         {
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": f"*{name}*\n{value}"[:2000]} for name, value in _facts(event)
+                {"type": "mrkdwn", "text": f"*{name}*\n{mrkdwn_escape(value)}"[:2000]}
+                for name, value in _facts(event)
             ][:10],
         },
     ]
@@ -133,10 +140,9 @@ def slack_message(
                 ],
             }
         )
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"event `{event.get('id', '')}`"}]}
-    )
-    return {"text": f"{title}: {line}", "blocks": blocks}
+    event_id = mrkdwn_escape(str(event.get("id", "")))
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"event `{event_id}`"}]})
+    return {"text": f"{mrkdwn_escape(str(title))}: {line}", "blocks": blocks}
 
 
 def subject_token(incident_id: str) -> str:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import orjson
 
@@ -66,32 +67,94 @@ def classify_http(status: int, headers: Any, body: str = "") -> Outcome:
 
 
 def _refused(address: str) -> bool:
+    """Anything not globally routable: private, loopback, link-local, CGNAT (100.64.0.0/10, where
+    some clouds serve their metadata), reserved, documentation, multicast, unspecified…"""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return bool(
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
 
 
-async def check_address(host: str, port: int, allow_private: bool) -> None:
-    """Refuse a host that resolves to a private, loopback or link-local address (unless allowed)."""
-    if allow_private:
-        return
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host` (the system resolver), in its order."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
-    for info in infos:
-        address = str(info[4][0])
-        if _refused(address):
-            raise RefusedAddress(
-                f"{host} resolves to {address}, a private/loopback address "
-                "(set INCIDENTS_NOTIFIER_ALLOW_PRIVATE=true to allow it)"
-            )
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def checked_addresses(host: str, port: int, allow_private: bool) -> list[str]:
+    """Resolve `host` once and refuse it when any of its addresses is not public (unless allowed):
+    the caller connects to these very addresses, so a second answer (DNS rebinding) cannot slip in."""
+    addresses = await resolve(host, port)
+    if not allow_private:
+        for address in addresses:
+            if _refused(address):
+                raise RefusedAddress(
+                    f"{host} resolves to {address}, not a public address "
+                    "(set INCIDENTS_NOTIFIER_ALLOW_PRIVATE=true to allow it)"
+                )
+    return addresses
+
+
+async def check_address(host: str, port: int, allow_private: bool) -> None:
+    """Refuse a host that resolves to a private, loopback, link-local or other non-public address."""
+    await checked_addresses(host, port, allow_private)
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, but every TCP connection goes to an address that was resolved and
+    checked for it (`checked_addresses`); TLS still verifies and sends SNI for the URL's host name, and
+    the Host header stays the URL's. Pooled keep-alive connections were all made this way."""
+
+    def __init__(self, allow_private: bool, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.allow_private = allow_private
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await checked_addresses(host, port, self.allow_private)
+        error: Exception = OSError(f"cannot resolve {host}")
+        for address in addresses:
+            try:
+                return await self.inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+                error = exc
+        raise error
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise RefusedAddress("unix sockets are not a destination")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+async def pinned_socket(host: str, port: int, allow_private: bool) -> socket.socket:
+    """A TCP socket connected to a checked address of `host` (for SMTP: aiosmtplib's `sock`)."""
+    loop = asyncio.get_running_loop()
+    error: Exception = OSError(f"cannot resolve {host}")
+    for address in await checked_addresses(host, port, allow_private):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (address, port))
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
 
 
 class Senders:
@@ -101,7 +164,13 @@ class Senders:
         self.timeout = timeout
         self.allow_private = allow_private
         self.links_url = links_url
-        self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+        transport = httpx.AsyncHTTPTransport(trust_env=False)
+        # httpx has no resolver hook: its connection pool's network backend is where a connection's
+        # address is chosen, so that is where the checked address is pinned.
+        transport._pool._network_backend = PinnedBackend(allow_private)
+        self.http = httpx.AsyncClient(
+            transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -125,10 +194,7 @@ class Senders:
             return Outcome(RETRY, f"{type(exc).__name__}: {exc}"[:500])
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-        parts = urlsplit(url)
-        await check_address(
-            parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), self.allow_private
-        )
+        # the address is checked (and pinned) when the connection is made: PinnedBackend
         response = await self.http.post(url, content=body, headers=headers)
         return classify_http(response.status_code, response.headers, response.text)
 
@@ -172,15 +238,15 @@ class Senders:
         smtp = destination.smtp
         host = str(smtp["host"])
         port = int(smtp.get("port", 465 if smtp.get("tls") else 587 if smtp.get("starttls", True) else 25))
-        await check_address(host, port, self.allow_private)
         assert destination.sender is not None
         message = email_message(event, destination.name, destination.sender, destination.to, self.links_url)
         password = smtp.get("password")
+        sock = await pinned_socket(host, port, self.allow_private)  # the checked address, no 2nd lookup
         try:
             await aiosmtplib.send(
                 message,
-                hostname=host,
-                port=port,
+                hostname=host,  # TLS: SNI and certificate checked for the host name
+                sock=sock,
                 use_tls=bool(smtp.get("tls", False)),
                 start_tls=bool(smtp.get("starttls", False)),
                 username=smtp.get("username"),
@@ -196,4 +262,6 @@ class Senders:
             return Outcome(PERMANENT if 500 <= exc.code < 600 else RETRY, detail)
         except aiosmtplib.SMTPException as exc:
             return Outcome(RETRY, f"{type(exc).__name__}: {exc}"[:500])
+        finally:
+            sock.close()
         return Outcome(DELIVERED)

@@ -26,10 +26,11 @@ from incident_contracts import TOPIC_STATE
 from incident_contracts.constants import NOTIFICATION_DEAD
 from incident_contracts.envelope import stable_id
 from incident_notifier.config import Destination, RoutingConfig
+from incident_notifier.messages import pagerduty_events
 from incident_notifier.routing import STATE_CHANGED, destinations_for
 from incident_notifier.senders import DELIVERED, PERMANENT, Outcome, Senders
 from incident_notifier.settings import NotifierSettings
-from incident_notifier.store import DeliveryStore, Row, migrate_notifier
+from incident_notifier.store import RESOLVING, DeliveryStore, Row, migrate_notifier
 from incident_platform.kafka import durable_producer, kafka_security
 from incident_platform.postgres import create_pool
 from incident_platform.telemetry import (
@@ -44,6 +45,10 @@ _log = logging.getLogger("incident_notifier")
 
 DEAD_TYPE = NOTIFICATION_DEAD  # its model: incident_contracts.models.NotificationDead
 DEAD_SOURCE = "/notifier"
+# Destinations whose deliveries of one incident must land in order: a PagerDuty trigger retried after
+# the resolve of its dedup key went through would open a page nothing closes. Webhooks, Slack and
+# email promise no order per incident (each output carries its own time and state).
+ORDERED_TYPES = frozenset({"pagerduty"})
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -55,20 +60,27 @@ def backoff_seconds(
     retry_after_cap: float,
     rng: random.Random,
 ) -> float:
-    """Delay before the next attempt: the receiver's Retry-After when it gave one (up to its cap),
-    else exponential (base * 2^(attempts-1), at most `cap`) with jitter: a random half to all of it."""
-    if retry_after is not None:
-        return min(retry_after, retry_after_cap)
+    """Delay before the next attempt: exponential (base * 2^(attempts-1), at most `cap`) with jitter
+    (a random half to all of it); a receiver's Retry-After (cut to `retry_after_cap`) is a floor on
+    top of it, never a shortcut: `Retry-After: 0` cannot spend every attempt in seconds."""
     ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
-    return ceiling * (0.5 + rng.random() / 2)
+    delay = ceiling * (0.5 + rng.random() / 2)
+    if retry_after is not None:
+        return max(delay, min(retry_after, retry_after_cap))
+    return delay
 
 
-def dead_letter(event: dict[str, Any], destination: Destination, attempts: int, error: str) -> dict[str, Any]:
-    """The dead letter of one delivery: its own deterministic id, the output quoted whole."""
+def dead_letter(
+    event: dict[str, Any], destination: Destination, attempts: int, error: str, resends: int = 0
+) -> dict[str, Any]:
+    """The dead letter of one delivery: its own deterministic id, the output quoted whole. A delivery
+    sent again (`incidents notify resend`) that fails again has a new id (`resends` is part of it),
+    so a consumer deduplicating on ids still sees it; a retried send of one death keeps its id."""
     output_id = str(event.get("id", ""))
+    name = f"{output_id}/{destination.name}/dead" + (f"/{resends}" if resends else "")
     return {
         "specversion": "1.0",
-        "id": stable_id(f"{output_id}/{destination.name}/dead"),
+        "id": stable_id(name),
         "source": DEAD_SOURCE,
         "type": DEAD_TYPE,
         "subject": event.get("subject"),
@@ -286,7 +298,9 @@ class Notifier:
             free = limit - len(inflight)
             if free > 0:
                 try:
-                    rows = await self.store.claim(destination.name, free, lease)
+                    rows = await self.store.claim(
+                        destination.name, free, lease, ordered=destination.type in ORDERED_TYPES
+                    )
                 except Exception:
                     _log.exception("could not claim deliveries", extra={"destination": destination.name})
                     rows = []
@@ -328,6 +342,15 @@ class Notifier:
             links=[link] if link else None,
             attributes=attributes,
         ) as span:
+            try:
+                reason = await self._superseded(destination, row)
+            except Exception:
+                _log.exception("could not check for a later resolve", extra={"output_id": output_id})
+                return  # the row keeps its lease: attempted again when it ends
+            if reason is not None:
+                span.set_attribute("notifier.outcome", "superseded")
+                await self._skip(destination, row, attempts, reason)
+                return
             outcome = await self.senders.attempt(destination, event)
             span.set_attribute("notifier.outcome", outcome.status)
             try:
@@ -336,6 +359,47 @@ class Notifier:
                 # The row keeps its lease: it is attempted again when the lease ends (at least once).
                 _log.exception("could not record a delivery outcome", extra={"output_id": output_id})
 
+    async def _superseded(self, destination: Destination, row: Any) -> str | None:
+        """Why a PagerDuty trigger must not be sent: a later output of its incident that resolves the
+        same dedup key was already delivered (it was scheduled after the resolve: e.g. the state
+        topic read ahead of the breaches topic). None when it is to be sent."""
+        if destination.type not in ORDERED_TYPES or row["event_type"] in RESOLVING:
+            return None
+        keys = {page["dedup_key"] for page in pagerduty_events(row["event"], "", None)}
+        for later in await self.store.later_resolving(row):
+            resolved = {
+                p["dedup_key"] for p in pagerduty_events(later, "", None) if p["event_action"] == "resolve"
+            }
+            if keys & resolved:
+                return (
+                    f"superseded: {', '.join(sorted(keys & resolved))} already resolved by {later.get('id')}"
+                )
+        return None
+
+    async def _skip(self, destination: Destination, row: Any, attempts: int, reason: str) -> None:
+        try:
+            if await self.store.superseded(row["output_id"], destination.name, attempts, reason):
+                self.metrics.deliveries.add(1, {"destination": destination.name, "outcome": "superseded"})
+                _log.info(
+                    "delivery superseded, not sent",
+                    extra={"destination": destination.name, "output_id": row["output_id"], "reason": reason},
+                )
+            else:
+                self._lost(destination, row, attempts, "superseded")
+        except Exception:
+            _log.exception("could not record a delivery outcome", extra={"output_id": row["output_id"]})
+
+    def _lost(self, destination: Destination, row: Any, attempts: int, outcome: str) -> None:
+        _log.warning(
+            "lease lost: a later attempt took this delivery, its outcome is not recorded",
+            extra={
+                "destination": destination.name,
+                "output_id": row["output_id"],
+                "attempts": attempts,
+                "outcome": outcome,
+            },
+        )
+
     async def _settle(
         self, destination: Destination, row: Any, event: dict[str, Any], attempts: int, outcome: Outcome
     ) -> None:
@@ -343,7 +407,9 @@ class Notifier:
         name = destination.name
         self.metrics.attempts.add(1, {"destination": name, "result": outcome.status})
         if outcome.status == DELIVERED:
-            await self.store.delivered(row["output_id"], name)
+            if not await self.store.delivered(row["output_id"], name, attempts):
+                self._lost(destination, row, attempts, "delivered")
+                return
             self.metrics.deliveries.add(1, {"destination": name, "outcome": "delivered"})
             self.metrics.latency.record(
                 max(0.0, (datetime.now(UTC) - row["event_time"]).total_seconds()), {"destination": name}
@@ -351,14 +417,24 @@ class Notifier:
             return
         error = outcome.error or "failed"
         if outcome.status == PERMANENT or attempts >= s.incidents_notifier_max_attempts:
-            letter = dead_letter(event, destination, attempts, error)
-            await self.producer.send_and_wait(
-                s.incidents_notifier_dead_letter_topic,
-                orjson.dumps(letter),
-                key=str(event.get("subject", "")).encode(),
-                headers=[("content-type", b"application/cloudevents+json")],
-            )
-            await self.store.dead(row["output_id"], name, error)
+            # The lease, renewed if still ours, outlasts the dead letter's send (bounded to half of
+            # it): a slow Kafka cannot let a second attempt run meanwhile, whose success a late
+            # `dead` would then overwrite (both are fenced by the attempt anyway).
+            lease = s.incidents_notifier_lease_ms / 1000
+            if not await self.store.hold(row["output_id"], name, attempts, lease):
+                self._lost(destination, row, attempts, "dead")
+                return
+            letter = dead_letter(event, destination, attempts, error, int(row.get("resends") or 0))
+            async with asyncio.timeout(lease / 2):
+                await self.producer.send_and_wait(
+                    s.incidents_notifier_dead_letter_topic,
+                    orjson.dumps(letter),
+                    key=str(event.get("subject", "")).encode(),
+                    headers=[("content-type", b"application/cloudevents+json")],
+                )
+            if not await self.store.dead(row["output_id"], name, attempts, error):
+                self._lost(destination, row, attempts, "dead")
+                return
             self.metrics.deliveries.add(1, {"destination": name, "outcome": "dead"})
             _log.warning(
                 "delivery dead-lettered",
@@ -378,7 +454,9 @@ class Notifier:
             s.incidents_notifier_retry_after_max_ms / 1000,
             self._rng,
         )
-        await self.store.reschedule(row["output_id"], name, attempts, delay, error)
+        if not await self.store.reschedule(row["output_id"], name, attempts, delay, error):
+            self._lost(destination, row, attempts, "retry")
+            return
         _log.info(
             "delivery rescheduled",
             extra={

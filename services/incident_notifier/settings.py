@@ -47,7 +47,10 @@ class NotifierSettings(PlatformSettings):
     )
     incidents_notifier_backoff_max_ms: int = Field(300_000, ge=1, description="Longest retry delay.")
     incidents_notifier_retry_after_max_ms: int = Field(
-        3_600_000, ge=0, description="Longest `Retry-After` honoured (a longer one is cut to this)."
+        3_600_000,
+        ge=0,
+        description="Longest `Retry-After` honoured (a longer one is cut to this); a `Retry-After` is a "
+        "floor on the backoff, never shorter than it.",
     )
     incidents_notifier_timeout_ms: int = Field(
         10_000, ge=1, description="Time limit of one delivery attempt."
@@ -66,7 +69,8 @@ class NotifierSettings(PlatformSettings):
     )
     incidents_notifier_allow_private: bool = Field(
         False,
-        description="Allow destinations on private, loopback or link-local addresses (tests, local runs).",
+        description="Allow destinations on addresses that are not public: private, loopback, link-local, "
+        "CGNAT… (tests, local runs).",
     )
     incidents_notifier_links_url: str | None = Field(
         None,

@@ -143,6 +143,24 @@ async def test_cursor_pages_filtered_results_and_is_stable_under_inserts(pool: a
             await pool.execute("DELETE FROM incidents WHERE incident_id = 'NEW'")
 
 
+async def test_an_incident_changed_while_paging_is_neither_skipped_nor_repeated(pool: asyncpg.Pool) -> None:
+    """Pages are ordered by report, which never changes: an update during the walk moves nothing."""
+    async with _client(pool) as client:
+        first = (await client.get("/incidents", params={"limit": "2"})).json()
+        shown = [i["incident_id"] for i in first["incidents"]]
+        everyone = [i["incident_id"] for i in (await client.get("/incidents")).json()["incidents"]]
+        later = [i for i in everyone if i not in shown]
+        # the last incident of the walk changes now (an acknowledgement): it must still come
+        await pool.execute("UPDATE incidents SET updated_at = now() WHERE incident_id = $1", later[-1])
+        seen = list(shown)
+        after = first["next"]
+        while after is not None:
+            page = (await client.get("/incidents", params={"limit": "2", "after": after})).json()
+            seen += [i["incident_id"] for i in page["incidents"]]
+            after = page["next"]
+        assert sorted(seen) == sorted(ALL) and len(seen) == len(ALL)
+
+
 async def test_a_retired_policy_still_filters(pool: asyncpg.Pool) -> None:
     """Incidents stay pinned to a policy removed from the folder: filtering by it is not an error."""
     await pool.execute("UPDATE incidents SET policy = 'livepro-0' WHERE incident_id = 'AU5'")

@@ -417,3 +417,173 @@ async def test_sigkill_mid_retry_loses_nothing_and_resends_nothing_acknowledged(
     assert ready.status_code == 200 and "notifier_attempts_total" in metrics
     stored = await rows(dsn)
     assert len(stored) == 24 and all(r["status"] == "delivered" for r in stored.values())
+
+
+def pages(receiver: Receiver, path: str) -> list[tuple[str, str, int]]:
+    """(action, dedup key, status) of each PagerDuty request at `path`, in arrival order."""
+    found = []
+    for r in receiver.at(path):
+        body = orjson.loads(r.body)
+        found.append((body["event_action"], body["dedup_key"], r.status))
+    return found
+
+
+async def test_pagerduty_trigger_and_resolve_land_in_order_and_a_stale_trigger_is_superseded(
+    kafka: Service, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NT_PD_KEY", "pd-key")
+    topic = f"nt-order-{uuid.uuid4().hex[:8]}"
+    (breach,) = outputs("order", 1)
+    late_breach, late_failover = outputs("late", 1) + outputs("late", 1, kind="failover")  # times: now
+    incident, late = breach["subject"], late_breach["subject"]
+    late_failover["subject"] = late
+    async with Receiver() as receiver:
+        # the breach's trigger is answered 503 Retry-After 2 once: a retry is due in 2 s
+        receiver.script = {"/pd": [(503, {"retry-after": "2"})]}
+        config = {
+            "destinations": {
+                "pd": {"type": "pagerduty", "routing_key": {"env": "NT_PD_KEY"}, "url": receiver.url("/pd")}
+            },
+            "routes": [
+                {"to": "pd"},
+                {"match": {"type": "incident.state.changed", "state": "acknowledged"}, "to": "pd"},
+            ],
+        }
+        async with running(settings_for(kafka, dsn, topic), config):
+            # 1. trigger (503, retry in 2 s), then the acknowledgement: its resolve waits for the trigger
+            await produce(kafka.url, topic, [breach])
+            await wait_for(lambda: len(receiver.at("/pd")) >= 1, 30, "the first trigger attempt")
+            await produce(kafka.url, topic, [state_changed(incident, "reported", "acknowledged")])
+            await wait_for(lambda: len(receiver.at("/pd")) >= 3, 30, "the retried trigger and the resolve")
+            # 2. the resolve of `late` is delivered before its (earlier) breach is even scheduled, as
+            # when the state topic is read ahead of the breaches topic: that trigger is not sent; the
+            # failover order (another dedup key) is
+            await produce(kafka.url, topic, [state_changed(late, "reported", "acknowledged")])
+            await wait_for(lambda: len(receiver.at("/pd")) >= 4, 30, "the resolve of the late incident")
+            await produce(kafka.url, topic, [late_breach, late_failover])
+            await wait_for(lambda: len(receiver.at("/pd")) >= 5, 30, "the late failover order")
+            await asyncio.sleep(1.0)  # a stale trigger would arrive now
+            stored = await rows(dsn)
+
+    key = f"{incident}/ack"
+    assert pages(receiver, "/pd")[:3] == [("trigger", key, 503), ("trigger", key, 200),
+                                          ("resolve", key, 200)]  # fmt: skip
+    assert pages(receiver, "/pd")[3:] == [
+        ("resolve", f"{late}/ack", 200),
+        ("trigger", f"{late}/restore", 200),
+    ]
+    assert stored[(late_breach["id"], "pd")]["status"] == "superseded"
+    assert "already resolved" in stored[(late_breach["id"], "pd")]["last_error"]
+    assert stored[(late_failover["id"], "pd")]["status"] == "delivered"
+
+
+async def test_two_workers_racing_on_one_row_cannot_overwrite_the_later_outcome(dsn: str) -> None:
+    from incident_notifier.store import DeliveryStore, migrate_notifier
+    from incident_platform.postgres import create_pool
+
+    await migrate_notifier(dsn)
+    pools = [await create_pool(dsn, max_size=2) for _ in range(2)]
+    a, b = (DeliveryStore(pool) for pool in pools)
+    try:
+        events = outputs("race", 3)
+
+        async def race(event: dict[str, Any]) -> tuple[int, int]:
+            """A claims the row with a short lease, stalls past it; B claims the same row again."""
+            row = (event["id"], "hook", event["subject"], event["type"], datetime.now(UTC), event, {})
+            await a.enqueue([row])
+            (mine,) = await a.claim("hook", 1, 0.2)
+            await asyncio.sleep(0.3)
+            (theirs,) = await b.claim("hook", 1, 30)
+            assert theirs["output_id"] == mine["output_id"] == event["id"]
+            return mine["attempts"], theirs["attempts"]
+
+        async def status(output_id: str) -> str:
+            return str((await rows(dsn))[(output_id, "hook")]["status"])
+
+        # B delivers; A's late dead letter decision lands after: it changes nothing
+        old, new = await race(events[0])
+        assert (old, new) == (1, 2)
+        assert await b.delivered(events[0]["id"], "hook", new)
+        assert not await a.dead(events[0]["id"], "hook", old, "HTTP 410")
+        assert await status(events[0]["id"]) == "delivered"
+        # A's dead lands first (its lease is gone): refused, and B's success is still recorded
+        await a.reschedule(events[0]["id"], "hook", old, 0, "x")  # no effect either
+        old, new = await race(events[1])
+        assert not await a.hold(events[1]["id"], "hook", old, 30)
+        assert not await a.dead(events[1]["id"], "hook", old, "HTTP 410")
+        assert await status(events[1]["id"]) == "pending"
+        assert await b.delivered(events[1]["id"], "hook", new)
+        assert await status(events[1]["id"]) == "delivered"
+        # and the other way round: A's late success cannot undo B's dead letter
+        old, new = await race(events[2])
+        assert await b.dead(events[2]["id"], "hook", new, "HTTP 410")
+        assert not await a.delivered(events[2]["id"], "hook", old)
+        assert await status(events[2]["id"]) == "dead"
+        # a resend makes it pending again, from its first attempt, one generation later
+        env = {**os.environ, "DATABASE_URL": dsn}
+        command = [sys.executable, "-m", "incident_engine.cli", "notify", "resend", "--destination", "hook"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().startswith("1 dead deliveries of 'hook' pending again")
+        row = (await rows(dsn))[(events[2]["id"], "hook")]
+        assert (row["status"], row["attempts"], row["resends"]) == ("pending", 0, 1)
+        assert await a.resend(None) == 0  # nothing dead any more
+        bad = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+        refused = subprocess.run(command, env=bad, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr.startswith("incidents notify: cannot reach PostgreSQL")
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_connections_go_to_the_address_that_was_checked(
+    smtp_sink: tuple[Sink, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names are resolved once, by the notifier's resolver, and the connection goes to that very
+    address (no second lookup a rebinding DNS could answer differently); Host and TLS stay the name."""
+    import socket
+
+    from incident_notifier.senders import DELIVERED, PERMANENT, Senders
+
+    sink, smtp_port = smtp_sink
+    lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        # a DNS that knows two test names: each lookup is counted (a rebinding DNS would answer a
+        # second lookup with another address)
+        if isinstance(host, str) and host.endswith(".example.test"):
+            lookups.append(host)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setenv("NT_SECRET", new_secret())
+    (breach,) = outputs("pin", 1)
+    async with Receiver() as receiver:
+        config = parse({
+            "destinations": {
+                "hook": {"type": "webhook", "url": f"http://hook.example.test:{receiver.port}/pin",
+                         "secrets": [{"env": "NT_SECRET"}]},
+                "mail": {"type": "email", "to": ["duty@example.com"], "from": "incidents@example.com",
+                         "smtp": {"host": "mail.example.test", "port": smtp_port}},
+            },
+            "routes": [{"to": ["hook", "mail"]}],
+        })  # fmt: skip
+        allowed = Senders(timeout=5, allow_private=True, links_url=None)
+        refused = Senders(timeout=5, allow_private=False, links_url=None)
+        try:
+            hook, mail = config.destinations["hook"], config.destinations["mail"]
+            assert (await allowed.attempt(hook, breach)).status == DELIVERED
+            assert (await allowed.attempt(mail, breach)).status == DELIVERED
+            assert lookups == ["hook.example.test", "mail.example.test"]  # once each: checked = used
+            for destination in (hook, mail):
+                outcome = await refused.attempt(destination, breach)
+                assert outcome.status == PERMANENT and "not a public address" in str(outcome.error)
+        finally:
+            await allowed.close()
+            await refused.close()
+    (request,) = receiver.at("/pin")
+    assert request.headers["host"] == f"hook.example.test:{receiver.port}"
+    assert len(sink.messages) == 1

@@ -156,6 +156,36 @@ def test_slack_message_has_what_a_reader_needs() -> None:
     )
 
 
+def test_slack_shows_untrusted_text_as_text() -> None:
+    hostile = "<!channel> db & <https://evil.example/login|Open incident> <@U123>"
+    event = output(
+        "sla.breached", clock="ack", summary=hostile, source="<!here>", region="<!everyone>",
+        policy="a>b", severity="<x>",
+    ) | {"subject": "INC-<!channel>", "id": "e<1>"}  # fmt: skip
+    message = slack_message(event, "https://console.example.com", now=NOW)
+    texts = [
+        message["text"],
+        message["blocks"][1]["text"]["text"],
+        message["blocks"][-1]["elements"][0]["text"],
+    ]
+    texts += [f["text"] for f in message["blocks"][2]["fields"]]
+    for text in texts:
+        assert "<" not in text and ">" not in text.lstrip(">").replace("\n>", "\n"), text
+    section = message["blocks"][1]["text"]["text"]
+    assert (
+        "&lt;!channel&gt; db &amp; &lt;https://evil.example/login|Open incident&gt; &lt;@U123&gt;" in section
+    )
+    assert "INC-&lt;!channel&gt;" in message["text"]
+    fields = " ".join(f["text"] for f in message["blocks"][2]["fields"])
+    assert "&lt;!here&gt;" in fields and "&lt;!EVERYONE&gt;" in fields and "a&gt;b" in fields
+    assert message["blocks"][-1]["elements"][0]["text"] == "event `e&lt;1&gt;`"
+    # plain text stays plain: the header is plain_text, Slack shows it as it is
+    assert message["blocks"][0]["text"]["type"] == "plain_text"
+    # ordinary text is unchanged
+    plain = slack_message(output("sla.breached", clock="ack"), None, now=NOW)
+    assert "payments down" in plain["blocks"][1]["text"]["text"]
+
+
 def test_links_to_the_console_or_the_read_api() -> None:
     from incident_notifier.messages import incident_link
 
@@ -251,12 +281,56 @@ def test_retry_after_and_backoff() -> None:
     assert backoff_seconds(1, 1.0, 60.0, 99999.0, 3600, rng) == 3600  # within its cap
 
 
+def test_retry_after_is_a_floor_on_the_backoff_never_a_shortcut() -> None:
+    rng = random.Random(2)
+    # Retry-After: 0 or 1 from a receiver in trouble: the exponential schedule still holds
+    for attempts in range(1, 9):
+        ceiling = min(300.0, 2.0 ** (attempts - 1))
+        for retry_after_value in (0.0, 1.0):
+            delay = backoff_seconds(attempts, 1.0, 300.0, retry_after_value, 3600, rng)
+            assert max(ceiling / 2, retry_after_value) <= delay <= max(ceiling, retry_after_value)
+    eight = sum(backoff_seconds(n, 1.0, 300.0, 0.0, 3600, rng) for n in range(1, 9))
+    assert eight >= sum(min(300.0, 2.0 ** (n - 1)) / 2 for n in range(1, 9))  # >= 127.5 s, not ~0
+    # a longer Retry-After wins, up to its own cap
+    assert backoff_seconds(3, 1.0, 300.0, 30.0, 3600, rng) == 30.0
+    assert backoff_seconds(3, 1.0, 300.0, 9999.0, 60.0, rng) == 60.0
+
+
 async def test_private_addresses_are_refused_unless_allowed() -> None:
     for host in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "::1"):
         with pytest.raises(RefusedAddress, match="INCIDENTS_NOTIFIER_ALLOW_PRIVATE"):
             await check_address(host, 80, allow_private=False)
         await check_address(host, 80, allow_private=True)
     await check_address("93.184.215.14", 443, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "100.64.0.1",  # shared address space (CGNAT): not private to Python, not global either
+        "100.100.100.200",  # Alibaba Cloud's metadata service
+        "100.127.255.254",
+        "192.0.0.1",  # IETF protocol assignments
+        "198.18.0.1",  # benchmarking
+        "192.0.2.1",  # documentation
+        "0.0.0.0",
+        "240.0.0.1",
+        "::ffff:127.0.0.1",  # IPv4-mapped loopback
+        "::ffff:100.64.0.1",
+        "fc00::1",
+        "fe80::1",
+        "224.0.0.1",
+    ],
+)
+async def test_every_non_global_address_is_refused(address: str) -> None:
+    with pytest.raises(RefusedAddress, match="not a public address"):
+        await check_address(address, 443, allow_private=False)
+    await check_address(address, 443, allow_private=True)
+
+
+async def test_public_addresses_pass() -> None:
+    for address in ("93.184.215.14", "100.128.0.1", "8.8.8.8", "2606:4700::1111"):
+        await check_address(address, 443, allow_private=False)
 
 
 def test_dead_letter_quotes_the_output() -> None:
@@ -268,6 +342,17 @@ def test_dead_letter_quotes_the_output() -> None:
                               "last_error": "HTTP 410", "output": event}  # fmt: skip
     assert letter["id"] == dead_letter(event, config.destinations["oncall"], 5, "other")["id"]
     NotificationDead.model_validate(letter)  # the contract's model of the dead-letter topic
+
+
+def test_a_resent_delivery_that_dies_again_has_a_new_dead_letter_id() -> None:
+    event = output("sla.breached", clock="ack")
+    oncall = parse(ESCALATION).destinations["oncall"]
+    first = dead_letter(event, oncall, 1, "HTTP 410")
+    again = dead_letter(event, oncall, 1, "HTTP 410", resends=1)
+    third = dead_letter(event, oncall, 1, "HTTP 410", resends=2)
+    assert len({first["id"], again["id"], third["id"]}) == 3
+    assert again["id"] == dead_letter(event, oncall, 8, "other", resends=1)["id"]  # one death, one id
+    NotificationDead.model_validate(again)
 
 
 def test_readme_documents_every_notifier_setting() -> None:

@@ -110,11 +110,13 @@ def create_http_app(service: EngineService) -> Starlette:
 
     async def list_incidents(request: Request) -> JSONResponse:
         """
-        summary: Incidents, most recently changed first, a page at a time
+        summary: Incidents, most recently reported first, a page at a time
         description: >-
-          Filters combine (AND). Keyset pagination on (updated_at, incident_id): a page's `next` is the
-          `after` of the following page; incidents reported meanwhile appear on the first page, never
-          twice nor shifting later pages. An unknown parameter or a bad value answers 400.
+          Filters combine (AND). Keyset pagination on (reported_at, incident_id), which never change: a
+          page's `next` is the `after` of the following page, and a walk through the pages sees every
+          incident reported before it started exactly once, each in its state when its page was read
+          (incidents reported meanwhile sort before the first page's cursor). An unknown parameter or
+          a bad value answers 400.
         security: [{bearer: []}]
         parameters:
           - {name: state, in: query, schema: {type: string, enum: [reported, acknowledged, investigating, failed_over, restored]}}
@@ -143,16 +145,16 @@ def create_http_app(service: EngineService) -> Starlette:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         if cursor is not None:  # keyset pagination: rows strictly after the last one shown
-            where.append(f"(updated_at, incident_id) < (${len(args) + 1}, ${len(args) + 2})")
+            where.append(f"(reported_at, incident_id) < (${len(args) + 1}, ${len(args) + 2})")
             args += cursor
         sql = f"SELECT {_INCIDENT_COLUMNS} FROM incidents"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY updated_at DESC, incident_id DESC LIMIT ${len(args) + 1}"
+        sql += f" ORDER BY reported_at DESC, incident_id DESC LIMIT ${len(args) + 1}"
         rows = await service.pool.fetch(sql, *args, limit + 1)  # one more: whether there is a next page
         page = rows[:limit]
         more = len(rows) > limit
-        next_cursor = _encode_cursor(page[-1]["updated_at"], page[-1]["incident_id"]) if more else None
+        next_cursor = _encode_cursor(page[-1]["reported_at"], page[-1]["incident_id"]) if more else None
         return JSONResponse({"incidents": [_jsonable(dict(r)) for r in page], "next": next_cursor})
 
     loaded: list[PolicyRegistry] = []
@@ -287,9 +289,9 @@ def _list_filters(params: Mapping[str, str], policies: set[str]) -> tuple[list[s
     return where, args
 
 
-def _encode_cursor(updated_at: datetime, incident_id: str) -> str:
-    """An opaque cursor: the sort key (updated_at, incident_id) of the last row of a page."""
-    raw = orjson.dumps([updated_at.isoformat(), incident_id])
+def _encode_cursor(reported_at: datetime, incident_id: str) -> str:
+    """An opaque cursor: the sort key (reported_at, incident_id) of the last row of a page."""
+    raw = orjson.dumps([reported_at.isoformat(), incident_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
