@@ -71,7 +71,6 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
 fi
 .venv/bin/incidents db migrate
 if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
-  . deploy/local/start-intake.sh  # the monitors' intake beside the engine
   url="http://127.0.0.1:${INCIDENTS_HTTP_PORT:-8080}"
   if [ -n "${INCIDENTS_API_TOKEN:-}" ]; then
     echo "read API: curl -s -H \"Authorization: Bearer \$INCIDENTS_API_TOKEN\" $url/incidents" >&2
@@ -83,6 +82,8 @@ if [ "$(basename "$1")" = incidents ] && [ "${2:-}" = serve ]; then
     echo "read API token generated for this run (set INCIDENTS_API_TOKEN to choose one):" >&2
     echo "  curl -s -H 'Authorization: Bearer $INCIDENTS_API_TOKEN' $url/incidents" >&2
   fi
+  # after the token is exported: the intake reads the engine with it (SMS STATUS)
+  . deploy/local/start-intake.sh  # the monitors' intake beside the engine
   if [ -n "${INCIDENTS_API_TOKEN:-}" ]; then
     echo "SRE console: $url/console/ (sign in with your name and the API token)" >&2
   else

@@ -78,6 +78,8 @@ class Integrations:
         import hmac
 
         found = None
+        if not routing_key:
+            return None  # an empty key never names an integration
         for integration in self.by_name.values():
             key = integration.routing_key
             if key is not None and hmac.compare_digest(key.encode(), routing_key.encode()):
@@ -112,9 +114,14 @@ def _secret(value: Any, where: str, base: Path, env: dict[str, str]) -> str:
         path = Path(value["file"])
         path = path if path.is_absolute() else base / path
         try:
-            return path.read_text().strip()
+            content = path.read_text().strip()
         except OSError as exc:
             raise IntegrationsError(f"{where}: cannot read the secret file {path}: {exc.strerror}") from None
+        if not content:  # an empty secret would let an empty credential in: refuse to start
+            raise IntegrationsError(
+                f"{where}: the secret file {path} is empty; put the secret in it (a mounted Secret's key)"
+            )
+        return content
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -123,8 +130,8 @@ def _secret(value: Any, where: str, base: Path, env: dict[str, str]) -> str:
         return env[name]
 
     resolved = _ENV_REFERENCE.sub(replace, str(value))
-    if not resolved:
-        raise IntegrationsError(f"{where}: the secret is empty")
+    if not resolved.strip():
+        raise IntegrationsError(f"{where}: the secret is empty (or only white space)")
     return resolved
 
 

@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_NUMBER: Final = re.compile(r"\bINC-(\d{1,12})\b", re.IGNORECASE)
+# never the `INC-…` inside a notifier's `[INC:<engine id>]` token (incident_contracts.mail_tokens)
+_NUMBER: Final = re.compile(r"(?<!INC:)\bINC-(\d{1,12})\b", re.IGNORECASE)
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 

@@ -64,11 +64,31 @@ class EmailSettings(PlatformSettings):
         "(and only offered after STARTTLS when a certificate is configured), for a relay that forwards "
         "the mailbox; leave empty when the intake is the MX.",
     )
+    intake_smtp_trusted_authserv_id: str | None = Field(
+        None,
+        description="authserv-id(s), comma-separated, of the relay whose `Authentication-Results` header "
+        "vouches for a reply's From: its command is applied on `dmarc=pass` (or a `dkim=pass` aligned "
+        "with From). Only when nothing but that relay can reach the SMTP port (AUTH, network).",
+    )
+    intake_smtp_auth_trusts_from: bool = Field(
+        False,
+        description="A reply's command is applied when it came over an AUTH session: only when the AUTH "
+        "users are the responders' own mail servers, never a relay that forwards outside mail.",
+    )
     intake_kafka_timeout_ms: int = Field(
         10_000,
         description="Longest wait for Kafka to acknowledge the events before answering 503 / SMTP 451 "
         "(the sender retries).",
     )
+
+    @field_validator("intake_smtp_auth_users")
+    @classmethod
+    def _no_empty_password(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """An empty password would let anyone in under that name: refuse to start."""
+        empty = [user for user, secret in value.items() if not secret.get_secret_value().strip()]
+        if empty:
+            raise ValueError(f"INTAKE_SMTP_AUTH_USERS: the password of {empty[0]!r} is empty")
+        return value
 
 
 class PhoneLine(BaseModel):

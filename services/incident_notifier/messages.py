@@ -1,5 +1,6 @@
 """What each destination receives: the signed CloudEvent (webhook), a Block Kit message (Slack), an
-email with `Message-ID` and an `[INC-…]` subject token, a PagerDuty Events v2 event."""
+email whose `Message-ID` and `[INC:…]` subject token name the incident (a reply threads back into the
+email intake: `incident_contracts.mail_tokens`), a PagerDuty Events v2 event."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
+
+from incident_contracts.mail_tokens import incident_token, notifier_message_id
 
 TITLES = {
     "incident.sla.warning": "SLA warning",
@@ -143,8 +146,9 @@ def slack_message(
 
 
 def subject_token(incident_id: str) -> str:
-    """`[INC-…]`: the token the email intake reads to thread a reply into the incident."""
-    return f"[{incident_id}]" if incident_id.startswith("INC-") else f"[INC-{incident_id}]"
+    """`[INC:<incident id>]`: the token the email intake reads to thread a reply into the incident
+    (never a people number `[INC-1001]` of the intake's own)."""
+    return incident_token(incident_id)
 
 
 def email_message(
@@ -155,11 +159,13 @@ def email_message(
     title = TITLES.get(event.get("type", ""), event.get("type", ""))
     incident = str(event.get("subject", ""))
     message = EmailMessage()
-    message["Subject"] = f"{subject_token(incident)} {title}: {data.get('summary') or incident}"[:300]
+    rest = f"{title}: {data.get('summary') or incident}"[:200]  # the token is never cut
+    message["Subject"] = f"{subject_token(incident)} {rest}"
     message["From"] = sender
     message["To"] = ", ".join(to)
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = f"<{event.get('id', '')}.{destination}@incident-notifier>"
+    domain = sender.rpartition("@")[2] or "incident-notifier"
+    message["Message-ID"] = notifier_message_id(str(event.get("id", "")), destination, incident, domain)
     message["X-Incident-Id"] = incident
     lines = [headline(event), "", str(data.get("summary") or ""), ""]
     lines += [f"{name}: {value}" for name, value in _facts(event)]
@@ -168,7 +174,8 @@ def email_message(
         lines += ["", f"Incident: {link}"]
     lines += [
         "",
-        "Reply to this email to add to the incident (keep the subject's token).",
+        "Reply to this email to add a note to the incident (keep the subject's token); a responder",
+        "may answer ack, investigating, failed over or restored on the first line.",
         f"Event id: {event.get('id', '')}",
     ]
     message.set_content("\n".join(lines))

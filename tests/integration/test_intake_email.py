@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email
 import email.policy
 import ipaddress
 import smtplib
@@ -30,13 +31,19 @@ MAILBOXES = {
     f"vip@{DOMAIN}": {"region": "uk", "severity": "critical"},  # an allowlist (rows below)
 }
 RESPONDER = "oncall@ops.test"
+RELAY = "relay.support.test"  # the trusted relay's authserv-id (INTAKE_SMTP_TRUSTED_AUTHSERV_ID)
+VERIFIED = {"Authentication_Results": f"{RELAY}; dmarc=pass (p=reject) header.from=ops.test"}
 
 
 @pytest.fixture(scope="module")
 async def stack(kafka: Service, postgres: Service) -> AsyncIterator[PeopleStack]:
     """Engine + intake, mailboxes as above, a responder on every mailbox, vip@ for customer.test only."""
     async with people_stack(
-        kafka.url, postgres.url, intake_smtp_mailboxes=MAILBOXES, intake_smtp_max_message_bytes=64_000
+        kafka.url,
+        postgres.url,
+        intake_smtp_mailboxes=MAILBOXES,
+        intake_smtp_max_message_bytes=64_000,
+        intake_smtp_trusted_authserv_id=RELAY,
     ) as running:
         rows = [(m, RESPONDER, True) for m in MAILBOXES] + [(f"vip@{DOMAIN}", "@customer.test", False)]
         await running.channels.store.pool.executemany(
@@ -111,7 +118,7 @@ async def test_new_incident_then_threaded_ack_token_update_and_restore(stack: Pe
 
     # the responder replies in the thread: "ack" on the first line, the quote below
     ack = mail(RESPONDER, f"support-us@{DOMAIN}", "Re: Checkout is down",
-               "Ack\n\nOn Mon, Ann wrote:\n> Every payment fails", reply_to=report)  # fmt: skip
+               "Ack\n\nOn Mon, Ann wrote:\n> Every payment fails", reply_to=report, **VERIFIED)  # fmt: skip
     code, answer = await send(stack, ack)
     assert code == 250 and f"incident.acknowledged for {number}" in answer, answer
     await engine_state(stack.engine, incident, "acknowledged")
@@ -128,7 +135,8 @@ async def test_new_incident_then_threaded_ack_token_update_and_restore(stack: Pe
         stack, mail("ann@customer.test", f"support@{DOMAIN}", f"[{number}]", "restored")
     )
     assert code == 550 and "may not change incidents" in answer, answer
-    restore = mail(RESPONDER, f"support@{DOMAIN}", f"Re: [{number}] Checkout", "Restored\nfailed the DB back")
+    restore = mail(RESPONDER, f"support@{DOMAIN}", f"Re: [{number}] Checkout", "Restored\nfailed the DB back",
+                   **VERIFIED)  # fmt: skip
     code, answer = await send(stack, restore)
     assert code == 250 and "incident.restored" in answer, answer
     body = await engine_state(stack.engine, incident, "restored")
@@ -273,3 +281,142 @@ async def test_starttls_and_auth_when_configured(stack: PeopleStack, tmp_path: P
     assert wrong == 535 and refused == {}
     await engine_state(stack.engine, incident_of(report), "reported")
     assert stack.tail.of(incident_of(report))[0]["data"]["summary"] == "Forwarded: portal 502"
+
+
+async def reported_elsewhere(stack: PeopleStack, incident: str, summary: str) -> None:
+    """An incident the engine knows that no email opened (a monitor's, say)."""
+    from incident_intake.people_common import input_event
+
+    event = input_event(
+        "reported", incident, source="/channels/monitor/alertmanager/prom", event_id=f"{incident}/reported",
+        data={"severity": "critical", "region": "au", "summary": summary},
+    )  # fmt: skip
+    await stack.channels.mailbox.publisher.publish([event])
+    await engine_state(stack.engine, incident, "reported")
+
+
+def notifier_mail(incident: str, summary: str) -> EmailMessage:
+    """The email the notifier sends about a breach of `incident`, built by the notifier itself."""
+    from incident_notifier.messages import email_message
+
+    output = {
+        "id": uuid.uuid4().hex, "type": "incident.sla.breached", "subject": incident,
+        "time": datetime.now(UTC).isoformat(), "data": {"clock": "ack", "summary": summary},
+    }  # fmt: skip
+    sent = email_message(output, "on-call", "incidents@ops.test", (RESPONDER,), None)
+    return email.message_from_bytes(sent.as_bytes(), policy=email.policy.default)  # type: ignore[return-value]
+
+
+def reply(to: EmailMessage, body: str, *, subject: str | None = None, **headers: str) -> EmailMessage:
+    """The responder's reply to a notifier email, sent to the support mailbox (threading headers kept)."""
+    quoted = "\n".join("> " + line for line in str(to.get_content()).splitlines())
+    text = f"{body}\n\nOn Mon, incidents@ops.test wrote:\n{quoted}"
+    return mail(RESPONDER, f"support@{DOMAIN}", subject or f"Re: {to['Subject']}", text, reply_to=to,
+                **headers)  # fmt: skip
+
+
+async def test_a_reply_to_the_notifier_s_email_acknowledges_that_incident(stack: PeopleStack) -> None:
+    """The notifier's subject token and Message-ID carry the engine's incident id: a responder's
+    `ack` reply acknowledges that incident (no shared table), not a new one."""
+    incident = f"prom-{uuid.uuid4().hex[:12]}"
+    await reported_elsewhere(stack, incident, "db down")
+    breach = notifier_mail(incident, "db down")
+    code, answer = await send(stack, reply(breach, "Ack\nOn it.", **VERIFIED))
+    assert code == 250 and answer.endswith(f"incident.acknowledged for {incident}"), answer
+    await engine_state(stack.engine, incident, "acknowledged")
+    assert stack.tail.of(incident, "incident.acknowledged")[0]["data"] == {"by": RESPONDER}
+    # a mail client that dropped the subject's token: In-Reply-To still threads the note
+    code, answer = await send(stack, reply(breach, "root cause: a full disk", subject="Re: db"))
+    assert code == 250 and answer.endswith(f"incident.updated for {incident}"), answer
+    await stack.tail.wait_for(lambda: len(stack.tail.of(incident, "incident.updated")) == 1)
+    opened = await stack.channels.store.pool.fetchval(
+        "SELECT count(*) FROM intake_people_incidents WHERE summary LIKE '%db down%'"
+    )
+    assert opened == 0  # no spurious incident
+
+
+async def test_an_engine_id_like_a_people_number_never_touches_that_people_incident(
+    stack: PeopleStack,
+) -> None:
+    """The shipped examples' engine ids look like `INC-2002`: the notifier's token for one must not
+    be read as the intake's people number 2002."""
+    await stack.channels.store.pool.execute(
+        "ALTER TABLE intake_people_incidents ALTER COLUMN number RESTART WITH 2002"
+    )
+    report = mail("ann@customer.test", f"support@{DOMAIN}", "Portal slow", "since 9")
+    code, answer = await send(stack, report)
+    assert code == 250 and "INC-2002 opened" in answer, answer
+    people = incident_of(report)
+    await engine_state(stack.engine, people, "reported")
+    await reported_elsewhere(stack, "INC-2002", "queue stuck")
+    breach = notifier_mail("INC-2002", "queue stuck")
+    assert str(breach["Subject"]).startswith("[INC:INC-2002] ")
+    code, answer = await send(stack, reply(breach, "restored", **VERIFIED))
+    assert code == 250 and answer.endswith("incident.restored for INC-2002"), answer
+    await engine_state(stack.engine, "INC-2002", "restored")
+    await asyncio.sleep(0.5)
+    assert [e["type"] for e in stack.tail.of(people)] == ["incident.reported", "incident.updated"]
+    await engine_state(stack.engine, people, "reported")
+    # the people number's own form still reaches the people incident
+    note = mail("ann@customer.test", f"support@{DOMAIN}", "Re: [INC-2002] Portal slow", "still slow")
+    code, answer = await send(stack, note)
+    assert code == 250 and answer.endswith("incident.updated for INC-2002"), answer
+    await stack.tail.wait_for(lambda: len(stack.tail.of(people, "incident.updated")) == 2)
+
+
+async def test_a_forged_from_cannot_command_an_incident_its_reply_becomes_a_note(
+    stack: PeopleStack, tmp_path: Path
+) -> None:
+    """From: is free text. Without a trusted relay's passing result (or an AUTH session trusted for
+    From), a responder's address commands nothing: the reply is a note that says so."""
+    incident = f"prom-{uuid.uuid4().hex[:12]}"
+    await reported_elsewhere(stack, incident, "api 500s")
+    breach = notifier_mail(incident, "api 500s")
+    forged = [
+        {},  # straight from the internet: nothing vouches
+        {"Authentication_Results": "evil.test; dmarc=pass header.from=ops.test"},  # an untrusted id
+        {"Authentication_Results": f"{RELAY}; dmarc=fail header.from=ops.test"},  # the relay said no
+        {"Authentication_Results": f"{RELAY}; dkim=pass header.d=evil.test"},  # signed, not by ops.test
+    ]
+    for headers in forged:
+        code, answer = await send(stack, reply(breach, "restored", **headers), envelope_from="x@evil.test")
+        assert code == 250 and f"incident.updated for {incident}; the command was not applied" in answer, (
+            answer
+        )
+    await stack.tail.wait_for(lambda: len(stack.tail.of(incident, "incident.updated")) == len(forged))
+    notes = [e["data"]["note"] for e in stack.tail.of(incident, "incident.updated")]
+    assert all(n.startswith(f"{RESPONDER} (command 'restored' not applied: ") for n in notes), notes
+    assert "not verified" in notes[0] and f"{RELAY} did not verify ops.test" in notes[2]
+    assert stack.tail.of(incident, "incident.restored") == []
+    await engine_state(stack.engine, incident, "reported")
+
+    # an AUTH session vouches only when INTAKE_SMTP_AUTH_TRUSTS_FROM says its users are the responders'
+    certfile, keyfile = self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(certfile))
+    for trusts, expected in ((False, "incident.updated"), (True, "incident.acknowledged")):
+        settings = stack.settings.model_copy(
+            update={"intake_smtp_port": free_port(), "intake_smtp_auth_users": {"mua": SecretStr("pw")},
+                    "intake_smtp_auth_trusts_from": trusts, "intake_smtp_tls_certfile": certfile,
+                    "intake_smtp_tls_keyfile": keyfile}
+        )  # fmt: skip
+        stack.channels.mailbox.settings = settings
+        server = await start_smtp_server(settings, stack.channels.mailbox)
+        message = reply(breach, "ack")
+
+        def submit(port: int = settings.intake_smtp_port, message: EmailMessage = message) -> object:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.starttls(context=trust)
+                client.login("mua", "pw")
+                return client.sendmail(RESPONDER, [f"support@{DOMAIN}"], message.as_bytes())
+
+        try:
+            assert await asyncio.to_thread(submit) == {}
+        finally:
+            stack.channels.mailbox.settings = stack.settings
+            server.close()
+            await server.wait_closed()
+        event_id = derived_id("email", str(message["Message-ID"]))
+        await stack.tail.wait_for(lambda i=event_id: any(e["id"] == i for e in stack.tail.of(incident)))
+        (event,) = [e for e in stack.tail.of(incident) if e["id"] == event_id]
+        assert event["type"] == expected
+    await engine_state(stack.engine, incident, "acknowledged")

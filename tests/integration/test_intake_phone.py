@@ -315,3 +315,79 @@ async def test_incidents_intake_serves_the_phone_lines_and_the_mailbox_beside_th
     assert [e["source"] for e in stack.tail.of(mailed)] == ["/channels/email", "/channels/email"]
     with pytest.raises(OSError):  # the lifespan closed the SMTP server
         await asyncio.to_thread(smtplib.SMTP, "127.0.0.1", people.intake_smtp_port, timeout=5)
+
+
+async def test_status_with_a_token_the_engine_refuses_says_it_is_not_configured_and_logs_once(
+    stack: PeopleStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401/403 from the engine is a configuration error (make run once started the intake without
+    INCIDENTS_API_TOKEN): the SMS says STATUS is not configured, not "unavailable", and the log says
+    why at ERROR, once."""
+    provider = Provider(stack)
+    new = sms("au", CALLER, "NEW low Badge readers offline")
+    number = re.search(r"INC-\d+", message(await provider.post("/v1/sms/au", new))).group(0)  # type: ignore[union-attr]
+    await engine_state(stack.engine, derived_id("phone-au", new["MessageSid"], length=20), "reported")
+    headers = stack.channels.phone.engine.client.headers
+    token = headers["Authorization"]
+    try:
+        for wrong in ("Bearer not-the-engine-token", None):  # a wrong token, then none at all
+            if wrong is None:
+                del headers["Authorization"]
+            else:
+                headers["Authorization"] = wrong
+            with caplog.at_level("WARNING", logger="incident_intake.phone.webhooks"):
+                answer = message(await provider.post("/v1/sms/au", sms("au", CALLER, f"STATUS {number}")))
+            assert answer == f"STATUS is not configured on this line; {number} is recorded. Ask the operator."
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "INCIDENTS_API_TOKEN" in errors[0].getMessage()
+        assert "401" in errors[0].getMessage()
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+    finally:
+        headers["Authorization"] = token
+    answer = message(await provider.post("/v1/sms/au", sms("au", CALLER, f"STATUS {number}")))
+    assert answer.startswith(f"{number} reported (low, au).")
+
+
+FAKE_SERVE = """#!/bin/sh
+# plays `incidents serve` for with-services.sh: prints the INCIDENTS_API_TOKEN of the intake its
+# shell started beside it (the intake's own environment, once it is exec'd)
+for _ in $(seq 100); do
+  for pid in $(cat /proc/$PPID/task/*/children); do
+    if tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q 'incidents intake'; then
+      echo "intake: $(tr '\\0' '\\n' < /proc/$pid/environ | grep '^INCIDENTS_API_TOKEN=')"
+      exit 0
+    fi
+  done
+  sleep 0.1
+done
+echo "intake: not found"
+"""
+
+
+async def test_make_run_starts_the_intake_with_the_generated_api_token(
+    kafka: Service, postgres: Service, tmp_path: Path
+) -> None:
+    """`make run` (with-services.sh … incidents serve) generates the read API's token and must start
+    the intake after exporting it, or every SMS STATUS meets a 401."""
+    import os
+    import subprocess
+    import sys
+
+    from devstack.stack import fresh_database
+
+    repo = Path(__file__).parents[2]
+    fake = tmp_path / "incidents"
+    fake.write_text(FAKE_SERVE)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("INCIDENTS_API_TOKEN", "INCIDENTS_API_OPEN")}
+    env |= {"KAFKA_BOOTSTRAP_SERVERS": kafka.url, "DATABASE_URL": await fresh_database(postgres.url),
+            "INTAKE_HTTP_PORT": str(free_port()), "INTAKE_SMTP_ENABLED": "false",
+            "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}  # fmt: skip
+    run = await asyncio.to_thread(
+        subprocess.run, [str(repo / "deploy/local/with-services.sh"), str(fake), "serve"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    generated = re.search(r"Authorization: Bearer ([\w-]+)'", run.stderr)
+    assert generated, run.stderr
+    assert f"intake: INCIDENTS_API_TOKEN={generated.group(1)}\n" == run.stdout, (run.stdout, run.stderr)

@@ -236,8 +236,11 @@ async def test_one_breach_reaches_a_signed_webhook_slack_pagerduty_and_email(
     # the email
     ((recipients, mail),) = sink.messages
     assert recipients == ["duty@example.com"]
-    assert mail["Subject"].startswith("[INC-fan-0] SLA breached: fan down 0")
-    assert mail["Message-ID"] == f"<{breach['id']}.manager@incident-notifier>"
+    assert mail["Subject"].startswith("[INC:INC-fan-0] SLA breached: fan down 0")
+    assert str(mail["Message-ID"]).strip().startswith(f"<notify.{breach['id']}.manager.")  # folded: CFWS
+    from incident_contracts.mail_tokens import incident_of_message_id
+
+    assert incident_of_message_id(str(mail["Message-ID"])) == "INC-fan-0"  # what a reply's In-Reply-To names
     assert "fan down 0" in mail.get_payload()
 
     # a span per delivery, linked to the output's trace

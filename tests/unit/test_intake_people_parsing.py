@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -178,3 +179,119 @@ def test_readme_lists_every_setting_of_the_people_channels() -> None:
         "README.md's Intake: email and phone table is stale: replace it by the output of "
         "`.venv/bin/python -c 'from incident_intake.people_settings import settings_table as t; print(t())'`"
     )
+
+
+def test_an_empty_smtp_auth_password_is_refused_at_start() -> None:
+    """An AUTH user with an empty password would let anyone in under that name."""
+    from pydantic import ValidationError
+
+    from incident_intake.people_settings import EmailSettings
+
+    with pytest.raises(ValidationError, match="the password of 'relay' is empty"):
+        EmailSettings(intake_smtp_auth_users={"relay": " "})  # type: ignore[dict-item]
+    assert EmailSettings(intake_smtp_auth_users={"relay": "pw"}).intake_smtp_auth_users  # type: ignore[dict-item]
+
+
+async def test_an_oversized_webhook_body_is_refused_while_it_streams_not_after_buffering_it() -> None:
+    """`POST /v1/sms/{line}` before any signature check: 413 after at most the limit (+ one chunk)
+    was read, not after the whole (here 16 MiB, endless for all the server knows) body."""
+    import httpx
+
+    from incident_intake.people_settings import PhoneSettings
+    from incident_intake.phone.webhooks import PhoneIntake, create_phone_app
+
+    intake = PhoneIntake(PhoneSettings(), store=None, publisher=None, engine=None)  # type: ignore[arg-type]
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(256):
+            sent += 65_536
+            yield b"x" * 65_536
+
+    transport = httpx.ASGITransport(app=create_phone_app(intake))
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post("/v1/sms/au", content=body())
+        assert answer.status_code == 413 and "over 65536 bytes" in answer.text
+        assert sent <= 3 * 65_536, sent
+        declared = await client.post("/v1/voice/au", content=b"x" * 70_000)
+        assert declared.status_code == 413  # refused on its Content-Length
+        small = await client.post("/v1/sms/au", data={"Body": "NEW x"})
+        assert small.status_code == 403  # within the limit: on to the signature check
+
+
+def test_notifier_tokens_name_the_engine_incident_and_are_never_people_numbers() -> None:
+    from incident_contracts.mail_tokens import (
+        incident_of_message_id,
+        incident_of_subject,
+        incident_token,
+        notifier_message_id,
+        without_tokens,
+    )
+
+    for incident in (
+        "INC-2002",
+        "email-0123456789abcdef0123",
+        "2024-05-01-db",
+        "db down ] ünïcode",
+        "x" * 256,
+    ):
+        subject = f"Re: {incident_token(incident)} SLA breached: db down"
+        assert incident_of_subject(subject) == incident
+        assert parse_number(without_tokens(subject)) is None  # no people number hides in it
+        message_id = notifier_message_id("0f" * 16, "duty-manager", incident, "example.com")
+        assert incident_of_message_id(message_id) == incident
+    assert incident_token("INC-2002") == "[INC:INC-2002]"
+    assert parse_number("Re: [INC:INC-2002] SLA breached") is None  # even without the tokens cut out
+    assert parse_number("Re: [INC-2002] more") == 2002  # the people number's own form
+    assert incident_of_subject("Re: [INC-2002] more") is None
+    assert incident_of_subject("[inc=!!] [INC=f] [INC:a b]") is None  # not base32 / not an id
+    assert incident_of_message_id("<a1b2@mua.example>") is None
+    assert incident_of_message_id("<notify.e1.m.mfrgg@x>") == "abc"
+    assert incident_of_message_id("<notify.e1.m.AA@x>") is None  # decodes to a control character
+
+
+@pytest.mark.parametrize(
+    ("results", "authenticated", "trusts_auth", "trusted", "verified"),
+    [
+        ((), False, False, "", False),  # nothing vouches: the default
+        ((), True, False, "", False),  # AUTH alone (a relay's) does not vouch for From
+        ((), True, True, "", True),  # AUTH users are the responders' own servers
+        (("relay.test; dmarc=pass header.from=ops.test",), False, False, "relay.test", True),
+        (("relay.test; dmarc=pass (p=reject) header.from=OPS.test",), False, False, "mx.x, relay.test", True),
+        (("relay.test; dkim=pass header.d=ops.test header.s=s1",), False, False, "relay.test", True),
+        (("relay.test; dkim=pass header.i=@mail.ops.test",), False, False, "relay.test", False),
+        (("relay.test; dkim=pass header.d=evil.test; dmarc=fail header.from=ops.test",), False, False,
+         "relay.test", False),
+        (("relay.test; dmarc=pass header.from=evil.test",), False, False, "relay.test", False),
+        (("evil.test; dmarc=pass header.from=ops.test",), False, False, "relay.test", False),  # untrusted id
+        # the relay's own header is on top; a forged one below never counts
+        (("relay.test; dmarc=fail header.from=ops.test", "relay.test; dmarc=pass header.from=ops.test"),
+         False, False, "relay.test", False),
+        (("relay.test; ;;garbage", "relay.test; dmarc=pass header.from=ops.test"), False, False,
+         "relay.test", False),
+    ],
+)  # fmt: skip
+def test_a_command_s_from_is_verified_only_by_auth_or_a_trusted_relay_s_result(
+    results: tuple[str, ...], authenticated: bool, trusts_auth: bool, trusted: str, verified: bool
+) -> None:
+    from incident_intake.email.verify import unverified_reason
+
+    reason = unverified_reason(
+        "oncall@ops.test", results, authenticated=authenticated, auth_trusts_from=trusts_auth,
+        trusted_ids=trusted.split(","),
+    )  # fmt: skip
+    assert (reason is None) == verified, reason
+
+
+def test_parse_mail_keeps_the_authentication_results_topmost_first() -> None:
+    mail = parse_mail(
+        raw(
+            "Authentication-Results: relay.test;\n dmarc=pass header.from=ops.test\n"
+            "Authentication-Results: forged.test; dmarc=pass\nFrom: oncall@ops.test\nSubject: x"
+        ),
+        "oncall@ops.test",
+    )
+    assert mail.authentication_results == (
+        "relay.test; dmarc=pass header.from=ops.test", "forged.test; dmarc=pass"
+    )  # fmt: skip

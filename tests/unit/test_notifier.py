@@ -209,9 +209,20 @@ def test_email_threads_back_into_the_intake() -> None:
     mail = email_message(
         output("sla.breached", clock="ack"), "manager", "i@example.com", ("m@example.com",), None
     )
-    assert mail["Subject"] == "[INC-7] SLA breached: payments down"
-    assert mail["Message-ID"] == "<e1.manager@incident-notifier>"
-    assert subject_token("42") == "[INC-42]"
+    # the engine's incident id, in a token the intake never reads as one of its people numbers
+    assert mail["Subject"] == "[INC:INC-7] SLA breached: payments down"
+    # stable across retries, one per destination, and naming the incident (base32 of "INC-7")
+    assert mail["Message-ID"] == "<notify.e1.manager.jfhegljx@example.com>"
+    assert subject_token("42") == "[INC:42]"
+    assert subject_token("db down]") == "[INC=mrrcazdpo5xf2]"  # an id a token cannot hold as is
+    long = email_message(
+        {**output("sla.breached", clock="ack"), "subject": "x" * 256},
+        "m",
+        "i@example.com",
+        ("m@e.com",),
+        None,
+    )
+    assert str(long["Subject"]).startswith(f"[INC:{'x' * 256}] SLA breached")  # the token is never cut
 
 
 def test_pagerduty_resolves_the_clocks_a_state_stops() -> None:

@@ -10,7 +10,9 @@ from opentelemetry import trace
 
 from incident_contracts import InputError
 from incident_contracts.bounds import MAX_TEXT_LENGTH
+from incident_contracts.mail_tokens import incident_of_message_id, incident_of_subject, without_tokens
 from incident_intake.email.parse import ParsedMail, address_tags, parse_mail, reply_command, reply_text
+from incident_intake.email.verify import unverified_reason
 from incident_intake.people_common import (
     KafkaUnavailable,
     Publisher,
@@ -79,7 +81,7 @@ class MailboxHandler:
             try:
                 mail = parse_mail(envelope.original_content or envelope.content, envelope.mail_from or "")
                 span.set_attribute("email.message_id", mail.message_id)
-                answer = await self._deliver(mail, envelope.rcpt_tos)
+                answer = await self._deliver(mail, envelope.rcpt_tos, bool(session.authenticated))
             except KafkaUnavailable as exc:
                 _log.warning("message deferred: %s", exc)
                 return "451 4.3.0 the incident queue is unavailable; try again later"
@@ -95,7 +97,7 @@ class MailboxHandler:
             span.set_attribute("smtp.answer", answer)
             return answer
 
-    async def _deliver(self, mail: ParsedMail, rcpt_tos: list[str]) -> str:
+    async def _deliver(self, mail: ParsedMail, rcpt_tos: list[str], authenticated: bool = False) -> str:
         if mail.automatic:
             _log.info("dropped %s from %s: %s", mail.message_id, mail.sender, mail.automatic)
             return f"250 2.0.0 dropped, not an incident: {mail.automatic}"
@@ -111,25 +113,50 @@ class MailboxHandler:
         command = reply_command(mail.text)
         if command is not None and not sender_allowed(mail.sender, rules, change=True):
             return f"550 5.7.1 <{mail.sender}> may not change incidents through {mailbox}"
-        event = self._reply_event(mail, incident, command)
+        refused = None
+        if command is not None:  # From is free text: a command needs something that vouches for it
+            refused = unverified_reason(
+                mail.sender, mail.authentication_results, authenticated=authenticated,
+                auth_trusts_from=self.settings.intake_smtp_auth_trusts_from,
+                trusted_ids=(self.settings.intake_smtp_trusted_authserv_id or "").split(","),
+            )  # fmt: skip
+            if refused is not None:
+                _log.warning("command %s of %s not applied: %s", command, mail.message_id, refused)
+        event = self._reply_event(mail, incident, command, refused)
         trace.get_current_span().set_attribute("incident.id", incident)
         await self.publisher.publish([event])
         await self.store.remember_message(mail.message_id, incident)
         number = await self.store.number_of(incident)
         shown = format_number(number) if number is not None else incident
+        if refused is not None:
+            return f"250 2.0.0 {event['type']} for {shown}; the command was not applied: {refused}"
         return f"250 2.0.0 {event['type']} for {shown}"
 
     async def _reply_target(self, mail: ParsedMail) -> str | None:
-        number = parse_number(mail.subject)
+        """The incident a reply is about: a notifier token names the engine's incident id; a people
+        number `[INC-1001]` is looked up (never read out of a notifier token); then the thread."""
+        if (incident := incident_of_subject(mail.subject)) is not None:
+            return incident
+        number = parse_number(without_tokens(mail.subject))
         if number is not None and (incident := await self.store.incident_of_number(number)):
             return incident
+        for reference in mail.references:
+            if (incident := incident_of_message_id(reference)) is not None:
+                return incident
         return await self.store.incident_of_messages(mail.references)
 
-    def _reply_event(self, mail: ParsedMail, incident: str, command: str | None) -> dict[str, Any]:
+    def _reply_event(
+        self, mail: ParsedMail, incident: str, command: str | None, refused: str | None = None
+    ) -> dict[str, Any]:
         lines = reply_text(mail.text).splitlines()
         rest = "\n".join(lines[1:]).strip()[:MAX_TEXT_LENGTH] or None
         data: dict[str, Any]
-        if command == "acknowledged":
+        if refused is not None:  # kept as a note that says the command was not applied, and why
+            note = reply_text(mail.text) or mail.text
+            text = f"{mail.sender} (command {command!r} not applied: {refused}): {note}"
+            data = {"note": text[:MAX_TEXT_LENGTH]}
+            command = "updated"
+        elif command == "acknowledged":
             data = {"by": mail.sender}
         elif command in ("investigating", "restored"):
             data = {"note": rest}

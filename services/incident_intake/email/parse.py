@@ -50,6 +50,7 @@ class ParsedMail:
     text: str
     references: list[str] = field(default_factory=list)  # In-Reply-To first, then References, newest first
     automatic: str | None = None  # why it is an auto-reply or bounce, else None
+    authentication_results: tuple[str, ...] = ()  # the Authentication-Results headers, topmost first
 
 
 class _TextOf(HTMLParser):
@@ -142,6 +143,9 @@ def parse_mail(raw: bytes, envelope_sender: str) -> ParsedMail:
         text=_clean(_body_text(message), MAX_TEXT_LENGTH * 4).strip(),
         references=list(dict.fromkeys(references)),
         automatic=is_automatic(message, envelope_sender),
+        authentication_results=tuple(
+            " ".join(str(h).split()) for h in message.get_all("Authentication-Results") or ()
+        ),
     )
 
 

@@ -34,7 +34,11 @@ def _authenticator(settings: EmailSettings) -> Any:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         expected = users.get(auth_data.login.decode("utf-8", "replace"))
-        ok = expected is not None and hmac.compare_digest(expected, auth_data.password)
+        ok = (
+            bool(expected)
+            and bool(auth_data.password)
+            and hmac.compare_digest(expected or b"", auth_data.password)
+        )
         return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
     return authenticate

@@ -8,7 +8,11 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-__all__ = ["EngineReader", "describe_status"]
+__all__ = ["EngineReader", "EngineRefused", "describe_status"]
+
+
+class EngineRefused(Exception):
+    """The engine refused the intake's token (401/403): a configuration error, not an outage."""
 
 
 class EngineReader:
@@ -24,10 +28,15 @@ class EngineReader:
 
     async def incident(self, incident_id: str) -> dict[str, Any] | None:
         """The engine's view of the incident, None when it does not know it (yet); raises
-        httpx.HTTPError when the engine cannot answer."""
+        EngineRefused when it refuses our token, httpx.HTTPError when it cannot answer."""
         response = await self.client.get(f"/incidents/{incident_id}", params={"timeline_limit": 1})
         if response.status_code == 404:
             return None
+        if response.status_code in (401, 403):
+            raise EngineRefused(
+                f"the engine answered {response.status_code} to GET /incidents/…: INCIDENTS_API_TOKEN is "
+                "missing or not the engine's"
+            )
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

@@ -37,7 +37,8 @@ from incident_intake.people_settings import PhoneLine, PhoneSettings
 from incident_intake.people_store import NewIncident, PeopleStore
 from incident_intake.phone import twiml
 from incident_intake.phone.sms import parse_sms
-from incident_intake.phone.status import EngineReader, describe_status
+from incident_intake.phone.status import EngineReader, EngineRefused, describe_status
+from incident_platform.bodies import BodyTooLarge, read_body
 
 __all__ = ["PhoneIntake", "create_phone_app", "phone_routes"]
 
@@ -70,6 +71,7 @@ class PhoneIntake:
         self.store = store
         self.publisher = publisher
         self.engine = engine
+        self._refusal_logged = False  # the engine refusing our token is logged once, at ERROR
         token = settings.intake_phone_twilio_auth_token
         self.validator = RequestValidator(token.get_secret_value()) if token else None
 
@@ -220,9 +222,15 @@ class PhoneIntake:
             return f"No incident {shown}."
         try:
             body = await self.engine.incident(incident)
+        except EngineRefused as exc:
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                _log.error("SMS STATUS is not configured: %s (set it to the engine's token)", exc)
+            return f"STATUS is not configured on this line; {shown} is recorded. Ask the operator."
         except httpx.HTTPError as exc:
             _log.warning("engine read API unavailable for STATUS: %s", exc)
             return f"The status of {shown} is unavailable right now; try again in a minute."
+        self._refusal_logged = False  # a fixed token that breaks again is said again
         if body is None:
             return f"{shown} is recorded; the engine has not processed it yet. Try again shortly."
         return describe_status(shown, body, line.timezone)
@@ -252,9 +260,10 @@ def phone_routes(current: Callable[[], PhoneIntake | None]) -> list[Route]:
         line = intake.settings.intake_phone_lines.get(line_name)
         if line is None:
             return PlainTextResponse(f"no phone line {line_name!r}", status_code=404)
-        body = await request.body()
-        if len(body) > _MAX_BODY:
-            return PlainTextResponse("request body too large", status_code=413)
+        try:  # bounded while it streams: an oversized body is refused before it is buffered
+            body = await read_body(request, _MAX_BODY)
+        except BodyTooLarge:
+            return PlainTextResponse(f"request body over {_MAX_BODY} bytes", status_code=413)
         # the provider posts application/x-www-form-urlencoded (no multipart parser needed)
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if not intake.signed(line, request, form):

@@ -106,6 +106,7 @@ def test_the_support_mailbox_and_phone_lines_when_configured(monkeypatch: pytest
     result = _template(
         "--set", "intake.enabled=true,intake.smtp.enabled=true,intake.smtp.tlsSecret=smtp-tls",
         "--set", "intake.smtp.requireStarttls=true,api.existingSecret=api-token",
+        "--set", "intake.smtp.trustedAuthservId=mx.example.com",
         "--set-json", f"intake.phone.lines={lines}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -114,7 +115,8 @@ def test_the_support_mailbox_and_phone_lines_when_configured(monkeypatch: pytest
     (container,) = pod["containers"]
     smtp_port = next(p for p in container["ports"] if p["name"] == "smtp")
     service = _component(docs, "Service", "intake-smtp")["spec"]
-    assert service["type"] == "LoadBalancer" and service["ports"][0]["port"] == 25
+    # not a public LoadBalancer unless asked for: the internet's mail commands nothing by default
+    assert service["type"] == "ClusterIP" and service["ports"][0]["port"] == 25
     assert service["ports"][0]["targetPort"] == "smtp"
     pod_labels = _component(docs, "Deployment", "intake")["spec"]["template"]["metadata"]["labels"]
     assert service["selector"].items() <= pod_labels.items()
@@ -129,4 +131,13 @@ def test_the_support_mailbox_and_phone_lines_when_configured(monkeypatch: pytest
     mount = next(m for m in container["volumeMounts"] if m["name"] == "smtp-tls")
     assert str(people.intake_smtp_tls_certfile).startswith(mount["mountPath"])
     assert people.intake_smtp_require_starttls
+    assert (
+        people.intake_smtp_trusted_authserv_id == "mx.example.com" and not people.intake_smtp_auth_trusts_from
+    )
+    public = _template(
+        "--set", "intake.enabled=true,intake.smtp.enabled=true,intake.smtp.service.type=LoadBalancer"
+    )
+    assert public.returncode == 0, public.stderr
+    docs = [d for d in yaml.safe_load_all(public.stdout) if d]
+    assert _component(docs, "Service", "intake-smtp")["spec"]["type"] == "LoadBalancer"
     assert any(e["name"] == "INCIDENTS_API_TOKEN" for e in container["env"])
