@@ -35,6 +35,7 @@ from incident_console.auth import (
 from incident_console.backend import ConsoleBackend, IncidentSummary
 from incident_console.live import LiveHub
 from incident_contracts import InputError, parse_event
+from incident_platform.bodies import BodyTooLarge, read_body
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -310,16 +311,11 @@ def _matches(incident: IncidentSummary, chosen: dict[str, str]) -> bool:
 async def _form(request: Request) -> dict[str, str] | None:
     """The URL-encoded form of a POST (the last value of each field); None when it is over 64 KiB,
     found out without reading more than that (the sign-in form is served to anyone)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > _MAX_FORM:
+    try:
+        body = await read_body(request, _MAX_FORM)
+    except BodyTooLarge:
         return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > _MAX_FORM:
-            return None
-        chunks.append(chunk)
-    parsed = parse_qs(b"".join(chunks).decode("utf-8", "replace"), keep_blank_values=True)
+    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
 
 
