@@ -34,7 +34,8 @@ from incident_console.auth import (
 )
 from incident_console.backend import ConsoleBackend, IncidentSummary
 from incident_console.live import LiveHub
-from incident_contracts import InputError, parse_event
+from incident_contracts import InputError
+from incident_contracts.build import input_event
 from incident_platform.bodies import BodyTooLarge, read_body
 
 log = logging.getLogger(__name__)
@@ -289,19 +290,11 @@ def build_action(
         data["note"] = note
     if action == "updated" and not note:
         raise InputError("a progress note needs a text")
-    event = {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": SOURCE,
-        "type": f"incident.{action}",
-        "subject": incident_id,
-        "time": now.isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": data,
-        "user": user,  # extension attribute: who acted in the console
-    }
-    parse_event(orjson.dumps(event))  # refuse to publish what the engine would dead-letter
-    return event
+    # the `user` extension attribute: who acted in the console
+    return input_event(
+        action, incident_id, source=SOURCE, event_id=str(uuid.uuid4()), data=data, time=now,
+        extensions={"user": user},
+    )  # fmt: skip
 
 
 def _matches(incident: IncidentSummary, chosen: dict[str, str]) -> bool:

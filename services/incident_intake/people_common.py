@@ -11,15 +11,15 @@ import asyncio
 import hashlib
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from incident_contracts import TOPIC_EVENTS, parse_event
+from incident_contracts import TOPIC_EVENTS
 from incident_contracts.bounds import MAX_TEXT_LENGTH
+from incident_contracts.build import input_event
 from incident_platform.kafka import durable_producer
 from incident_platform.settings import PlatformSettings
 from incident_platform.telemetry import inject_headers
@@ -64,33 +64,6 @@ def parse_number(text: str) -> int | None:
     """The number of the first `INC-<digits>` token in `text`, or None."""
     found = _NUMBER.search(text)
     return int(found.group(1)) if found else None
-
-
-def input_event(
-    event_type: str,
-    incident: str,
-    *,
-    source: str,
-    event_id: str,
-    data: dict[str, Any],
-    time: datetime | None = None,
-    extensions: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A structured input CloudEvent `incident.<event_type>`, validated against the contract
-    (as `incidents publish` builds it); raises `incident_contracts.InputError` when invalid."""
-    event: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": f"incident.{event_type}",
-        "subject": incident,
-        "time": (time or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {k: v for k, v in data.items() if v is not None},
-        **(extensions or {}),
-    }
-    parse_event(orjson.dumps(event))  # refuse to publish what the engine would dead-letter
-    return event
 
 
 class Publisher:

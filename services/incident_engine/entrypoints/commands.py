@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +15,8 @@ import typer
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
-from incident_contracts import TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE, parse_event
+from incident_contracts import TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
+from incident_contracts.build import input_event
 from incident_contracts.errors import InputError
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.telemetry import inject_headers, setup_telemetry
@@ -89,18 +90,9 @@ def build_event(
         data.setdefault("severity", severity)
         data.setdefault("region", region)
         data.setdefault("summary", summary or f"incident {incident}")
-    event = {
-        "specversion": "1.0",
-        "id": event_id or str(uuid.uuid4()),
-        "source": source,
-        "type": f"incident.{event_type}",
-        "subject": incident,
-        "time": (time or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {k: v for k, v in data.items() if v is not None},
-    }
-    parse_event(orjson.dumps(event))  # refuse to publish what the engine would dead-letter
-    return event
+    return input_event(
+        event_type, incident, source=source, event_id=event_id or str(uuid.uuid4()), data=data, time=time
+    )
 
 
 async def publish_events(
