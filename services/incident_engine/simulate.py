@@ -265,7 +265,7 @@ def simulate_command(
             envvar="INCIDENTS_POLICY_DIR",
             help="Folder of policy YAML files (the engine's: the same variable it reads).",
         ),
-    ] = POLICY_DIR,  # fmt: skip
+    ] = POLICY_DIR,
     strict: Annotated[
         bool,
         typer.Option(
