@@ -112,3 +112,28 @@ def test_the_machine_wide_folder_of_older_versions_is_pointed_out(tmp_path: Path
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev" / "state.json").write_text("{}")
     assert legacy_home(tmp_path) == tmp_path / "dev"
+
+
+def test_stale_scratch_folders_are_swept_unless_a_process_uses_them(tmp_path: Path) -> None:
+    """A test run killed before its clean-up leaves its folder: deleted once old and unused."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from devstack.process import sweep_stale
+
+    old, busy, fresh = (tmp_path / name for name in ("kafka-old", "postgres-busy", "kafka-new"))
+    for folder in (old, busy, fresh):
+        (folder / "data").mkdir(parents=True)
+    long_ago = time.time() - 3600
+    for folder in (old, busy):
+        os.utime(folder, (long_ago, long_ago))
+    user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(busy / "data")])
+    try:
+        assert sweep_stale([old, busy, fresh]) == [old]
+    finally:
+        user.kill()
+        user.wait()
+    assert not old.exists() and busy.exists() and fresh.exists()
+    assert sweep_stale([busy]) == [busy] and not busy.exists()  # its process is gone now
