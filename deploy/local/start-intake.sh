@@ -19,7 +19,8 @@ if [ "${INTAKE_DISABLED:-}" != true ]; then
   intake_pid=$!  # with-services.sh stops it when the command ends, however it ends
   intake_url="http://127.0.0.1:${INTAKE_HTTP_PORT:-8081}"
   echo "intake for monitors on $intake_url (logs: .cache/intake.log; integrations: $INTAKE_INTEGRATIONS_FILE):" >&2
-  echo "  its secrets are this checkout's, the same on every run: \`eval \"\$(.venv/bin/incidents dev secrets)\"\` sets them in a shell (file $(.venv/bin/incidents dev home)/intake-secrets.env; \`incidents dev reset\` deletes it)" >&2
+  home_var=${DEVSTACK_HOME:+DEVSTACK_HOME=$DEVSTACK_HOME }  # the demo's services have a folder of their own
+  echo "  its secrets are this checkout's, the same on every run: \`eval \"\$(${home_var}.venv/bin/incidents dev secrets)\"\` sets them in a shell (file $(.venv/bin/incidents dev home)/intake-secrets.env; \`incidents dev reset\` deletes it)" >&2
   echo "  Alertmanager: $intake_url/v1/alertmanager/prometheus  bearer token \$INTAKE_ALERTMANAGER_TOKEN=$INTAKE_ALERTMANAGER_TOKEN" >&2
   echo "  PagerDuty Events v2: curl -s $intake_url/v2/enqueue -H 'Content-Type: application/json' -d '{\"routing_key\": \"$INTAKE_PAGERDUTY_ROUTING_KEY\", \"event_action\": \"trigger\", \"dedup_key\": \"disk-db-1\", \"payload\": {\"summary\": \"disk full on db-1\", \"source\": \"db-1\", \"severity\": \"critical\"}}'" >&2
 fi
