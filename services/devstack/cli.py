@@ -20,6 +20,7 @@ from devstack.devhome import (
     delete_home,
     dev_home,
     folder_size,
+    intake_secrets,
     legacy_home,
     save_ports,
 )
@@ -193,6 +194,21 @@ def status() -> None:
 def home_command() -> None:
     """Print this checkout's dev folder (services' data, ports, logs); `demo/` in it is the demo's."""
     typer.echo(str(_home()))
+
+
+@dev_app.command("secrets")
+def secrets_command() -> None:
+    """Print `export` lines of this checkout's intake secrets (those of deploy/local/integrations.yaml,
+    which `make run`'s intake uses): generated once into intake-secrets.env in `incidents dev home`
+    (mode 0600), the same on every run; `incidents dev reset` deletes them."""
+    try:
+        path, _values = intake_secrets(_home())
+        text = path.read_text()
+    except OSError as exc:
+        console.print(f"[red]error:[/red] cannot keep the intake's secrets in {_home()}: {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(f"# this checkout's intake secrets (deploy/local/integrations.yaml), kept in {path}")
+    typer.echo(text.rstrip("\n"))
 
 
 @dev_app.command("reset")

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +27,10 @@ DATABASE = "incidents"
 # its generated incidents never reach the topics or the database of `make run`.
 DEMO_FOLDER = "demo"
 DEMO_DATABASE = "incidents_demo"
+# The secrets of the example integrations (`make run`'s intake), kept so that a monitor wired to a
+# local run still gets in after a restart; generated once, deleted by `incidents dev reset`.
+INTAKE_SECRETS_FILE = "intake-secrets.env"
+EXAMPLE_INTEGRATIONS = REPO_ROOT / "deploy/local/integrations.yaml"
 
 
 def checkout_key(root: Path = REPO_ROOT) -> str:
@@ -98,6 +104,49 @@ def legacy_home(base: Path | None = None) -> Path | None:
     """The machine-wide dev folder of older versions, when it still records services (else None)."""
     old = (base or base_dir()) / "dev"
     return old if (old / "state.json").exists() else None
+
+
+def example_secret_names(example: Path = EXAMPLE_INTEGRATIONS) -> list[str]:
+    """The environment variables the example integrations read (`${NAME}` in a value), in file order."""
+    import yaml
+
+    def strings(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return [text for value in node.values() for text in strings(value)]
+        if isinstance(node, list):
+            return [text for value in node for text in strings(value)]
+        return [node] if isinstance(node, str) else []
+
+    found = re.findall(
+        r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", "\n".join(strings(yaml.safe_load(example.read_text())))
+    )
+    return list(dict.fromkeys(found))
+
+
+def intake_secrets(home: Path, names: list[str] | None = None) -> tuple[Path, dict[str, str]]:
+    """This checkout's intake secrets (file `intake-secrets.env` in `home`, mode 0600, lines `export
+    NAME=value`): read as they are, a random one added for each name the file lacks (all of them the
+    first time). Returns the file and the values."""
+    names = example_secret_names() if names is None else names
+    path = home / INTAKE_SECRETS_FILE
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, sep, value = line.removeprefix("export ").partition("=")
+            if sep and name.strip():
+                values[name.strip()] = shlex.split(value)[0] if value.strip() else ""
+    missing = [name for name in names if not values.get(name)]
+    if missing or not path.exists():
+        values.update({name: secrets.token_hex(24) for name in missing})
+        home.mkdir(parents=True, exist_ok=True)
+        text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(partial, 0o600)  # whatever the umask
+        os.replace(partial, path)
+    return path, values
 
 
 def delete_home(home: Path) -> bool:

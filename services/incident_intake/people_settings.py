@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from incident_platform.settings import PlatformSettings
+from incident_platform.urls import url_problem
 
 __all__ = ["EmailSettings", "Mailbox", "PeopleSettings", "PhoneLine", "PhoneSettings", "settings_table"]
 
@@ -99,6 +100,13 @@ class PhoneLine(BaseModel):
     timezone: str
     public_url: str = Field(description="Base URL the provider calls (signatures are computed over it).")
 
+    @field_validator("public_url")
+    @classmethod
+    def _a_url(cls, value: str) -> str:
+        if problem := url_problem(value):
+            raise ValueError(f"{problem}; expected the intake's public base URL, https://host")
+        return value
+
 
 def _default_lines() -> dict[str, PhoneLine]:
     base = "http://127.0.0.1:8081"  # the intake's HTTP (INTAKE_HTTP_PORT)
@@ -125,6 +133,14 @@ class PhoneSettings(PlatformSettings):
         "http://127.0.0.1:8080", description="The engine's HTTP (read API) for SMS STATUS."
     )
     incidents_api_token: SecretStr | None = Field(None, description="Bearer token of the engine's read API.")
+
+    @field_validator("intake_engine_url")
+    @classmethod
+    def _engine_url(cls, value: str) -> str:
+        if problem := url_problem(value):
+            raise ValueError(f"{problem}; expected the engine's HTTP, e.g. http://127.0.0.1:8080")
+        return value
+
     intake_kafka_timeout_ms: int = Field(
         10_000,
         description="Longest wait for Kafka to acknowledge the events before answering 503 / SMTP 451 "

@@ -56,7 +56,7 @@ def notify_command(
         _fail(str(exc))
     problems = routing.check_secrets()
     if problems:
-        _fail(f"{path}: " + "; ".join(problems))
+        _fail(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if check:
         routes = len(routing.routes)
         typer.echo(f"{path}: {len(routing.destinations)} destination(s), {routes} route(s), secrets readable")

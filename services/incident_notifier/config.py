@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from incident_platform.urls import url_problem
+
 OUTPUT_TYPES = [
     "incident.sla.warning",
     "incident.sla.breached",
@@ -212,25 +214,49 @@ class RoutingConfig:
     routes: tuple[Route, ...]
 
     def check_secrets(self) -> list[str]:
-        """Problems with the secrets (unset variables, unreadable files, bad `whsec_`), one line each."""
+        """Problems with the secrets (unset variables, unreadable files, a bad `whsec_`, a URL that is
+        none), one line each, named by their path in the file and saying how to set them."""
         from standardwebhooks import Webhook
 
         problems = []
         for dest in self.destinations.values():
-            refs = [*dest.secrets, dest.routing_key, dest.url, dest.smtp.get("password")]
-            for ref in refs:
-                if isinstance(ref, Secret):
+            refs: list[tuple[str, Any]] = [(f"secrets[{i}]", secret) for i, secret in enumerate(dest.secrets)]
+            refs += [("routing_key", dest.routing_key), ("url", dest.url)]
+            refs.append(("smtp.password", dest.smtp.get("password")))
+            for key, ref in refs:
+                if not isinstance(ref, Secret):
+                    continue
+                where = f"destinations.{dest.name}.{key}"
+                hint = _hint(dest.type, key)
+                try:
+                    text = ref.value()
+                except ConfigError as exc:
+                    problems.append(f"{where}: {exc}; {hint}")
+                    continue
+                if key.startswith("secrets["):
                     try:
-                        text = ref.value()
-                        if ref in dest.secrets:
-                            Webhook(text)
-                    except ConfigError as exc:
-                        problems.append(f"destination {dest.name}: {exc}")
+                        Webhook(text)
                     except Exception:
-                        problems.append(
-                            f"destination {dest.name}: {ref.where()} is not a whsec_ base64 secret"
-                        )
+                        problems.append(f"{where}: {ref.where()} is not a whsec_ base64 secret; {hint}")
+                elif key == "url" and (problem := url_problem(text, https_only=dest.type == "slack")):
+                    problems.append(f"{where}: {ref.where()} {problem}; {hint}")
         return problems
+
+
+# How to set each kind of secret, said with its problem (README, Notifications).
+_HINTS = {
+    ("slack", "url"): "set it to the Slack app's incoming webhook URL, https://hooks.slack.com/services/...",
+    ("webhook", "url"): "set it to the receiver's URL, https://host/path",
+    ("pagerduty", "routing_key"): "set it to the Integration Key (32 characters) of a PagerDuty "
+    "service's Events API v2 integration",
+    ("webhook", "secrets"): "set it to whsec_ and the base64 of 24 to 64 random bytes, e.g. "
+    "whsec_$(head -c 24 /dev/urandom | base64); the receiver verifies with the same secret",
+    ("email", "smtp.password"): "set it to the SMTP user's password",
+}
+
+
+def _hint(kind: str, key: str) -> str:
+    return _HINTS.get((kind, key.split("[")[0]), "see the README, Notifications")
 
 
 def _listed(value: Any) -> tuple[Any, ...]:
@@ -261,8 +287,11 @@ def parse(document: Any, origin: str = "<config>") -> RoutingConfig:
             sender=spec.get("from"),
             smtp={k: (Secret(**v) if k == "password" else v) for k, v in spec.get("smtp", {}).items()},
         )
-    routes = []
     problems = []
+    for name, dest in destinations.items():
+        if isinstance(dest.url, str) and (problem := url_problem(dest.url, https_only=dest.type == "slack")):
+            problems.append(f"destinations.{name}.url: {problem}; expected https://host/path")
+    routes = []
     for index, spec in enumerate(document["routes"]):
         to = _listed(spec["to"])
         for target in to:

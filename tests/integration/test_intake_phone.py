@@ -382,6 +382,7 @@ async def test_make_run_starts_the_intake_with_the_generated_api_token(
     env = {k: v for k, v in os.environ.items() if k not in ("INCIDENTS_API_TOKEN", "INCIDENTS_API_OPEN")}
     env |= {"KAFKA_BOOTSTRAP_SERVERS": kafka.url, "DATABASE_URL": await fresh_database(postgres.url),
             "INTAKE_HTTP_PORT": str(free_port()), "INTAKE_SMTP_ENABLED": "false",
+            "DEVSTACK_HOME": str(tmp_path / "dev"),  # the intake's kept secrets: never a developer's
             "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}  # fmt: skip
     run = await asyncio.to_thread(
         subprocess.run, [str(repo / "deploy/local/with-services.sh"), str(fake), "serve"],

@@ -211,6 +211,43 @@ def test_a_missing_secret_names_the_variable(tmp_path: Path) -> None:
         load_integrations(path, {"TEST_TOKEN": "x"})
 
 
+def test_every_missing_secret_is_reported_at_once_saying_how_to_set_it() -> None:
+    path = Path(__file__).parents[2] / "deploy/local/integrations.yaml"
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {"INTAKE_GRAFANA_HMAC_SECRET": "b"})
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{path}: 2 problems:"
+    assert lines[1].startswith(
+        "  integrations.prometheus.auth.bearer_token: the environment variable INTAKE_ALERTMANAGER_TOKEN"
+        " is not set: set it to a long random token (e.g. export INTAKE_ALERTMANAGER_TOKEN=$(openssl"
+    )
+    assert lines[2].startswith(
+        "  integrations.pagerduty-compatible.routing_key: the environment variable"
+        " INTAKE_PAGERDUTY_ROUTING_KEY is not set: set it to a long random key"
+    )
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {})
+    assert str(caught.value).splitlines()[0] == f"{path}: 3 problems:"
+
+
+def test_missing_secrets_and_unreadable_files_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "i.yaml"
+    path.write_text(
+        "integrations:\n"
+        "  am: {kind: alertmanager, region: au, auth: {basic: {username: u, password: {file: gone.txt}}}}\n"
+        "  graf: {kind: grafana, region: us, hmac: {secret: '${G}'}}\n"
+        "  pd1: {kind: pagerduty, region: uk, routing_key: same}\n"
+        "  pd2: {kind: pagerduty, region: uk, routing_key: same}\n"
+    )
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {})
+    message = str(caught.value)
+    assert "integrations.am.auth.basic.password: cannot read the secret file" in message
+    assert "integrations.graf.hmac.secret: the environment variable G is not set" in message
+    assert "two pagerduty integrations share a routing_key" in message
+    assert message.startswith(f"{path}: 3 problems:")
+
+
 def test_the_shipped_example_is_valid() -> None:
     env = {
         "INTAKE_ALERTMANAGER_TOKEN": "a",

@@ -136,9 +136,78 @@ def test_secrets_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("PD_KEY", "k")
     monkeypatch.setenv("UK_SLACK", "https://hooks.slack.com/x")
     monkeypatch.setenv("S", "not base64 !!")
-    assert config.check_secrets() == ["destination automation: env S is not a whsec_ base64 secret"]
+    (problem,) = config.check_secrets()
+    assert problem.startswith("destinations.automation.secrets[0]: env S is not a whsec_ base64 secret; ")
     monkeypatch.setenv("S", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     assert config.check_secrets() == []
+
+
+def test_a_missing_secret_says_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PD_KEY", "S", "UK_SLACK"):
+        monkeypatch.delenv(name, raising=False)
+    problems = {p.split(":", 1)[0]: p for p in parse(ESCALATION).check_secrets()}
+    assert set(problems) == {
+        "destinations.oncall.routing_key",
+        "destinations.automation.secrets[0]",
+        "destinations.uk-desk.url",
+    }
+    assert "environment variable S " in problems["destinations.automation.secrets[0]"]
+    assert "whsec_$(head -c 24 /dev/urandom | base64)" in problems["destinations.automation.secrets[0]"]
+    assert "Slack app's incoming webhook URL, https://" in problems["destinations.uk-desk.url"]
+    assert "Integration Key" in problems["destinations.oncall.routing_key"]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("notaurl", "is not an http(s) URL (scheme none)"),
+        ("ftp://hooks.slack.com/x", "is not an http(s) URL (scheme 'ftp:')"),
+        ("https:///services/x", "has no host"),
+        ("https://hooks.slack.com:99999/x", "is not a valid URL"),
+        ("https://hooks.slack.com/a b", "is not a URL: it contains white space"),
+        ("http://hooks.slack.com/services/x", "must be https"),
+    ],
+)
+def test_a_slack_url_from_the_environment_is_checked(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    monkeypatch.setenv("PD_KEY", "k")
+    monkeypatch.setenv("S", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    monkeypatch.setenv("UK_SLACK", url)
+    (found,) = parse(ESCALATION).check_secrets()
+    assert found.startswith(f"destinations.uk-desk.url: env UK_SLACK {problem}")
+    assert url not in found or url == "notaurl"  # a webhook URL holds a secret: never repeated
+    monkeypatch.setenv("UK_SLACK", "https://hooks.slack.com/services/T0/B0/x")
+    assert parse(ESCALATION).check_secrets() == []
+    monkeypatch.setenv("UK_SLACK", "http://127.0.0.1:9000/slack")  # a loopback stand-in (the demo's sink)
+    assert parse(ESCALATION).check_secrets() == []
+
+
+def test_a_url_written_in_the_file_is_checked() -> None:
+    bad = {
+        **ESCALATION,
+        "destinations": {
+            **ESCALATION["destinations"],
+            "team": {"type": "slack", "url": "http://hooks.slack.com/services/x"},
+            "automation": {"type": "webhook", "url": "https://:443/x", "secrets": [{"env": "S"}]},
+            "oncall": {"type": "pagerduty", "routing_key": {"env": "K"}, "url": "http:///v2/enqueue"},
+        },
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse(bad, "n.yaml")
+    text = str(caught.value)
+    assert "n.yaml: 3 problem(s):" in text
+    assert "\n  destinations.team.url: must be https" in text
+    assert "\n  destinations.automation.url: has no host" in text
+    assert "\n  destinations.oncall.url: has no host" in text
+    demo = {
+        **ESCALATION,
+        "destinations": {
+            **ESCALATION["destinations"],
+            "team": {"type": "slack", "url": "http://127.0.0.1:1/slack"},
+        },
+    }
+    parse(demo)  # the demo's loopback sink stands in for Slack
 
 
 def test_slack_message_has_what_a_reader_needs() -> None:
