@@ -223,9 +223,7 @@ def reset(
         )
         return
     size = folder_size(home) / 2**20
-    what = (
-        f"{home} ({size:.0f} MiB: Kafka topics and databases, the demo's included, and the intake's secrets)"
-    )
+    what = f"{home} ({size:.0f} MiB: Kafka topics and databases, the demo's included, the intake's secrets)"
     if not yes:
         if not sys.stdin.isatty():
             console.print(f"[red]error:[/red] would delete {what}; no terminal to confirm: pass --yes")
