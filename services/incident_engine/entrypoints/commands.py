@@ -43,6 +43,7 @@ def serve_command(
 
     from incident_engine.entrypoints.app import EngineService, StartupError, check_startup
     from incident_engine.entrypoints.http import create_http_app
+    from incident_engine.gc_pause import SurvivorFreezer
     from incident_platform.logging_json import configure_logging
 
     settings = Settings()
@@ -53,6 +54,8 @@ def serve_command(
         logging.getLogger("incident_engine").error("cannot start: %s", exc)
         raise typer.Exit(2) from None
     app = create_http_app(EngineService(settings))
+    # Full collections scan only what was promoted since the last one (due timers wait for them).
+    SurvivorFreezer().install()
     uvicorn.run(
         app,
         host=host or settings.incidents_http_host,
