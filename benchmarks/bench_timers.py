@@ -1,7 +1,7 @@
 """Timer accuracy: lateness of SLA firings with 1,000,000 armed timers while events stream in.
 
     .venv/bin/python benchmarks/bench_timers.py [--timers 1000000] [--duration 60] [--rate N]
-        [--saturate 40000] [--profile FLAME.svg]
+        [--saturate 20000] [--profile FLAME.svg]
 
 1. A fresh database gets `--timers` open critical incidents with their timers (COPY, see timer_seed),
    next timers due evenly over `--span` seconds from `--lead` seconds after seeding starts.
@@ -182,7 +182,7 @@ async def main() -> None:
         "--rate", type=int, default=None, help="input events/s while measuring (default: half the maximum)"
     )
     parser.add_argument(
-        "--saturate", type=int, default=40_000, help="events of the maximum-rate phase (skipped with --rate)"
+        "--saturate", type=int, default=20_000, help="events of the maximum-rate phase (skipped with --rate)"
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy flame graph (SVG) of streaming")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of streaming")
