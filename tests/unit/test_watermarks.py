@@ -200,6 +200,16 @@ def test_timer_heap_pops_each_partition_under_its_own_watermark() -> None:
     assert heap.pop_due({0: (NOW + S).timestamp(), 1: (NOW + 3 * M).timestamp()}) == [("c", 1)]
     heap.drop_partitions([0])
     assert len(heap) == 0
+    heap.arm("d", 2, NOW)
+    heap.arm("e", 3, NOW)
+    heap.drop_partitions([4])  # not held: nothing changes
+    assert len(heap) == 2
+    heap.drop_partitions([3])
+    assert (len(heap), heap.next_wake([2, 3])) == (1, NOW.timestamp())
+    heap.drop_partitions([2, 3, 5])  # everything held
+    assert (len(heap), heap.next_wake([2, 3])) == (0, None)
+    heap.arm("d", 2, NOW)  # re-armed after the drop
+    assert heap.pop_due({2: (NOW + S).timestamp()}) == [("d", 2)]
 
 
 def test_arming_a_timer_never_hands_the_armed_timers_to_the_cyclic_collector() -> None:

@@ -87,6 +87,11 @@ class TimerHeap:
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """Forget the timers of partitions this engine no longer owns."""
         gone = set(partitions)
+        if gone.isdisjoint(self._heaps):  # every armed timer has an entry in its partition's heap
+            return
+        if gone.issuperset(self._heaps):  # all of them (a rebalance revokes everything): no pass
+            self._wake, self._partition, self._heaps = {}, {}, {}
+            return
         owners = {i: p for i, p in self._partition.items() if p not in gone}
         self._wake = {i: w for i, w in self._wake.items() if i in owners}
         self._partition = owners
