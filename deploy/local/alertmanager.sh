@@ -21,8 +21,9 @@ if ! [ -x "$GO" ]; then
   echo "       Install Go 1.24+ (https://go.dev/dl/) or set GO=/path/to/go." >&2
   exit 2
 fi
-# Everything Go writes stays under the cache folder, so the machine needs nothing but the toolchain.
-export GOPATH="$CACHE/go" GOCACHE="$CACHE/go/build-cache" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod
+# Go's own module and build caches (as deploy/helm/check.sh and deploy/prometheus/check.sh use
+# them): the Prometheus modules the rule checker compiles are downloaded and compiled once for both.
+export GOFLAGS=-mod=mod
 export GOTOOLCHAIN=local
 echo "building Prometheus Alertmanager $VERSION from its Go module into $OUT (once, ~2 min)" >&2
 dir=$("$GO" mod download -json "github.com/prometheus/alertmanager@$VERSION" |

@@ -1,4 +1,5 @@
-"""`incidents serve` as a child process, for fault tests and benchmarks that kill it for real."""
+"""`incidents serve` (or another subcommand) as a child process, for tests and benchmarks that kill it
+for real."""
 
 from __future__ import annotations
 
@@ -25,12 +26,17 @@ def spawn_engine(
         "OTEL_SDK_DISABLED": "true",
         **extra_env,
     }
+    return spawn_cli(["serve"], env, log_file), port
+
+
+def spawn_cli(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    """`incidents ARGS...` as a child process of this interpreter, its output appended to `log_file`
+    (the engine, the intake, the notifier: tests that kill them for real)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "incident_engine.cli", "serve"],
+        return subprocess.Popen(
+            [sys.executable, "-m", "incident_engine.cli", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return proc, port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -23,6 +24,7 @@ from devstack.process import (
     run_checked,
     spawn,
     stop_pid,
+    sweep_stale,
     wait_until,
 )
 
@@ -63,6 +65,20 @@ def base_dir() -> Path:
     return ROOT_SHARED_DIR if _is_root() else CACHE_DIR / "postgres"
 
 
+def _sweep_orphan_copies() -> None:
+    """Delete the binary copies of installs that no longer exist (a deleted checkout or virtualenv),
+    once no server runs from them: tens of MB each, one per install that ever ran."""
+    orphans = []
+    for copy in ROOT_SHARED_DIR.glob("pkg-*"):
+        marker = copy / ".complete"
+        with contextlib.suppress(OSError):
+            if marker.exists() and not Path(marker.read_text().strip()).exists():
+                orphans.append(copy)
+    swept = sweep_stale(orphans, older_than=0)
+    if swept:
+        progress(f"deleted {len(swept)} PostgreSQL binary copies of installs that no longer exist")
+
+
 def binaries() -> Path:
     """The `bin` folder of the server, copied to a place the server's user can read when we are root."""
     source = _wheel_install_dir()
@@ -76,6 +92,7 @@ def binaries() -> Path:
     home = ROOT_SHARED_DIR / f"pkg-{digest}"
     target = home / package.name / "pginstall"
     if not (home / ".complete").exists():
+        _sweep_orphan_copies()
         progress(f"copying PostgreSQL binaries to {home} (readable by user {PG_SYSTEM_USER})")
         ROOT_SHARED_DIR.mkdir(parents=True, exist_ok=True)
         ROOT_SHARED_DIR.chmod(0o755)
@@ -189,11 +206,15 @@ class LocalPostgres:
         return self._psql("SELECT 1").returncode == 0
 
     def _ensure_database(self) -> None:
-        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'").stdout.strip()
+        self.ensure_database(self.database)
+
+    def ensure_database(self, name: str) -> None:
+        """Create database `name` unless it exists (a plain identifier: letters, digits, `_`)."""
+        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").stdout.strip()
         if exists != "1":
-            result = self._psql(f'CREATE DATABASE "{self.database}"')
+            result = self._psql(f'CREATE DATABASE "{name}"')
             if result.returncode != 0:
-                raise DevstackError(f"Could not create database {self.database}: {result.stderr.strip()}")
+                raise DevstackError(f"Could not create database {name}: {result.stderr.strip()}")
 
     def stop(self, fast: bool = True) -> None:
         """Stop the server (fast shutdown: SIGINT; smart: SIGTERM)."""

@@ -167,3 +167,42 @@ def run_checked(args: list[str], what: str, hint: str, **kwargs: object) -> subp
 def python_executable() -> str:
     """The interpreter running us (for helpers started as subprocesses)."""
     return sys.executable
+
+
+def paths_in_use(paths: list[Path]) -> set[Path]:
+    """Those of `paths` that a running process names on its command line (a server's data folder, a
+    broker's config file under it). Linux: read from /proc; elsewhere every path counts as in use."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return set(paths)
+    wanted = {str(path): path for path in paths}
+    used: set[Path] = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        used.update(path for text, path in wanted.items() if text in command)
+    return used
+
+
+def sweep_stale(folders: list[Path], older_than: float = 600.0) -> list[Path]:
+    """Delete those of `folders` untouched for `older_than` seconds that no running process uses:
+    what a test run killed before it could clean up leaves behind. Returns the folders deleted."""
+    import shutil
+
+    now = time.time()
+    old = []
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and now - folder.stat().st_mtime > older_than:
+                old.append(folder)
+    if not old:
+        return []
+    busy = paths_in_use(old)
+    gone = [folder for folder in old if folder not in busy]
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    return gone

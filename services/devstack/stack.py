@@ -11,7 +11,7 @@ from pathlib import Path
 
 from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres, base_dir
-from devstack.process import progress
+from devstack.process import progress, sweep_stale
 
 
 @dataclass
@@ -47,6 +47,11 @@ def _scratch(name: str) -> Path:
     root = base_dir() / "runs"
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
+    # A run killed before it could clean up (SIGKILL, a lost session) left its folder: gone once no
+    # process uses it, or the runs of a busy machine fill its disk (gigabytes seen).
+    swept = sweep_stale(list(root.iterdir()))
+    if swept:
+        progress(f"deleted {len(swept)} scratch folder(s) of earlier runs left under {root}")
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
 
 

@@ -34,7 +34,9 @@ from incident_console.auth import (
 )
 from incident_console.backend import ConsoleBackend, IncidentSummary
 from incident_console.live import LiveHub
-from incident_contracts import InputError, parse_event
+from incident_contracts import InputError
+from incident_contracts.build import input_event
+from incident_platform.bodies import BodyTooLarge, read_body
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -95,9 +97,11 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
         return page("login.html", access=access, error=None)
 
     async def login(request: Request) -> Response:
-        form = await _form(request)
-        if not _same_origin_or_none(request):
+        if not _same_origin_or_none(request):  # before reading a body at all
             return page("login.html", 403, access=access, error="This sign-in did not come from this page.")
+        form = await _form(request)
+        if form is None:
+            return page("login.html", 413, access=access, error="That form is too large.")
         user = valid_user(form.get("user", ""))
         token = form.get("token", "")
         if user is None:
@@ -112,7 +116,7 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
                 "login.html", 401, access=access, error="The console is closed: no token is configured."
             )
         response = RedirectResponse("/console/", status_code=303)
-        sign_in(response, request, user, token if access.token is not None else None)
+        sign_in(response, request, access, user)
         return response
 
     async def logout(request: Request) -> Response:
@@ -187,6 +191,8 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
 
     async def act(request: Request, session: Session) -> Response:
         form = await _form(request)
+        if form is None:
+            return Response("refused: the form is over 64 KiB", 413)
         if not csrf_ok(request, access, session, form.get("csrf", "")):
             return Response("refused: this request did not come from the console page (CSRF check)", 403)
         incident_id, action = form.get("id", ""), form.get("action", "")
@@ -284,30 +290,24 @@ def build_action(
         data["note"] = note
     if action == "updated" and not note:
         raise InputError("a progress note needs a text")
-    event = {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": SOURCE,
-        "type": f"incident.{action}",
-        "subject": incident_id,
-        "time": now.isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": data,
-        "user": user,  # extension attribute: who acted in the console
-    }
-    parse_event(orjson.dumps(event))  # refuse to publish what the engine would dead-letter
-    return event
+    # the `user` extension attribute: who acted in the console
+    return input_event(
+        action, incident_id, source=SOURCE, event_id=str(uuid.uuid4()), data=data, time=now,
+        extensions={"user": user},
+    )  # fmt: skip
 
 
 def _matches(incident: IncidentSummary, chosen: dict[str, str]) -> bool:
     return all(not want or getattr(incident, key) == want for key, want in chosen.items())
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """The URL-encoded form of a POST (the last value of each field), at most 64 KiB."""
-    body = await request.body()
-    if len(body) > _MAX_FORM:
-        return {}
+async def _form(request: Request) -> dict[str, str] | None:
+    """The URL-encoded form of a POST (the last value of each field); None when it is over 64 KiB,
+    found out without reading more than that (the sign-in form is served to anyone)."""
+    try:
+        body = await read_body(request, _MAX_FORM)
+    except BodyTooLarge:
+        return None
     parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
 

@@ -253,9 +253,19 @@ def simulate_command(
         ),
     ],
     policy: Annotated[
-        str, typer.Option("--policy", help="Default policy for incidents that name none.")
+        str,
+        typer.Option(
+            "--policy", envvar="INCIDENTS_DEFAULT_POLICY", help="Default policy for incidents that name none."
+        ),
     ] = DEFAULT_POLICY,
-    policies: Annotated[Path, typer.Option("--policies", help="Folder of policy YAML files.")] = POLICY_DIR,
+    policies: Annotated[
+        Path,
+        typer.Option(
+            "--policies",
+            envvar="INCIDENTS_POLICY_DIR",
+            help="Folder of policy YAML files (the engine's: the same variable it reads).",
+        ),
+    ] = POLICY_DIR,
     strict: Annotated[
         bool,
         typer.Option(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
 import math
@@ -30,6 +31,7 @@ from incident_intake.integrations import Integration
 from incident_intake.publish import Unavailable
 from incident_intake.ratelimit import TokenBucket
 from incident_intake.service import IntakeService, Outcome
+from incident_platform.bodies import BodyTooLarge, read_body
 from incident_platform.telemetry import Providers
 
 __all__ = ["create_app"]
@@ -52,20 +54,15 @@ def _error(status: int, message: str, outcome: str, headers: dict[str, str] | No
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _error(
-            413, f"the body is {length} bytes; the limit is {limit} (INTAKE_MAX_BODY_BYTES)", "too_large"
+    try:
+        return await read_body(request, limit)
+    except BodyTooLarge as exc:
+        size = (
+            f"is {exc.length} bytes; the limit is {limit}"
+            if exc.length
+            else f"is over the limit of {limit} bytes"
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _error(
-                413, f"the body is over the limit of {limit} bytes (INTAKE_MAX_BODY_BYTES)", "too_large"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        raise _error(413, f"the body {size} (INTAKE_MAX_BODY_BYTES)", "too_large") from None
 
 
 def _json(body: bytes) -> Any:
@@ -73,6 +70,15 @@ def _json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _error(400, f"the body is not JSON: {exc}", "bad_request") from None
+
+
+def _same(offered: str, expected: str) -> bool:
+    """Constant-time equality of two secrets (digests: not even the length leaks); an empty offered
+    or expected value never matches."""
+    same = hmac.compare_digest(
+        hashlib.sha256(offered.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
+    return same and bool(offered) and bool(expected)
 
 
 def _check_credentials(integration: Integration, request: Request) -> None:
@@ -83,16 +89,14 @@ def _check_credentials(integration: Integration, request: Request) -> None:
     scheme, _, value = header.partition(" ")
     ok = False
     if integration.bearer_token is not None and scheme.lower() == "bearer":
-        ok = hmac.compare_digest(value.strip().encode(), integration.bearer_token.encode())
+        ok = _same(value.strip(), integration.bearer_token)
     elif integration.basic is not None and scheme.lower() == "basic":
         try:
             user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             user, password = "", ""
         expected_user, expected_password = integration.basic
-        ok = hmac.compare_digest(user.encode(), expected_user.encode()) & hmac.compare_digest(
-            password.encode(), expected_password.encode()
-        )
+        ok = _same(user, expected_user) & _same(password, expected_password)
     if not ok:
         what = "bearer token" if integration.bearer_token is not None else "basic auth credentials"
         problem = "missing" if not header else "wrong"

@@ -78,6 +78,8 @@ class Integrations:
         import hmac
 
         found = None
+        if not routing_key:
+            return None  # an empty key never names an integration
         for integration in self.by_name.values():
             key = integration.routing_key
             if key is not None and hmac.compare_digest(key.encode(), routing_key.encode()):
@@ -106,29 +108,56 @@ def validate_document(document: Any) -> list[str]:
     return problems
 
 
-def _secret(value: Any, where: str, base: Path, env: dict[str, str]) -> str:
-    """A secret's value: `${NAME}` replaced from the environment, or a file's content (stripped)."""
+# How to set each secret, said with its problem: what the monitor is given is the same value.
+_HINTS = {
+    "bearer_token": "a long random token (e.g. export {name}=$(openssl rand -hex 24)); the monitor sends "
+    "the same as its bearer credentials (Alertmanager's http_config.authorization)",
+    "password": "the password of the monitor's basic auth",
+    "secret": "a long random secret (e.g. export {name}=$(openssl rand -hex 24)); the monitor signs "
+    "with the same (Grafana's HMAC signature)",
+    "routing_key": "a long random key (e.g. export {name}=$(openssl rand -hex 16)); the senders put the "
+    "same in each event's routing_key",
+}
+
+
+class _Problems(list[str]):
+    """Every problem of a file, so that one check reports them all."""
+
+
+def _secret(value: Any, where: str, base: Path, env: dict[str, str], problems: _Problems) -> str:
+    """A secret's value: `${NAME}` replaced from the environment, or a file's content (stripped).
+    A problem is added to `problems` (and "" returned) rather than raised: the caller reports all."""
+    hint = _HINTS.get(where.rsplit(".", 1)[-1], "see the README, Intake: monitors")
     if isinstance(value, dict):
         path = Path(value["file"])
         path = path if path.is_absolute() else base / path
         try:
-            return path.read_text().strip()
+            content = path.read_text().strip()
         except OSError as exc:
-            raise IntegrationsError(f"{where}: cannot read the secret file {path}: {exc.strerror}") from None
+            problems.append(f"{where}: cannot read the secret file {path}: {exc.strerror}")
+            return ""
+        if not content:  # an empty secret would let an empty credential in: refuse to start
+            problems.append(
+                f"{where}: the secret file {path} is empty; put the secret in it (a mounted Secret's key)"
+            )
+        return content
 
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in env:
-            raise IntegrationsError(f"{where}: the environment variable {name} is not set")
-        return env[name]
-
-    resolved = _ENV_REFERENCE.sub(replace, str(value))
-    if not resolved:
-        raise IntegrationsError(f"{where}: the secret is empty")
+    missing = [name for name in _ENV_REFERENCE.findall(str(value)) if name not in env]
+    for name in missing:
+        problems.append(
+            f"{where}: the environment variable {name} is not set: set it to {hint.format(name=name)}"
+        )
+    if missing:
+        return ""
+    resolved = _ENV_REFERENCE.sub(lambda match: env[match.group(1)], str(value))
+    if not resolved.strip():
+        problems.append(f"{where}: the secret is empty (or only white space)")
     return resolved
 
 
-def _build(name: str, spec: dict[str, Any], base: Path, env: dict[str, str]) -> Integration:
+def _build(
+    name: str, spec: dict[str, Any], base: Path, env: dict[str, str], problems: _Problems
+) -> Integration:
     where = f"integrations.{name}"
     kind = spec["kind"]
     region = spec["region"]
@@ -149,22 +178,31 @@ def _build(name: str, spec: dict[str, Any], base: Path, env: dict[str, str]) -> 
     )
     auth = spec.get("auth") or {}
     if "bearer_token" in auth:
-        args["bearer_token"] = _secret(auth["bearer_token"], f"{where}.auth.bearer_token", base, env)
+        args["bearer_token"] = _secret(
+            auth["bearer_token"], f"{where}.auth.bearer_token", base, env, problems
+        )
     if "basic" in auth:
-        password = _secret(auth["basic"]["password"], f"{where}.auth.basic.password", base, env)
+        password = _secret(auth["basic"]["password"], f"{where}.auth.basic.password", base, env, problems)
         args["basic"] = (auth["basic"]["username"], password)
     if hmac_spec := spec.get("hmac"):
         args.update(
-            hmac_secret=_secret(hmac_spec["secret"], f"{where}.hmac.secret", base, env),
+            hmac_secret=_secret(hmac_spec["secret"], f"{where}.hmac.secret", base, env, problems),
             hmac_header=hmac_spec.get("header", "X-Grafana-Alerting-Signature"),
             hmac_timestamp_header=hmac_spec.get("timestamp_header"),
             hmac_max_age_seconds=hmac_spec.get("max_age_seconds", 300),
         )
     if "routing_key" in spec:
-        args["routing_key"] = _secret(spec["routing_key"], f"{where}.routing_key", base, env)
+        args["routing_key"] = _secret(spec["routing_key"], f"{where}.routing_key", base, env, problems)
     if limit := spec.get("rate_limit"):
         args.update(rate_per_second=float(limit["per_second"]), rate_burst=limit.get("burst"))
     return Integration(**args)
+
+
+def _listing(path: Path, problems: list[str]) -> str:
+    """Every problem of a file, one per line, each with its path (like `incidents notify --check`)."""
+    if len(problems) == 1:
+        return f"{path}: {problems[0]}"
+    return f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems)
 
 
 def load_integrations(path: Path, env: dict[str, str] | None = None) -> Integrations:
@@ -180,14 +218,14 @@ def load_integrations(path: Path, env: dict[str, str] | None = None) -> Integrat
         raise IntegrationsError(f"{path}: not valid YAML: {exc}") from None
     problems = validate_document(document)
     if problems:
-        raise IntegrationsError(f"{path}: " + "; ".join(problems))
-    try:
-        built = {
-            name: _build(name, spec, path.parent, env) for name, spec in document["integrations"].items()
-        }
-    except IntegrationsError as exc:
-        raise IntegrationsError(f"{path}: {exc}") from None
-    keys = [i.routing_key for i in built.values() if i.routing_key is not None]
+        raise IntegrationsError(_listing(path, problems))
+    found = _Problems()
+    built = {
+        name: _build(name, spec, path.parent, env, found) for name, spec in document["integrations"].items()
+    }
+    keys = [i.routing_key for i in built.values() if i.routing_key]
     if len(keys) != len(set(keys)):
-        raise IntegrationsError(f"{path}: two pagerduty integrations share a routing_key")
+        found.append("two pagerduty integrations share a routing_key")
+    if found:
+        raise IntegrationsError(_listing(path, found))
     return Integrations(built)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC
 from typing import Any, Protocol
 
 import orjson
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
-from incident_contracts import TOPIC_EVENTS, parse_event
+from incident_contracts import TOPIC_EVENTS
+from incident_contracts.build import input_event
 from incident_platform.kafka import durable_producer
 from incident_platform.settings import PlatformSettings
 from incident_platform.telemetry import inject_headers
@@ -30,18 +30,10 @@ class Unavailable(Exception):
 def envelope(event: dict[str, Any], source: str) -> dict[str, Any]:
     """The structured input CloudEvent of a decided event, checked against the contract (as
     `incidents publish` builds it); raises InputError when the engine would dead-letter it."""
-    cloud_event = {
-        "specversion": "1.0",
-        "id": event["id"],
-        "source": source,
-        "type": event["type"],
-        "subject": event["subject"],
-        "time": event["time"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {k: v for k, v in event["data"].items() if v is not None},
-    }
-    parse_event(orjson.dumps(cloud_event))
-    return cloud_event
+    return input_event(
+        event["type"], event["subject"], source=source, event_id=event["id"], data=event["data"],
+        time=event["time"],
+    )  # fmt: skip
 
 
 class Publisher(Protocol):

@@ -64,12 +64,27 @@ def reason_of(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_ANSWERED = (  # PostgreSQL answered, and said no: asking whether it runs would mislead
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+
 def postgres_unreachable(dsn: str, exc: BaseException | str) -> str:
     """The one line that says PostgreSQL could not be used, where, and what to do."""
+    if isinstance(exc, asyncpg.ClientConfigurationError):  # never sent anywhere
+        return (
+            f"DATABASE_URL is not a PostgreSQL URL ({without_credentials(dsn)}): {exc}. Expected"
+            " postgresql://USER:PASSWORD@HOST:5432/DATABASE."
+        )
     reason = exc if isinstance(exc, str) else reason_of(exc)
+    where = f"PostgreSQL at {postgres_address(dsn)} ({without_credentials(dsn)}, from DATABASE_URL)"
+    if isinstance(exc, _ANSWERED):
+        return f"{where} refused the connection: {reason}. Check DATABASE_URL."
     return (
-        f"cannot reach PostgreSQL at {postgres_address(dsn)} ({without_credentials(dsn)}, from DATABASE_URL):"
-        f" {reason}. Is it running? Check DATABASE_URL, or start a local one with `incidents dev up`."
+        f"cannot reach {where}: {reason}. Is it running? Check DATABASE_URL, or start a local one with"
+        " `incidents dev up`."
     )
 
 

@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -298,3 +299,20 @@ async def test_serve_with_kafka_unreachable(postgres: Service) -> None:
         incidents, "serve", "--startup-timeout", "1", DATABASE_URL=dsn, KAFKA_BOOTSTRAP_SERVERS=DOWN_KAFKA
     )
     assert serve_error(run).startswith("cannot start: cannot reach Kafka at 127.0.0.1:1")
+
+
+def test_serve_on_a_taken_port_stops_before_joining_the_group() -> None:
+    """A second engine started by mistake must not take partitions from the running one: the port
+    is bound before anything else, so it stops at once, without waiting for (or reaching) Kafka."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        run = incidents("serve", "--host", "127.0.0.1", "--port", str(port), DATABASE_URL=DOWN_DSN,
+                        KAFKA_BOOTSTRAP_SERVERS=DOWN_KAFKA)  # fmt: skip
+    message = serve_error(run)
+    assert message.startswith(f"cannot start: the HTTP port 127.0.0.1:{port} cannot be bound")
+    assert "--port, INCIDENTS_HTTP_PORT" in message
+    assert time.monotonic() - started < 20  # no wait for PostgreSQL or Kafka
+    assert "PostgreSQL" not in run.stdout and "partitions" not in run.stdout

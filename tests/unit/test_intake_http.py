@@ -211,6 +211,43 @@ def test_a_missing_secret_names_the_variable(tmp_path: Path) -> None:
         load_integrations(path, {"TEST_TOKEN": "x"})
 
 
+def test_every_missing_secret_is_reported_at_once_saying_how_to_set_it() -> None:
+    path = Path(__file__).parents[2] / "deploy/local/integrations.yaml"
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {"INTAKE_GRAFANA_HMAC_SECRET": "b"})
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{path}: 2 problems:"
+    assert lines[1].startswith(
+        "  integrations.prometheus.auth.bearer_token: the environment variable INTAKE_ALERTMANAGER_TOKEN"
+        " is not set: set it to a long random token (e.g. export INTAKE_ALERTMANAGER_TOKEN=$(openssl"
+    )
+    assert lines[2].startswith(
+        "  integrations.pagerduty-compatible.routing_key: the environment variable"
+        " INTAKE_PAGERDUTY_ROUTING_KEY is not set: set it to a long random key"
+    )
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {})
+    assert str(caught.value).splitlines()[0] == f"{path}: 3 problems:"
+
+
+def test_missing_secrets_and_unreadable_files_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "i.yaml"
+    path.write_text(
+        "integrations:\n"
+        "  am: {kind: alertmanager, region: au, auth: {basic: {username: u, password: {file: gone.txt}}}}\n"
+        "  graf: {kind: grafana, region: us, hmac: {secret: '${G}'}}\n"
+        "  pd1: {kind: pagerduty, region: uk, routing_key: same}\n"
+        "  pd2: {kind: pagerduty, region: uk, routing_key: same}\n"
+    )
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {})
+    message = str(caught.value)
+    assert "integrations.am.auth.basic.password: cannot read the secret file" in message
+    assert "integrations.graf.hmac.secret: the environment variable G is not set" in message
+    assert "two pagerduty integrations share a routing_key" in message
+    assert message.startswith(f"{path}: 3 problems:")
+
+
 def test_the_shipped_example_is_valid() -> None:
     env = {
         "INTAKE_ALERTMANAGER_TOKEN": "a",
@@ -256,3 +293,72 @@ async def test_grafana_signature_is_checked_over_http(tmp_path: Path) -> None:
         assert ok.status_code == 200, ok.text
         (event,) = publisher.events
         assert event["source"] == "/channels/monitor/grafana/graf"
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+@pytest.mark.parametrize(
+    ("secret", "where"),
+    [
+        ("auth: {bearer_token: {file: empty.txt}}", "integrations.am.auth.bearer_token"),
+        ("auth: {basic: {username: am, password: {file: empty.txt}}}", "integrations.am.auth.basic.password"),
+    ],
+)
+def test_an_empty_secret_file_is_refused_at_load_naming_the_integration_and_the_file(
+    tmp_path: Path, content: str, secret: str, where: str
+) -> None:
+    """An empty mounted Secret must stop the intake, never switch authentication off."""
+    (tmp_path / "empty.txt").write_text(content)
+    path = tmp_path / "i.yaml"
+    path.write_text(
+        f"integrations:\n  am: {{kind: alertmanager, region: au, {secret}}}\n"
+        "  graf: {kind: grafana, region: us, hmac: {secret: s}}\n"
+    )
+    with pytest.raises(IntegrationsError) as caught:
+        load_integrations(path, {})
+    message = str(caught.value)
+    assert where in message and f"the secret file {tmp_path / 'empty.txt'} is empty" in message
+    assert message.startswith(str(path))
+    path.write_text("integrations:\n  graf: {kind: grafana, region: us, hmac: {secret: {file: empty.txt}}}\n")
+    with pytest.raises(
+        IntegrationsError, match=r"integrations.graf.hmac.secret: the secret file .* is empty"
+    ):
+        load_integrations(path, {})
+    path.write_text("integrations:\n  am: {kind: alertmanager, region: au, auth: {bearer_token: '${T}'}}\n")
+    with pytest.raises(IntegrationsError, match=r"integrations\.am\.auth\.bearer_token: the secret is empty"):
+        load_integrations(path, {"T": content})
+
+
+async def test_an_empty_offered_credential_never_matches_even_an_empty_secret() -> None:
+    """Defence in depth: were an empty secret ever configured, `Bearer ` / `am:` / an empty-key HMAC
+    must still be refused (401), and nothing published."""
+    import hashlib
+    import hmac
+
+    from incident_intake.integrations import Integration, Integrations
+    from tests.unit.intake_payloads import GRAFANA
+
+    integrations = Integrations({
+        "tok": Integration(name="tok", kind="alertmanager", region="au", bearer_token=""),
+        "bas": Integration(name="bas", kind="alertmanager", region="au", basic=("am", "")),
+        "graf": Integration(name="graf", kind="grafana", region="au", hmac_secret=""),
+        "pd": Integration(name="pd", kind="pagerduty", region="au", routing_key=""),
+    })  # fmt: skip
+    publisher = MemoryPublisher()
+    service = IntakeService(IntakeSettings(), integrations, MemoryStore(), publisher)
+    transport = httpx.ASGITransport(app=create_app(service))
+    empty_basic = "Basic " + base64.b64encode(b"am:").decode()
+    body = orjson.dumps(GRAFANA)
+    empty_hmac = hmac.new(b"", body, hashlib.sha256).hexdigest()
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        for path, headers in [
+            ("/v1/alertmanager/tok", {"Authorization": "Bearer "}),
+            ("/v1/alertmanager/tok", {"Authorization": "Bearer"}),
+            ("/v1/alertmanager/bas", {"Authorization": empty_basic}),
+            ("/v1/grafana/graf", {"X-Grafana-Alerting-Signature": empty_hmac}),
+        ]:
+            answer = await client.post(path, content=body, headers=headers)
+            assert answer.status_code == 401, (path, answer.text)
+        pd = {**PAGERDUTY_TRIGGER, "routing_key": ""}
+        assert (await client.post("/v2/enqueue", json=pd)).status_code == 400
+    assert publisher.events == []
+    assert service.integrations.by_routing_key("") is None

@@ -54,6 +54,30 @@ def test_policy_option_sets_the_default(tmp_path: Path) -> None:
     assert code == 0 and outputs[0]["data"]["policy"] == "livepro-2"
 
 
+def test_the_engine_s_policy_variables_are_read_as_the_engine_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Custom policies in INCIDENTS_POLICY_DIR: simulate must use them, as `serve` does, or its
+    outputs silently differ from the engine's."""
+    import shutil
+
+    from incident_engine.domain.policy import POLICY_DIR
+
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, folder)
+    text = (folder / "livepro-2.yaml").read_text()
+    (folder / "house-rules.yaml").write_text(text.replace("livepro-2", "house-rules"))
+    line = wire("reported", "2025-06-11T02:00:00Z", severity="high", region="au", summary="s")
+    monkeypatch.setenv("INCIDENTS_POLICY_DIR", str(folder))
+    monkeypatch.setenv("INCIDENTS_DEFAULT_POLICY", "house-rules")
+    code, outputs, err = run(tmp_path, [line], "--until", "2025-06-11T02:10:00Z")
+    assert code == 0, err
+    assert outputs[0]["data"]["policy"] == "house-rules"
+    (folder / "livepro-1.yaml").write_text("severities: [")  # a broken file there is refused
+    code, _, err = run(tmp_path, [line], "--until", "2025-06-11T02:10:00Z")
+    assert code == 2 and "livepro-1.yaml" in err
+
+
 def test_bad_event_is_a_rejection_not_a_crash(tmp_path: Path) -> None:
     bad = wire("reported", "2025-06-11T02:00:00Z", severity="urgent", region="au", summary="s")
     code, outputs, _ = run(tmp_path, [bad], "--until", "2025-06-11T03:00:00Z")

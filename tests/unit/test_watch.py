@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import orjson
 import pytest
 from rich.console import Console
@@ -132,6 +133,15 @@ def test_unreachable_messages_say_where_and_what_to_do() -> None:
     assert postgres_unreachable("postgresql://h/db", TimeoutError()).startswith(
         "cannot reach PostgreSQL at h:5432"
     )
+    # PostgreSQL answered and said no, or the URL was never usable: no "Is it running?" then
+    refused = postgres_unreachable(
+        "postgresql://bob:s3cret@h/nosuchdb",
+        asyncpg.InvalidCatalogNameError('database "nosuchdb" does not exist'),
+    )
+    assert refused.startswith("PostgreSQL at h:5432 (postgresql://h/nosuchdb, from DATABASE_URL) refused")
+    assert "Is it running" not in refused and "s3cret" not in refused
+    bad = postgres_unreachable("not-a-url", asyncpg.ClientConfigurationError("invalid DSN: scheme ..."))
+    assert bad.startswith("DATABASE_URL is not a PostgreSQL URL (not-a-url)") and "localhost" not in bad
     kafka = kafka_unreachable("k1:9092,k2:9092", "no broker answered")
     assert kafka.startswith(
         "cannot reach Kafka at k1:9092,k2:9092 (KAFKA_BOOTSTRAP_SERVERS): no broker answered"

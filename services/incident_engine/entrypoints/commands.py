@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +17,8 @@ import typer
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
-from incident_contracts import TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE, parse_event
+from incident_contracts import TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
+from incident_contracts.build import input_event
 from incident_contracts.errors import InputError
 from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.telemetry import inject_headers, setup_telemetry
@@ -48,22 +51,54 @@ def serve_command(
 
     settings = Settings()
     configure_logging(settings.incidents_log_level)
+    log = logging.getLogger("incident_engine")
+    host, port = host or settings.incidents_http_host, port or settings.incidents_http_port
+    try:
+        # The HTTP port first: a second engine started by mistake on a taken port must stop here,
+        # before it joins the consumer group and takes partitions from the running one.
+        sock = bind_http(host, port)
+    except OSError as exc:
+        log.error(
+            "cannot start: the HTTP port %s:%d cannot be bound (%s): another engine or program listens "
+            "there; stop it or choose another port (--port, INCIDENTS_HTTP_PORT)", host, port,
+            exc.strerror or exc,
+        )  # fmt: skip
+        raise typer.Exit(2) from None
     try:  # what would stop the start, said in one log line before anything is served
         asyncio.run(check_startup(settings, startup_timeout))
     except StartupError as exc:
-        logging.getLogger("incident_engine").error("cannot start: %s", exc)
+        sock.close()
+        log.error("cannot start: %s", exc)
         raise typer.Exit(2) from None
-    app = create_http_app(EngineService(settings))
     # Full collections scan only what was promoted since the last one (due timers wait for them).
     SurvivorFreezer().install()
-    uvicorn.run(
-        app,
-        host=host or settings.incidents_http_host,
-        port=port or settings.incidents_http_port,
+    config = uvicorn.Config(
+        create_http_app(EngineService(settings)),
+        host=host,
+        port=port,
         log_config=None,  # uvicorn's loggers go through our JSON handler (no colour codes)
         access_log=False,
         timeout_graceful_shutdown=20,
     )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:  # the engine failed to start: its reason is logged above
+        raise typer.Exit(2)
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to host:port (IPv6 when the host is one), as uvicorn binds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 @db_app.command("migrate")
@@ -92,18 +127,9 @@ def build_event(
         data.setdefault("severity", severity)
         data.setdefault("region", region)
         data.setdefault("summary", summary or f"incident {incident}")
-    event = {
-        "specversion": "1.0",
-        "id": event_id or str(uuid.uuid4()),
-        "source": source,
-        "type": f"incident.{event_type}",
-        "subject": incident,
-        "time": (time or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {k: v for k, v in data.items() if v is not None},
-    }
-    parse_event(orjson.dumps(event))  # refuse to publish what the engine would dead-letter
-    return event
+    return input_event(
+        event_type, incident, source=source, event_id=event_id or str(uuid.uuid4()), data=data, time=time
+    )
 
 
 async def publish_events(

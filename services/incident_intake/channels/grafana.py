@@ -31,6 +31,8 @@ def check_signature(
     """Raise SignatureError unless `body` carries the integration's HMAC signature (no-op without one)."""
     if integration.hmac_secret is None:
         return
+    if not integration.hmac_secret:  # never verify with an empty key (anyone can compute it)
+        raise SignatureError("no HMAC secret is configured for this integration")
     signature = headers.get(integration.hmac_header.lower()) or headers.get(integration.hmac_header)
     if not signature:
         raise SignatureError(f"the {integration.hmac_header} header is missing")

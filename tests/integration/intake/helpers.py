@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from devstack.engine import spawn_cli
 from devstack.process import free_port
 from incident_contracts import TOPIC_EVENTS
 
@@ -34,14 +34,7 @@ def spawn_intake(
         "OTEL_TRACES_EXPORTER": "none",
         **env,
     }
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "incident_engine.cli", "intake"],
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, port
+    return spawn_cli(["intake"], environment, log), port
 
 
 async def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
