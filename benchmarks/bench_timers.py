@@ -1,16 +1,23 @@
 """Timer accuracy: lateness of SLA firings with 1,000,000 armed timers while events stream in.
 
-    .venv/bin/python benchmarks/bench_timers.py [--timers 1000000] [--rate 5000] [--duration 60]
+    .venv/bin/python benchmarks/bench_timers.py [--timers 1000000] [--duration 60] [--rate N]
+        [--saturate 20000] [--profile FLAME.svg]
 
 1. A fresh database gets `--timers` open critical incidents with their timers (COPY, see timer_seed),
    next timers due evenly over `--span` seconds from `--lead` seconds after seeding starts.
-2. The engine (`incidents serve`, a child process) loads them; then `--rate` input events/s of new
-   incidents (reported, acknowledged, updated, restored, all severities) stream in for `--duration` s.
-3. Every warning/breach/failover of a seeded incident due in the streaming window is read back from
-   incidents.breaches: lateness = its `time` (the firing moment) - the moment it may fire (its
-   `due_at`; plus INCIDENTS_BREACH_GRACE_MS for a breach or failover order, which wait that long for
-   evidence in flight); `delivered` is the Kafka timestamp (when the relay sent it) - that moment.
+2. The engine (`incidents serve`, a child process) loads them. Its own maximum input rate is measured
+   first, in the same run and with the same armed timers: `--saturate` events are produced as fast as
+   the producer can (pre-built, before the clock starts), timed until the engine has committed them
+   all. That rate is the machine's and the engine's speed together: a slow host gets a lighter load.
+3. New incidents (reported, acknowledged, updated, restored, all severities) then stream in for
+   `--duration` s at half that maximum rate (`--rate` forces one), paced every 10 ms.
+4. Every warning/breach/failover of a seeded incident due in the streaming window is read back from
+   incidents.breaches: lateness = its `time` (the wall clock when the engine fired it) - the moment it
+   may fire (its `due_at` for a warning; `due_at` + INCIDENTS_BREACH_GRACE_MS for a breach or failover
+   order, which wait that long for evidence in flight on purpose, so that wait is not counted as
+   lateness); `delivered` is the Kafka timestamp (when the relay sent it) - that same moment.
    Target: p99 firing lateness <= 50 ms.
+With `--profile FILE.svg`, py-spy samples the engine during the streaming phase (a flame graph).
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
 """
 
@@ -21,6 +28,7 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -70,6 +78,29 @@ def stream_batch(run: str, start: int, count: int, rng: random.Random) -> list[t
                 "data": data}  # fmt: skip
         out.append((incident.encode(), orjson.dumps(body)))
     return out
+
+
+async def saturate(bootstrap: str, dsn: str, count: int) -> tuple[float, float]:
+    """The engine's maximum input rate: `count` events produced as fast as possible (built before the
+    clock starts), timed until all are committed; returns (events/s, seconds)."""
+    messages = stream_batch(uuid.uuid4().hex[:6], 0, count, random.Random(5))
+    target = sum((await end_offsets(bootstrap)).values()) + count
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    started = time.monotonic()
+    try:
+        for key, value in messages:
+            await producer.send(TOPIC_EVENTS, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    deadline = started + 600
+    while await committed(dsn) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the engine did not commit {count:,} events in 600 s")
+        await asyncio.sleep(0.02)
+    seconds = time.monotonic() - started
+    return count / seconds, seconds
 
 
 async def stream(bootstrap: str, rate: int, duration: float) -> int:
@@ -147,7 +178,13 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--timers", type=int, default=1_000_000)
-    parser.add_argument("--rate", type=int, default=5_000, help="input events/s while measuring")
+    parser.add_argument(
+        "--rate", type=int, default=None, help="input events/s while measuring (default: half the maximum)"
+    )
+    parser.add_argument(
+        "--saturate", type=int, default=20_000, help="events of the maximum-rate phase (skipped with --rate)"
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy flame graph (SVG) of streaming")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of streaming")
     parser.add_argument("--lead", type=float, default=0.0, help="seconds from seeding to the first due")
     parser.add_argument("--span", type=float, default=3600.0, help="seconds over which the timers come due")
@@ -181,8 +218,26 @@ async def main() -> None:
         samples: list[tuple[float, float, float]] = []
         stop = asyncio.Event()
         reader = asyncio.create_task(collect(consumer, samples, stop))
+        max_rate = seconds_max = None
+        rate = args.rate
+        if rate is None:
+            max_rate, seconds_max = await saturate(kafka.url, dsn, args.saturate)
+            rate = int(max_rate / 2)
+            print(
+                f"engine maximum: {max_rate:,.0f} events/s ({args.saturate:,} in {seconds_max:.1f}s);"
+                f" streaming at {rate:,}/s",
+                file=sys.stderr,
+            )
+        profiler = None
+        if args.profile is not None:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid), "--rate",
+                 "250", "--duration", str(int(args.duration)), "--output", str(args.profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
         window_from = time.time() + 2.0  # timers due before this were overdue at load or warming up
-        sent = await stream(kafka.url, args.rate, args.duration)
+        sent = await stream(kafka.url, rate, args.duration)
         window_to = time.time()
         deadline = time.monotonic() + 120
         target = sum((await end_offsets(kafka.url)).values())
@@ -193,6 +248,12 @@ async def main() -> None:
         stop.set()
         await reader
         await consumer.stop()
+        if profiler is not None:
+            _, errors = profiler.communicate(timeout=120)
+            if profiler.returncode != 0:
+                print(f"py-spy failed: {errors.decode(errors='replace').strip()[-300:]}", file=sys.stderr)
+            else:
+                print(f"flame graph of the streaming phase: {args.profile}", file=sys.stderr)
         window = [s for s in samples if window_from <= s[0] <= window_to]
         fired = [(f - d) * 1000 for d, f, _ in window]
         delivered = [(k - d) * 1000 for d, _, k in window]
@@ -201,6 +262,11 @@ async def main() -> None:
             "armed_timers": args.timers,
             "input_events": sent,
             "input_events_per_s": round(sent / args.duration),
+            "input_rate": "forced (--rate)" if args.rate is not None else "half the engine's maximum",
+            "engine_max_events_per_s": round(max_rate) if max_rate is not None else None,
+            "engine_max_measured_with": (
+                f"{args.saturate:,} events in {seconds_max:.1f}s" if seconds_max is not None else None
+            ),
             "input_drain_s_after_stream": round(drained, 2),
             "firings_measured": len(fired),
             "lateness_ms": {

@@ -5,8 +5,12 @@
 Each benchmark runs alone in a child process (its own figures, its own baseline measured in the
 same run) and writes JSON; this runner starts Kafka and PostgreSQL once (or uses
 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL), passes them on, and tabulates: figure, value, baseline,
-ratio, target, met?, and the command that reproduces the figure alone. A benchmark script that is
-missing (not landed yet) or that fails gets a line saying so instead of failing the whole run.
+ratio, target, met?, the machine's speed when it ran, and the command that reproduces the figure alone.
+The machine's speed is measured in the same run, right before each benchmark: a fixed pure-Python
+loop (`cpu_probe`, millions of operations/s, median of 5) and the load average; the header gives
+them at the start and at the end. A slow or busy host shows there, a slow engine in the ratios.
+A benchmark script that is missing (not landed yet) or that fails gets a line saying so instead of
+failing the whole run.
 `--quick` runs small sizes (to check the pipeline; the figures are then not the targets' sizes).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +46,34 @@ class Bench:
     rows: Callable[[dict[str, Any]], list[Row]]
 
 
-Row = dict[str, Any]  # figure, value, baseline, ratio, target, met, unit
+Row = dict[str, Any]  # figure, value, baseline, ratio, target, met, unit (+ machine, command)
+_PROBE_OPS = 200_000  # operations of one cpu_probe round
+
+
+def cpu_probe(rounds: int = 5) -> float:
+    """This machine's pure-Python speed now: millions of operations/s of a fixed loop (dict, str and
+    integer work, like the engine's), the median of `rounds` (other processes slow it down too, as
+    they slow the benchmarks)."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        table: dict[str, int] = {}
+        total = 0
+        for n in range(_PROBE_OPS):
+            key = "k" + str(n % 997)
+            table[key] = table.get(key, 0) + n
+            total += n * 3 % 7
+        times.append(time.perf_counter() - started)
+    return round(_PROBE_OPS / statistics.median(times) / 1e6, 2)
+
+
+def machine_now() -> dict[str, float]:
+    """The CPU probe and the 1-minute load average, measured now."""
+    return {"cpu_mops": cpu_probe(), "load_1m": round(os.getloadavg()[0], 1)}
+
+
+def _machine_text(m: dict[str, float] | None) -> str:
+    return f"{m['cpu_mops']} Mops/s, load {m['load_1m']}" if m else "–"
 
 
 def _row(figure: str, value: Any, unit: str, target: str, met: bool | None, baseline: Any = None,
@@ -66,9 +98,11 @@ def _engine(r: dict[str, Any]) -> list[Row]:
 def _timers(r: dict[str, Any]) -> list[Row]:
     late, sent = r["lateness_ms"], r["delivered_lateness_ms"]
     text = f"p50 {late['p50']} / p99 {late['p99']} / max {late['max']}"
+    most = r.get("engine_max_events_per_s")
+    base = f"{most} events/s (the engine's maximum, same run; input at half)" if most else None
     return [
         _row(f"timer lateness, {r['armed_timers']:,} armed, {r['input_events_per_s']:,} events/s in "
-             f"({r['firings_measured']:,} firings)", text, "ms", "p99 <= 50 ms", late["p99"] <= 50),
+             f"({r['firings_measured']:,} firings)", text, "ms", "p99 <= 50 ms", late["p99"] <= 50, base),
         _row("  same, until relayed to Kafka", f"p50 {sent['p50']} / p99 {sent['p99']} / max {sent['max']}",
              "ms", "(info)", None),
     ]  # fmt: skip
@@ -127,8 +161,8 @@ BENCHES = (
     Bench("engine", "bench_engine.py", ("--events", "60000", "--runs", "3"),
           ("--events", "6000", "--runs", "1"),
           _engine),
-    Bench("timers", "bench_timers.py", ("--timers", "1000000", "--rate", "5000", "--duration", "60"),
-          ("--timers", "50000", "--duration", "10", "--span", "300"), _timers),
+    Bench("timers", "bench_timers.py", ("--timers", "1000000", "--duration", "60"),
+          ("--timers", "50000", "--duration", "10", "--span", "300", "--saturate", "5000"), _timers),
     Bench("restart", "bench_restart.py", ("--timers", "1000000", "--runs", "3"),
           ("--timers", "20000", "--runs", "1"),
           _restart),
@@ -158,7 +192,8 @@ def run(
         )
     json_path.unlink(missing_ok=True)
     log_path = out_dir / f"{bench.name}.log"
-    print(f"== {bench.name}: {command}", flush=True)
+    machine = machine_now()
+    print(f"== {bench.name}: {command}  (machine: {_machine_text(machine)})", flush=True)
     started = time.monotonic()
     with open(log_path, "wb") as log:
         done = subprocess.run(
@@ -179,19 +214,24 @@ def run(
         rows = bench.rows(raw)
     except (KeyError, TypeError) as exc:
         rows = [_row(bench.name, f"unreadable figures ({exc!r}); see {json_path}", "", "", None)]
-    return rows, command, raw
+    return [{**r, "machine": machine} for r in rows], command, {**raw, "machine": machine}
 
 
-def markdown(rows: list[Row], quick: bool) -> str:
+def markdown(rows: list[Row], quick: bool, machine: dict[str, Any]) -> str:
     """The results table."""
+    start, end = machine["start"], machine["end"]
     lines = [
         "# Benchmark results" + (" (quick sizes: not the targets' sizes)" if quick else ""),
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {os.cpu_count()} CPUs by `make bench`.",
         "Each line's command reproduces its figure alone; baselines come from the same run.",
+        f"Machine speed in this run (CPU probe: a fixed pure-Python loop, median of 5, in millions of "
+        f"operations/s; and the 1-minute load average): {_machine_text(start)} at the start, "
+        f"{_machine_text(end)} at the end. Each line's `machine` column was measured right before its "
+        "benchmark: a lower probe or a higher load there means a slower host, not a slower engine.",
         "",
-        "| figure | value | baseline | ratio | target | met? | command |",
-        "|---|---|---|---|---|---|---|",
+        "| figure | value | baseline | ratio | target | met? | machine | command |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         value = f"{r['value']:,}" if isinstance(r["value"], int) else str(r["value"])
@@ -199,7 +239,7 @@ def markdown(rows: list[Row], quick: bool) -> str:
         unit = f" {r['unit']}" if r["unit"] else ""
         lines.append(
             f"| {r['figure']} | {value}{unit} | {r['baseline'] or '–'} | {r['ratio'] or '–'} | "
-            f"{r['target'] or '–'} | {met} | `{r['command']}` |"
+            f"{r['target'] or '–'} | {met} | {_machine_text(r.get('machine'))} | `{r['command']}` |"
         )
     return "\n".join(lines) + "\n"
 
@@ -223,6 +263,7 @@ def main() -> None:
            "OTEL_SDK_DISABLED": "true"}  # fmt: skip
     rows: list[Row] = []
     raw: dict[str, Any] = {}
+    machine: dict[str, Any] = {"start": machine_now()}
     try:
         for bench in BENCHES:
             if only and bench.name not in only:
@@ -233,9 +274,10 @@ def main() -> None:
     finally:
         kafka.stop()
         postgres.stop()
-    results = {"quick": args.quick, "cpus": os.cpu_count(), "rows": rows, "raw": raw}
+    machine["end"] = machine_now()
+    results = {"quick": args.quick, "cpus": os.cpu_count(), "machine": machine, "rows": rows, "raw": raw}
     (args.out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    table = markdown(rows, args.quick)
+    table = markdown(rows, args.quick, machine)
     (args.out / "results.md").write_text(table)
     print(table)
 

@@ -46,6 +46,7 @@ def serve_command(
 
     from incident_engine.entrypoints.app import EngineService, StartupError, check_startup
     from incident_engine.entrypoints.http import create_http_app
+    from incident_engine.gc_pause import SurvivorFreezer
     from incident_platform.logging_json import configure_logging
 
     settings = Settings()
@@ -69,6 +70,8 @@ def serve_command(
         sock.close()
         log.error("cannot start: %s", exc)
         raise typer.Exit(2) from None
+    # Full collections scan only what was promoted since the last one (due timers wait for them).
+    SurvivorFreezer().install()
     config = uvicorn.Config(
         create_http_app(EngineService(settings)),
         host=host,

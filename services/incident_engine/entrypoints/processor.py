@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 from collections import Counter
@@ -81,12 +82,16 @@ class IncidentCache:
         self.items[incident.id] = incident
 
     def trim(self, protect: Collection[str]) -> None:
-        """Past the limit, drop the oldest quarter, except incidents whose changes are not committed."""
-        if len(self.items) < self.limit:
+        """Past the limit, drop the oldest incidents, as many as it is over by (after each batch: about
+        what the batch added), except those whose changes are not committed. Dropping a quarter of the
+        cache at once held the event loop, and every due timer, for tens of ms (issue 17)."""
+        items = self.items
+        excess = len(items) - self.limit
+        if excess <= 0:
             return
-        for key in list(self.items)[: self.limit // 4]:
-            if key not in protect:
-                del self.items[key]
+        oldest = itertools.islice(items, excess + len(protect))
+        for key in [k for k in oldest if k not in protect][:excess]:
+            del items[key]
 
     def forget(self, incident_ids: Sequence[str] | None = None) -> None:
         """Drop some incidents, or all."""

@@ -23,20 +23,28 @@ class TimerHeap:
 
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[float, str]]] = {}
-        self._armed: dict[str, tuple[float, int]] = {}  # incident -> (wake timestamp, partition)
+        # incident -> wake timestamp, and incident -> partition: two maps of atoms (str -> float,
+        # str -> int), never one of tuples. A dict holding only atoms is not tracked by the cyclic
+        # collector; storing one new tuple in it (as arming did) makes it tracked again, young, and
+        # every collection then walked its million entries: pauses of 40 ms (several hundred on a
+        # busy host) on each generation in turn, a few seconds apart, that held every due timer.
+        self._wake: dict[str, float] = {}
+        self._partition: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._armed)
+        return len(self._wake)
 
     def arm(self, incident_id: str, partition: int, wake_at: datetime | None) -> None:
         """Set (or with None, clear) the next wake moment of an incident."""
         if wake_at is None:
-            self._armed.pop(incident_id, None)
+            self._wake.pop(incident_id, None)
+            self._partition.pop(incident_id, None)
             return
         wake = wake_at.timestamp()
-        if self._armed.get(incident_id, (None, None))[0] == wake:
+        if self._wake.get(incident_id) == wake and self._partition.get(incident_id) == partition:
             return
-        self._armed[incident_id] = (wake, partition)
+        self._wake[incident_id] = wake
+        self._partition[incident_id] = partition
         heapq.heappush(self._heaps.setdefault(partition, []), (wake, incident_id))
 
     def load(self, rows: Iterable[tuple[str, int, datetime]]) -> None:
@@ -45,9 +53,10 @@ class TimerHeap:
         The rows hold due moments; a breach's grace is added when it is first popped (the row does not
         say which kind its timer is), which costs that incident one early, empty turn."""
         with gc_paused():  # a million acyclic tuples
-            armed = self._armed
+            wakes, owners = self._wake, self._partition
             for incident_id, partition, due_at in rows:
-                armed[incident_id] = (due_at.timestamp(), partition)
+                wakes[incident_id] = due_at.timestamp()
+                owners[incident_id] = partition
             self._rebuild()
 
     def next_wake(self, partitions: Iterable[int]) -> float | None:
@@ -56,7 +65,7 @@ class TimerHeap:
         for partition in partitions:
             heap = self._heaps.get(partition)
             if heap:
-                self._drop_stale(heap)
+                self._drop_stale(heap, partition)
                 if heap and (earliest is None or heap[0][0] < earliest):
                     earliest = heap[0][0]
         return earliest
@@ -65,36 +74,42 @@ class TimerHeap:
         """Take up to `limit` incidents whose wake moment is before their partition's watermark,
         as (incident id, partition); partitions without a watermark fire nothing."""
         due: list[tuple[str, int]] = []
-        armed = self._armed
+        wakes, owners = self._wake, self._partition
         for partition, watermark in watermarks.items():
             heap = self._heaps.get(partition)
             while heap and heap[0][0] < watermark and len(due) < limit:
                 stamp, incident_id = heapq.heappop(heap)
-                entry = armed.get(incident_id)
-                if entry is not None and entry[0] == stamp:
-                    del armed[incident_id]
-                    due.append((incident_id, entry[1]))
+                if wakes.get(incident_id) == stamp and owners.get(incident_id) == partition:
+                    del wakes[incident_id], owners[incident_id]
+                    due.append((incident_id, partition))
         return due
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """Forget the timers of partitions this engine no longer owns."""
         gone = set(partitions)
-        self._armed = {i: v for i, v in self._armed.items() if v[1] not in gone}
+        if gone.isdisjoint(self._heaps):  # every armed timer has an entry in its partition's heap
+            return
+        if gone.issuperset(self._heaps):  # all of them (a rebalance revokes everything): no pass
+            self._wake, self._partition, self._heaps = {}, {}, {}
+            return
+        owners = {i: p for i, p in self._partition.items() if p not in gone}
+        self._wake = {i: w for i, w in self._wake.items() if i in owners}
+        self._partition = owners
         self._rebuild()
 
     def _rebuild(self) -> None:
         heaps: dict[int, list[tuple[float, str]]] = {}
-        for incident_id, (wake, partition) in self._armed.items():
-            heaps.setdefault(partition, []).append((wake, incident_id))
+        owners = self._partition
+        for incident_id, wake in self._wake.items():
+            heaps.setdefault(owners[incident_id], []).append((wake, incident_id))
         for heap in heaps.values():
             heapq.heapify(heap)
         self._heaps = heaps
 
-    def _drop_stale(self, heap: list[tuple[float, str]]) -> None:
-        armed = self._armed
+    def _drop_stale(self, heap: list[tuple[float, str]], partition: int) -> None:
+        wakes, owners = self._wake, self._partition
         while heap:
             stamp, incident_id = heap[0]
-            entry = armed.get(incident_id)
-            if entry is not None and entry[0] == stamp:
+            if wakes.get(incident_id) == stamp and owners.get(incident_id) == partition:
                 return
             heapq.heappop(heap)
