@@ -47,6 +47,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -481,6 +482,25 @@ class LiveProducer:
         return self.ends is not None and all(position.get(p, 0) >= o for p, o in self.ends.items())
 
 
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU time used so far by a PostgreSQL server: its postmaster and the processes it started."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(postmaster) or fields[1] == str(postmaster):
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def postmaster_pid(pool: asyncpg.Pool | asyncpg.Connection[Any]) -> int:
+    """The postmaster's pid, from its data directory (the server is local to the benchmark)."""
+    data = await pool.fetchval("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+    return int((Path(data) / "postmaster.pid").read_text().split()[0])
+
+
 async def end_offsets(bootstrap: str) -> dict[int, int]:
     """The end offset of each input partition now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -495,9 +515,10 @@ async def end_offsets(bootstrap: str) -> dict[int, int]:
 async def naive_acks(
     bootstrap: str, dsn: str, start: dict[int, int], reported: dict[int, int],
     acks: list[tuple[bytes, bytes]], batch: int = 500,
-) -> float:  # fmt: skip
+) -> tuple[float, float, float]:  # fmt: skip
     """The naive pipe from `start`: reads the reports, then acknowledgements sent meanwhile by another
-    process; seconds from the first one sent to the last one committed."""
+    process; seconds from the first one sent to the last one committed, and the CPU seconds of this
+    process and of PostgreSQL meanwhile."""
     conn = await asyncpg.connect(dsn)
     await conn.execute(
         "CREATE TABLE naive_events (kafka_partition int, kafka_offset bigint, incident_id text,"
@@ -513,11 +534,14 @@ async def naive_acks(
         consumer.seek(tp, start.get(tp.partition, 0))
     position = dict(start)
     producer: LiveProducer | None = None
+    postmaster = await postmaster_pid(conn)
+    cpu = pg_cpu = 0.0
     try:
         while producer is None or not producer.done(position):
             if producer is None and all(position.get(p, 0) >= o for p, o in reported.items()):
                 producer = LiveProducer(bootstrap, acks)
                 await producer.start()
+                cpu, pg_cpu = time.process_time(), postgres_cpu_seconds(postmaster)
             fetched = await consumer.getmany(timeout_ms=20, max_records=batch)
             records = [r for rs in fetched.values() for r in rs]
             if not records:
@@ -529,7 +553,8 @@ async def naive_acks(
             await consumer.commit()
             for r in records:
                 position[r.partition] = r.offset + 1
-        return time.perf_counter() - producer.started
+        seconds = time.perf_counter() - producer.started
+        return seconds, time.process_time() - cpu, postgres_cpu_seconds(postmaster) - pg_cpu
     finally:
         await consumer.stop()
         await conn.close()
@@ -538,11 +563,12 @@ async def naive_acks(
 async def engine_acks(
     bootstrap: str, dsn: str, start: dict[int, int], reported: dict[int, int],
     acks: list[tuple[bytes, bytes]],
-) -> tuple[float, float, int]:  # fmt: skip
+) -> tuple[float, float, int, float, float]:  # fmt: skip
     """The engine from `start` (its offsets stored before it starts): the reports, then the
     acknowledgements sent meanwhile by another process. Seconds for the reports (from the engine's
     start, its group join included), seconds from the first acknowledgement sent to the last one
-    committed and its output relayed, and outputs relayed."""
+    committed and its output relayed, outputs relayed, and the CPU seconds of the engine's process
+    and of PostgreSQL over the acknowledgements."""
     group = f"bench-{uuid.uuid4().hex[:8]}"
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
@@ -564,6 +590,8 @@ async def engine_acks(
     started = time.perf_counter()
     producer: LiveProducer | None = None
     reports_seconds = 0.0
+    postmaster = await postmaster_pid(service.pool)
+    cpu = pg_cpu = 0.0
     try:
         while True:
             rows = await service.pool.fetch(
@@ -576,8 +604,11 @@ async def engine_acks(
                     reports_seconds = time.perf_counter() - started
                     producer = LiveProducer(bootstrap, acks)
                     await producer.start()
+                    cpu, pg_cpu = time.process_time(), postgres_cpu_seconds(postmaster)
             elif relayed and producer.done(position):
-                return reports_seconds, time.perf_counter() - producer.started, service.relay.sent_total
+                seconds = time.perf_counter() - producer.started
+                cpu, pg_cpu = time.process_time() - cpu, postgres_cpu_seconds(postmaster) - pg_cpu
+                return reports_seconds, seconds, service.relay.sent_total, cpu, pg_cpu
             await asyncio.sleep(0.02)
     finally:
         await service.stop()
@@ -592,29 +623,41 @@ async def ack_heavy(kafka: str, postgres: str, args: argparse.Namespace) -> dict
     naive: list[float] = []
     eng: list[float] = []
     eng_reports: list[float] = []
+    cpu: list[float] = []
+    pg_cpu: list[float] = []
+    cpu_naive: list[float] = []
+    pg_cpu_naive: list[float] = []
     count = args.events // 2
     outputs = 0
     for run in range(-args.warmup, args.runs):
         messages = generate_ack_heavy(2 * count, seed=run + 100)
         start = await end_offsets(kafka)
         reported = await produce(kafka, messages[:count])
-        reports_seconds, seconds, outputs = await engine_acks(
+        reports_seconds, seconds, outputs, engine_cpu, postgres_cpu = await engine_acks(
             kafka, await fresh_database(postgres), start, reported, messages[count:]
         )
         eng.append(count / seconds)
+        cpu.append(1e6 * engine_cpu / count)
+        pg_cpu.append(1e6 * postgres_cpu / count)
         eng_reports.append(count / reports_seconds)
         messages = generate_ack_heavy(2 * count, seed=run + 200)
         start = await end_offsets(kafka)
         reported = await produce(kafka, messages[:count])
-        seconds = await naive_acks(kafka, await fresh_database(postgres), start, reported, messages[count:])
+        seconds, naive_cpu, naive_pg_cpu = await naive_acks(
+            kafka, await fresh_database(postgres), start, reported, messages[count:]
+        )
         naive.append(count / seconds)
+        cpu_naive.append(1e6 * naive_cpu / count)
+        pg_cpu_naive.append(1e6 * naive_pg_cpu / count)
         label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
         print(f"{label}: {count} acknowledgements: naive pipe {naive[-1]:,.0f}/s, engine {eng[-1]:,.0f}/s"
-              f" ({eng[-1] / naive[-1]:.2f}; {outputs} outputs relayed); engine reports"
+              f" ({eng[-1] / naive[-1]:.2f}; {outputs} outputs relayed; CPU per acknowledgement: engine"
+              f" process {cpu[-1]:.0f} µs, PostgreSQL {pg_cpu[-1]:.0f} µs; naive pipe {cpu_naive[-1]:.0f} µs,"
+              f" PostgreSQL {pg_cpu_naive[-1]:.0f} µs); engine reports"
               f" {eng_reports[-1]:,.0f}/s (group join included); load {os.getloadavg()[0]:.1f}",
               file=sys.stderr)  # fmt: skip
         if run < 0:
-            naive, eng, eng_reports = [], [], []
+            naive, eng, eng_reports, cpu, pg_cpu, cpu_naive, pg_cpu_naive = [], [], [], [], [], [], []
     median = statistics.median
     return {
         "figure": "engine acknowledgement throughput",
@@ -628,6 +671,10 @@ async def ack_heavy(kafka: str, postgres: str, args: argparse.Namespace) -> dict
         "engine_acks_per_s": round(median(eng)),
         "ratio_to_naive_pipe": round(median(eng) / median(naive), 3),
         "engine_reports_per_s_with_start": round(median(eng_reports)),
+        "engine_process_cpu_us_per_ack": round(median(cpu)),
+        "postgres_cpu_us_per_ack": round(median(pg_cpu)),
+        "naive_pipe_process_cpu_us_per_ack": round(median(cpu_naive)),
+        "naive_pipe_postgres_cpu_us_per_ack": round(median(pg_cpu_naive)),
         "per_run": {"naive_pipe_acks": [round(x) for x in naive], "engine_acks": [round(x) for x in eng]},
         "targets": {"ratio_to_naive_pipe": 0.5},
     }

@@ -6,7 +6,8 @@ No Kafka: records are handed to the engine's own BatchProcessor (decide, then co
 PostgresStore), one batch at a time, so the Python time (decide) and the PostgreSQL time (commit)
 are measured apart. Phases: critical reports, then their acknowledgements (the cache warm, as in a
 running engine), then the same acknowledgements' twins after the cache was dropped (a restarted
-engine). Every call the store makes on its connections is counted (a round trip each, a COPY one).
+engine). Every call the store makes on its connections is counted (a round trip each, a COPY one),
+and timed, with the cyclic GC's collections. Like the engine's service, with its GC threshold.
 PostgreSQL: DATABASE_URL if set, else started locally (devstack).
 """
 
@@ -34,6 +35,7 @@ from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool
 from incident_engine.domain import PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.processor import BatchProcessor, IncidentCache
+from incident_engine.gc_pause import tune_for_batches
 
 CALLS: Counter[str] = Counter()
 SECONDS: Counter[str] = Counter()
@@ -127,6 +129,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+    tune_for_batches()  # as the engine's service does
     postgres, _ = start_postgres()
     try:
         dsn = await fresh_database(postgres.url)
