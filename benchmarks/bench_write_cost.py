@@ -128,6 +128,8 @@ async def main() -> None:
     parser.add_argument("--incidents", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
+    if args.incidents < 4 or args.batch < 1:
+        parser.error(f"--incidents {args.incidents} --batch {args.batch}: at least 4 incidents and 1 a batch")
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
     tune_for_batches()  # as the engine's service does
     postgres, _ = start_postgres()
