@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps run demo test test-unit test-integration lint fmt compose-check dev-up dev-down bench faults clean
+.PHONY: venv system-deps run demo test test-unit test-integration lint fmt compose-check dev-up dev-down dev-reset bench faults clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## virtualenv with the project and its dev dependencies
 
-run: venv ## Kafka + PostgreSQL (local ones started if not given), migrations, the engine in the foreground
+run: venv ## Kafka + PostgreSQL (local ones started if not given, stopped after it unless KEEP_SERVICES=1), migrations, the engine in the foreground
 	deploy/local/with-services.sh $(BIN)/incidents serve
 
 demo: venv ## like `run`, plus a generator of realistic incidents and a live terminal view
@@ -51,6 +51,9 @@ dev-up: venv
 
 dev-down: venv
 	$(BIN)/incidents dev down
+
+dev-reset: venv ## stop the local services and delete this checkout's dev data (asks first)
+	$(BIN)/incidents dev reset
 
 bench: venv ## every benchmark against real Kafka and PostgreSQL: benchmarks/results.json and results.md
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)

@@ -128,6 +128,16 @@ def _replay(r: dict[str, Any]) -> list[Row]:
     return out or [_row("replay", "no figures recognised in its output", "", ">= 100,000", None)]
 
 
+def _notifier(r: dict[str, Any]) -> list[Row]:
+    mine, base = r["notifier"], r["baseline"]
+    return [
+        _row("notifier: notifications/s (backlog, one webhook)", mine["notifications_per_s"], "/s", "–", None,
+             f"{base['notifications_per_s']}/s (bare consumer + POST)", r["throughput_ratio"]),
+        _row(f"notifier: p99 time → delivery at {r['rate_per_s']:g}/s", mine["p99_ms"], "ms", "–", None,
+             f"{base['p99_ms']} ms", round(mine["p99_ms"] / base["p99_ms"], 3) if base["p99_ms"] else None),
+    ]  # fmt: skip
+
+
 BENCHES = (
     Bench("engine", "bench_engine.py", ("--events", "60000", "--runs", "3"),
           ("--events", "6000", "--runs", "1"),
@@ -146,6 +156,8 @@ BENCHES = (
           _replay),
     Bench("simulate", "bench_simulate.py", ("--events", "1000000", "--repeat", "3"),
           ("--events", "20000", "--repeat", "1"), _simulate),
+    Bench("notifier", "bench_notifier.py", ("--rate", "200", "--duration", "30", "--backlog", "10000"),
+          ("--rate", "100", "--duration", "5", "--backlog", "1000"), _notifier),
 )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ if [ "${INTAKE_DISABLED:-}" != true ]; then
   done
   mkdir -p .cache
   .venv/bin/incidents intake >>.cache/intake.log 2>&1 &
+  intake_pid=$!  # with-services.sh stops it when the command ends, however it ends
   intake_url="http://127.0.0.1:${INTAKE_HTTP_PORT:-8081}"
   echo "intake for monitors on $intake_url (logs: .cache/intake.log; integrations: $INTAKE_INTEGRATIONS_FILE):" >&2
   echo "  Alertmanager: $intake_url/v1/alertmanager/prometheus  bearer token \$INTAKE_ALERTMANAGER_TOKEN=$INTAKE_ALERTMANAGER_TOKEN" >&2

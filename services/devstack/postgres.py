@@ -189,11 +189,15 @@ class LocalPostgres:
         return self._psql("SELECT 1").returncode == 0
 
     def _ensure_database(self) -> None:
-        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'").stdout.strip()
+        self.ensure_database(self.database)
+
+    def ensure_database(self, name: str) -> None:
+        """Create database `name` unless it exists (a plain identifier: letters, digits, `_`)."""
+        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").stdout.strip()
         if exists != "1":
-            result = self._psql(f'CREATE DATABASE "{self.database}"')
+            result = self._psql(f'CREATE DATABASE "{name}"')
             if result.returncode != 0:
-                raise DevstackError(f"Could not create database {self.database}: {result.stderr.strip()}")
+                raise DevstackError(f"Could not create database {name}: {result.stderr.strip()}")
 
     def stop(self, fast: bool = True) -> None:
         """Stop the server (fast shutdown: SIGINT; smart: SIGTERM)."""

@@ -95,9 +95,11 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
         return page("login.html", access=access, error=None)
 
     async def login(request: Request) -> Response:
-        form = await _form(request)
-        if not _same_origin_or_none(request):
+        if not _same_origin_or_none(request):  # before reading a body at all
             return page("login.html", 403, access=access, error="This sign-in did not come from this page.")
+        form = await _form(request)
+        if form is None:
+            return page("login.html", 413, access=access, error="That form is too large.")
         user = valid_user(form.get("user", ""))
         token = form.get("token", "")
         if user is None:
@@ -112,7 +114,7 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
                 "login.html", 401, access=access, error="The console is closed: no token is configured."
             )
         response = RedirectResponse("/console/", status_code=303)
-        sign_in(response, request, user, token if access.token is not None else None)
+        sign_in(response, request, access, user)
         return response
 
     async def logout(request: Request) -> Response:
@@ -187,6 +189,8 @@ def console_app(backend: ConsoleBackend, config: ConsoleConfig) -> Starlette:
 
     async def act(request: Request, session: Session) -> Response:
         form = await _form(request)
+        if form is None:
+            return Response("refused: the form is over 64 KiB", 413)
         if not csrf_ok(request, access, session, form.get("csrf", "")):
             return Response("refused: this request did not come from the console page (CSRF check)", 403)
         incident_id, action = form.get("id", ""), form.get("action", "")
@@ -303,12 +307,19 @@ def _matches(incident: IncidentSummary, chosen: dict[str, str]) -> bool:
     return all(not want or getattr(incident, key) == want for key, want in chosen.items())
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """The URL-encoded form of a POST (the last value of each field), at most 64 KiB."""
-    body = await request.body()
-    if len(body) > _MAX_FORM:
-        return {}
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+async def _form(request: Request) -> dict[str, str] | None:
+    """The URL-encoded form of a POST (the last value of each field); None when it is over 64 KiB,
+    found out without reading more than that (the sign-in form is served to anyone)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > _MAX_FORM:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_FORM:
+            return None
+        chunks.append(chunk)
+    parsed = parse_qs(b"".join(chunks).decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
 
 

@@ -1,10 +1,15 @@
-"""Who may use the console: the API token kept in an HttpOnly, SameSite=Strict cookie (or a trusted
-reverse proxy's user header), and a per-session CSRF token on every POST."""
+"""Who may use the console: proof of the API token kept in an HttpOnly, SameSite=Strict cookie (or a
+trusted reverse proxy's user header), and a per-session CSRF token on every POST.
+
+The cookie never holds the token itself: it holds an HMAC of the session (nonce and user) keyed by
+the token, so a leaked cookie opens the console for that session but is no bearer token for the
+read API, and it is void once the token is rotated."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-TOKEN_COOKIE = "incidents_console"
+TOKEN_COOKIE = "incidents_console"  # the proof: HMAC(token, session nonce and user)
 SESSION_COOKIE = "incidents_console_session"  # "<nonce>.<user>": the CSRF key and who acts
 _USER = re.compile(r"[A-Za-z0-9 ._@+-]{1,64}")  # ASCII: it travels in a cookie
 
@@ -25,6 +30,10 @@ class Access:
     token: str | None  # INCIDENTS_API_TOKEN
     open: bool = False  # INCIDENTS_API_OPEN: no token asked
     user_header: str | None = None  # e.g. X-Forwarded-User, set by an authenticating reverse proxy
+    # Secure cookies: None = always, but for a loopback host over plain http (a laptop's make run);
+    # TLS usually ends at a proxy, so the scheme the engine sees says nothing. False: only over https (plain
+    # http on a trusted network only; still Secure when the engine itself serves https).
+    cookie_secure: bool | None = None
 
     @property
     def closed(self) -> bool:
@@ -37,6 +46,11 @@ class Access:
             return False
         expected = hashlib.sha256(self.token.encode()).digest()
         return hmac.compare_digest(hashlib.sha256(offered.encode()).digest(), expected)
+
+    def proof(self, nonce: str, user: str) -> str:
+        """What the cookie holds for a session signed in with the token (no token: nothing to prove)."""
+        assert self.token is not None
+        return hmac.new(self.token.encode(), f"session:{nonce}.{user}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -69,9 +83,11 @@ def session_of(request: Request, access: Access) -> Session | None:
         return None
     if access.open and access.token is None:
         return Session(user, nonce)
-    token = request.cookies.get(TOKEN_COOKIE)
-    if token is None or not access.token_ok(token):
+    proof = request.cookies.get(TOKEN_COOKIE)
+    if access.token is None or proof is None:
         return None
+    if not hmac.compare_digest(proof.encode(), access.proof(nonce, user).encode()):
+        return None  # forged, or signed in with a token since rotated
     return Session(user, nonce)
 
 
@@ -99,13 +115,30 @@ def same_origin(request: Request) -> bool:
     return parts.netloc == request.headers.get("host", "") and parts.scheme in ("http", "https")
 
 
-def sign_in(response: Response, request: Request, user: str, token: str | None) -> None:
-    """Set the session cookies (HttpOnly, SameSite=Strict, Secure over https; path /console)."""
-    secure = request.url.scheme == "https"
-    options = {"httponly": True, "samesite": "strict", "secure": secure, "path": "/console"}
-    if token is not None:
-        response.set_cookie(TOKEN_COOKIE, token, **options)  # type: ignore[arg-type]
-    response.set_cookie(SESSION_COOKIE, f"{secrets.token_urlsafe(18)}.{user}", **options)  # type: ignore[arg-type]
+def cookies_secure(request: Request, access: Access) -> bool:
+    """Whether the session cookies get `Secure` (see `Access.cookie_secure`)."""
+    if request.url.scheme == "https" or access.cookie_secure:
+        return True
+    if access.cookie_secure is False:
+        return False
+    host = (request.url.hostname or "").strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: served behind a proxy that ends TLS, most likely
+
+
+def sign_in(response: Response, request: Request, access: Access, user: str) -> None:
+    """Set the session cookies (HttpOnly, SameSite=Strict, Secure but on loopback http; path /console)."""
+    options = {
+        "httponly": True, "samesite": "strict", "secure": cookies_secure(request, access), "path": "/console",
+    }  # fmt: skip
+    nonce = secrets.token_urlsafe(18)
+    if access.token is not None:
+        response.set_cookie(TOKEN_COOKIE, access.proof(nonce, user), **options)  # type: ignore[arg-type]
+    response.set_cookie(SESSION_COOKIE, f"{nonce}.{user}", **options)  # type: ignore[arg-type]
 
 
 def sign_out(response: Response) -> None:

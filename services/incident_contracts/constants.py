@@ -10,6 +10,9 @@ TOPIC_STATE: Final = "incidents.state"
 TOPIC_BREACHES: Final = "incidents.breaches"
 TOPIC_REJECTED: Final = "incidents.rejected"
 TOPICS: Final = (TOPIC_EVENTS, TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
+# The notifier's dead letters (deliveries that failed for good); not one of the engine's topics.
+TOPIC_NOTIFICATIONS_DEAD: Final = "incidents.notifications.dead"
+NOTIFICATION_DEAD: Final = "incident.notification.dead"
 
 # Input event types.
 INCIDENT_REPORTED: Final = "incident.reported"

@@ -197,6 +197,14 @@ class _Out(_Data):
     policy: str
 
 
+class _Notified(_Out):
+    """What a notification needs beyond the clock (added in contract v1, additive: absent from
+    outputs made before; null when the incident's projection predates them)."""
+
+    summary: str | None = Field(None, description="the incident's summary, from its report")
+    source: str | None = Field(None, description="the reporting channel: the `source` of its report")
+
+
 class StateChangedData(_Out):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -207,23 +215,27 @@ class StateChangedData(_Out):
     region: Region
 
 
-class SlaWarningData(_Out):
+class SlaWarningData(_Notified):
     clock: ClockName
     threshold: float = Field(gt=0, lt=1)
     due_at: AwareDatetime = Field(description="when the threshold was (or is) reached")
+    deadline: AwareDatetime | None = Field(
+        None, description="when the clock breaches (its 100 % moment), beside the threshold's `due_at`"
+    )
     severity: Severity
     region: Region
 
 
-class SlaBreachedData(_Out):
+class SlaBreachedData(_Notified):
     clock: ClockName
     due_at: AwareDatetime
     severity: Severity
     region: Region
 
 
-class FailoverRequiredData(_Out):
+class FailoverRequiredData(_Notified):
     due_at: AwareDatetime
+    severity: Severity | None = Field(None, description="the incident's severity (additive: absent before)")
     region: Region
 
 
@@ -291,6 +303,21 @@ class IncidentRejected(_OutputEnvelope):
         default=None, description="The incident id (the Kafka key) when known."
     )
     data: RejectedData
+
+
+class NotificationDeadData(_Data):
+    destination: str = Field(description="the destination's name in the notifier's routing")
+    destination_type: Literal["webhook", "slack", "email", "pagerduty"]
+    attempts: int = Field(ge=1, description="attempts made (1 for a permanent failure)")
+    last_error: str = Field(description="what the last attempt got, e.g. `HTTP 410` or `SMTP 550 ...`")
+    output: dict[str, Any] = Field(description="the output CloudEvent that could not be delivered, whole")
+
+
+class NotificationDead(_OutputEnvelope):
+    """A delivery of the notifier that failed for good (topic incidents.notifications.dead)."""
+
+    type: Literal["incident.notification.dead"]
+    data: NotificationDeadData
 
 
 OUTPUT_MODELS: tuple[type[CloudEvent], ...] = (

@@ -17,6 +17,7 @@ from incident_engine.retention import archive_command
 from incident_engine.schemas_cli import schemas_app
 from incident_engine.simulate import simulate_command
 from incident_intake.cli import intake_app
+from incident_notifier.cli import notify_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident SLA engine.")
 app.add_typer(dev_app, name="dev")
@@ -38,6 +39,9 @@ app.command("replay")(replay_command)
 app.command("report")(report_command)
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(intake_app, name="intake")
+# The notifier is its own service (services/incident_notifier); its command module imports its
+# Kafka, HTTP and SMTP machinery only when it runs.
+app.add_typer(notify_app, name="notify")
 
 
 def main() -> None:

@@ -46,6 +46,12 @@ class Settings(PlatformSettings):
         "front of the console (e.g. `X-Forwarded-User`): with it the console asks no token. Only when "
         "every request comes through that proxy, which must drop the header from clients.",
     )
+    incidents_console_cookie_secure: bool | None = Field(
+        None,
+        description="`Secure` on the console's cookies. Unset: always, except for a loopback host over "
+        "plain http (`make run` on a laptop); TLS usually ends at a proxy, so the engine's own scheme says "
+        "nothing. `false` (only when the engine itself serves https) for plain http on a trusted network.",
+    )
     incidents_trace_ui_url: str | None = Field(
         None,
         description="Link of a trace in the trace UI, `{trace_id}` replaced; the console links each "

@@ -9,17 +9,22 @@ from typing import Annotated
 
 import typer
 from pydantic import SecretStr, TypeAdapter
+from pydantic_settings import BaseSettings
 
 from incident_engine.config import REPO_ROOT, Settings
 
 README = REPO_ROOT / "README.md"
 START, END = "<!-- config:start -->", "<!-- config:end -->"
+# The notifier's own settings (beyond the shared Kafka/PostgreSQL/log ones of the table above).
+NOTIFIER_START, NOTIFIER_END = "<!-- notifier-config:start -->", "<!-- notifier-config:end -->"
 
 
-def markdown_table() -> str:
+def markdown_table(settings: type[BaseSettings] = Settings, skip: frozenset[str] = frozenset()) -> str:
     """One row per environment variable: name, default, meaning."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
+    for name, field in settings.model_fields.items():
+        if name in skip:
+            continue
         default = field.default
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
@@ -32,10 +37,23 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def notifier_table() -> str:
+    """The table of the notifier's own settings."""
+    from incident_notifier.settings import NotifierSettings
+    from incident_platform.settings import PlatformSettings
+
+    return markdown_table(NotifierSettings, frozenset(PlatformSettings.model_fields))
+
+
 def readme_with_table(text: str) -> str:
-    """The README text with its configuration section regenerated."""
-    block = f"{START}\n{markdown_table()}\n{END}"
-    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
+    """The README text with its configuration sections regenerated."""
+    for start, end, table in (
+        (START, END, markdown_table()),
+        (NOTIFIER_START, NOTIFIER_END, notifier_table()),
+    ):
+        block = f"{start}\n{table}\n{end}"
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m, b=block: b, text, flags=re.S)  # type: ignore[misc]
+    return text
 
 
 def config_command(

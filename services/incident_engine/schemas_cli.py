@@ -15,6 +15,18 @@ schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the event 
 SCHEMA_DIR = REPO_ROOT / "schemas"
 README = REPO_ROOT / "README.md"
 DIAGRAM_START, DIAGRAM_END = "<!-- lifecycle:start -->", "<!-- lifecycle:end -->"
+NOTIFIER_SCHEMA = "notifier.schema.json"  # the notifier's routing file (services/incident_notifier/config.py)
+
+
+def notifier_schema() -> bytes:
+    """The JSON Schema of the notifier's routing file, as committed in `schemas/`."""
+    import orjson
+
+    from incident_notifier.config import SCHEMA
+
+    return orjson.dumps(SCHEMA, option=orjson.OPT_INDENT_2) + b"\n"
+
+
 Directory = Annotated[Path, typer.Option("--dir", help="Folder of the schema files.")]
 
 
@@ -23,6 +35,9 @@ def export_command(directory: Directory = SCHEMA_DIR) -> None:
     """Write the JSON Schema of every event type, and the lifecycle diagram into the README."""
     for path in export_schemas(directory):
         typer.echo(str(path))
+    notifier = directory / NOTIFIER_SCHEMA
+    notifier.write_bytes(notifier_schema())
+    typer.echo(str(notifier))
     README.write_text(with_lifecycle_diagram(README.read_text()))
     typer.echo(f"{README} (lifecycle diagram)")
 
@@ -40,6 +55,9 @@ def with_lifecycle_diagram(readme: str) -> str:
 def check_command(directory: Directory = SCHEMA_DIR) -> None:
     """Fail when a schema file is missing or differs from the models."""
     stale = stale_schemas(directory)
+    notifier = directory / NOTIFIER_SCHEMA
+    if not notifier.exists() or notifier.read_bytes() != notifier_schema():
+        stale.append(NOTIFIER_SCHEMA)
     if stale:
         typer.echo(f"stale schemas: {', '.join(stale)}; {REGENERATE_HINT}", err=True)
         raise typer.Exit(1)

@@ -1,4 +1,5 @@
-"""`incidents intake`: the monitors' HTTP intake (Alertmanager, Grafana, PagerDuty Events v2)."""
+"""`incidents intake`: the monitors' HTTP intake (Alertmanager, Grafana, PagerDuty Events v2), the
+phone lines' webhooks on the same HTTP, and the support mailbox's SMTP server when enabled."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __all__ = ["intake_app"]
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 intake_app = typer.Typer(
     no_args_is_help=False, invoke_without_command=True,
-    help="The intake for monitors: Alertmanager and Grafana webhooks, PagerDuty Events v2 (HTTP).",
+    help="The intake: monitors (Alertmanager, Grafana, PagerDuty Events v2), the support mailbox (SMTP) "
+    "and the phone lines (Twilio webhooks).",
 )  # fmt: skip
 
 
@@ -54,12 +56,16 @@ def intake_command(
     ] = None,
 ) -> None:
     """Serve the monitors' endpoints: POST /v1/alertmanager/{integration}, /v1/grafana/{integration},
-    /v2/enqueue (PagerDuty Events v2); answers 2xx only once Kafka acknowledged the events."""
+    /v2/enqueue (PagerDuty Events v2); the phone lines' POST /v1/voice/{line}, /v1/sms/{line}; the
+    support mailbox over SMTP when INTAKE_SMTP_ENABLED. Answers 2xx (SMTP 250) only once Kafka
+    acknowledged the events."""
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
 
     from incident_intake.http import create_app
+    from incident_intake.people_app import with_people
+    from incident_intake.people_cli import people_settings_or_exit
     from incident_intake.service import IntakeService
     from incident_intake.settings import IntakeSettings
     from incident_platform.cli_errors import postgres_unreachable
@@ -69,6 +75,7 @@ def intake_command(
     settings = _settings(integrations)
     assert isinstance(settings, IntakeSettings)
     loaded = _integrations_or_exit(settings.intake_integrations_file)
+    people = people_settings_or_exit()  # the support mailbox and the phone lines (README)
     configure_logging(settings.incidents_log_level)
     providers = create_providers("incident-intake")
     install_globally(providers)
@@ -82,7 +89,7 @@ def intake_command(
         raise typer.Exit(2) from None
     try:
         uvicorn.run(
-            create_app(service, providers),
+            with_people(create_app(service, providers), people, providers.tracer_provider),
             host=host or settings.intake_http_host,
             port=port or settings.intake_http_port,
             log_config=None,

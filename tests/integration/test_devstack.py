@@ -20,6 +20,7 @@ from devstack.process import free_port, pid_alive
 from devstack.stack import Service, _scratch
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def _create_topic(bootstrap: str, partitions: int = 3, replication: int = 1) -> str:
@@ -119,35 +120,6 @@ async def test_broker_restart_in_three_node_cluster_loses_nothing() -> None:
         await asyncio.to_thread(cluster.stop)
 
 
-def test_dev_up_and_down_leave_no_process() -> None:
-    home = _scratch("devhome")
-    env = {**os.environ, "DEVSTACK_HOME": str(home)}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    env.pop("DATABASE_URL", None)
-    cli = [sys.executable, "-m", "incident_engine.cli"]
-    kport, pport = free_port(), free_port()
-    up = subprocess.run([*cli, "dev", "up", "--kafka-port", str(kport), "--pg-port", str(pport)],
-                        env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert up.returncode == 0, up.stderr
-    assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kport}" in up.stdout
-    assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pport}/incidents" in up.stdout
-    status = subprocess.run([*cli, "dev", "status"], env=env, capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0, status.stderr
-    import json
-
-    state = json.loads((Path(home) / "state.json").read_text())
-    pids = [state["kafka"]["pid"], state["postgres"]["pid"]]
-    assert all(pid_alive(p) for p in pids)
-    down = subprocess.run(
-        [*cli, "dev", "down", "--purge"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert down.returncode == 0, down.stderr
-    assert not any(pid_alive(p) for p in pids)
-    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
-    assert base_dir().exists()
-
-
 def test_services_die_with_a_killed_test_run() -> None:
     """A test run killed with SIGKILL (no finalizers run) leaves no broker or database behind."""
     script = (
@@ -183,3 +155,114 @@ def test_services_die_with_a_killed_test_run() -> None:
     while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.2)
     assert not any(pid_alive(p) for p in pids), f"orphans left: {pids}"
+
+
+def test_make_run_stops_what_it_started_keeps_what_it_found_and_reset_deletes_the_data() -> None:
+    """`deploy/local/with-services.sh` (what `make run` and `make demo` run) as a user meets it."""
+    import json
+    import signal
+
+    from devstack.devhome import save_ports
+
+    home = _scratch("devhome-run")
+    kport, pport = free_port(), free_port()
+    save_ports(home, {"kafka": kport, "postgres": pport})  # never a developer's ports
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    env |= {"DEVSTACK_HOME": str(home), "INCIDENTS_API_OPEN": "true"}
+    env.pop("KEEP_SERVICES", None)
+    script = [str(REPO / "deploy" / "local" / "with-services.sh")]
+    cli = [sys.executable, "-m", "incident_engine.cli"]
+
+    def running() -> bool:
+        return (
+            subprocess.run([*cli, "dev", "status"], env=env, capture_output=True, timeout=60).returncode == 0
+        )
+
+    # Ctrl-C reaches the whole foreground group: the command ends, then the services this run started.
+    run = subprocess.Popen([*script, "sleep", "600"], env=env, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    assert run.stderr is not None
+    said = []
+    for line in run.stderr:
+        said.append(line)
+        if line.startswith("applied:") or "schema is up to date" in line:
+            break
+    assert running(), "".join(said)
+    state = json.loads((home / "state.json").read_text())
+    pids = [state["kafka"]["pid"], state["postgres"]["pid"]]
+    assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kport}" in "".join(said)
+    assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pport}/incidents" in "".join(said)
+    os.killpg(run.pid, signal.SIGINT)
+    said.append(run.stderr.read())
+    run.wait(120)
+    run.stderr.close()
+    text = "".join(said)
+    assert "they stop when this run ends (KEEP_SERVICES=1 keeps them running)" in text
+    assert "stopping the local Kafka and PostgreSQL this run started" in text and "dev reset" in text
+    assert not running() and (home / "pgdata" / "PG_VERSION").exists()  # stopped, data kept
+    assert not any(pid_alive(p) for p in pids)
+    assert subprocess.run(["pgrep", "-f", str(home)], capture_output=True).stdout == b""
+
+    kept = subprocess.run([*script, "true"], env={**env, "KEEP_SERVICES": "1"}, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert kept.returncode == 0, kept.stderr
+    assert "keep running (KEEP_SERVICES=1): stop them with" in kept.stderr and "dev down" in kept.stderr
+    assert running()
+
+    async def demo_database_answers() -> int:  # `make demo` has a database of its own
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pport}/incidents_demo")
+        try:
+            return int(await conn.fetchval("SELECT 1"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(demo_database_answers()) == 1
+    found = subprocess.run([*script, "true"], env=env, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr
+    assert "keep running (they were running before this run)" in found.stderr
+    assert running()  # services found running are left alone
+
+    reset = subprocess.run(
+        [*cli, "dev", "reset", "--yes"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert reset.returncode == 0 and "deleted" in reset.stderr, reset.stderr
+    assert not running() and not home.exists()
+    assert subprocess.run(["pgrep", "-f", str(home)], capture_output=True).stdout == b""
+    assert base_dir().exists()  # only this checkout's folder went
+    again = subprocess.run(
+        [*cli, "dev", "reset", "--yes"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0 and "nothing to reset" in again.stderr
+
+
+def test_dev_up_interrupted_while_starting_leaves_nothing_running() -> None:
+    """Ctrl-C during `make run`'s set-up: the broker, started detached, must not outlive it."""
+    import signal
+    import time
+
+    home = _scratch("devhome-int")
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    env["DEVSTACK_HOME"] = str(home)
+    cli = [sys.executable, "-m", "incident_engine.cli", "dev", "up"]
+    up = subprocess.Popen(cli, env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True)  # fmt: skip
+
+    def broker_running() -> bool:
+        found = subprocess.run(["pgrep", "-f", f"kafka.Kafka {home}"], capture_output=True, text=True)
+        return found.stdout.strip() != ""
+
+    deadline = time.monotonic() + 120
+    while not broker_running() and up.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker_running(), "the broker never started"
+    os.killpg(up.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    assert up.stderr is not None
+    said = up.stderr.read()
+    up.stderr.close()
+    assert up.wait(60) == 130, said
+    assert "interrupted: stopped the services that were starting" in said
+    leftovers = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)

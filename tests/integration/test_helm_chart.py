@@ -78,7 +78,11 @@ def _env(container: Manifest) -> dict[str, Manifest]:
 def test_kinds(default: list[Manifest], production: list[Manifest]) -> None:
     base = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "Job"}
     assert {d["kind"] for d in default} == base
-    assert {d["kind"] for d in production} == base | {"HorizontalPodAutoscaler", "ServiceMonitor"}
+    assert {d["kind"] for d in production} == base | {
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
 
 
 @pytest.mark.parametrize("values", ["default", "production"])
@@ -195,3 +199,74 @@ def test_read_api_closed_unless_configured(default: list[Manifest], production: 
     env = _env(_engine(production))
     assert env["INCIDENTS_API_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "api-token"
     assert "INCIDENTS_API_OPEN" not in env
+
+
+def test_prometheus_rule_is_the_plain_rule_file_for_this_release(production: list[Manifest]) -> None:
+    """The PrometheusRule carries deploy/prometheus/incident-engine-rules.yaml, rule for rule, scoped to
+    the job its ServiceMonitor makes (the Service's name) and labelled for the operator to pick up."""
+    rule = _one(production, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = _one(production, "Service")["metadata"]["name"]
+    assert rule["metadata"]["name"] == service
+    plain = yaml.safe_load((REPO / "deploy" / "prometheus" / "incident-engine-rules.yaml").read_text())
+    expected = yaml.safe_load(
+        yaml.safe_dump(plain["groups"]).replace('job="incident-sla-engine"', f'job="{service}"')
+    )
+    assert rule["spec"]["groups"] == expected
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert all(f'job="{service}"' in expr for expr in exprs)
+
+
+def test_prometheus_rule_is_off_by_default_and_takes_the_runbook_address(helm_template: Any) -> None:
+    result = helm_template(
+        "--set", "prometheusRule.enabled=true",
+        "--set", "prometheusRule.runbookBaseUrl=https://git.example.com/team/engine/blob/main/README.md",
+        "--show-only", "templates/prometheusrule.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rule = yaml.safe_load(result.stdout)
+    urls = {r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "https://git.example.com/team/engine/blob/main/README.md#incidentenginedown" in urls
+    assert all(url.startswith("https://git.example.com/team/engine/blob/main/README.md#") for url in urls)
+
+
+def test_notifier_deployment_when_enabled(helm_template: Any, tmp_path: Path) -> None:
+    """Off by default; enabled, its Deployment runs `incidents notify` with the routing mounted, its
+    own pods (never selected by the engine's Deployment or Service) and probes on its port."""
+    values = tmp_path / "notifier.yaml"
+    routing = yaml.safe_load((REPO / "deploy/local/notifier.yaml").read_text())
+    values.write_text(
+        yaml.safe_dump({"notifier": {"enabled": True, "routing": routing, "secretName": "notifier"}})
+    )
+    result = helm_template("-f", str(values))
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    notifier = [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "notifier"]
+    kinds = {d["kind"]: d for d in notifier}
+    assert set(kinds) == {"ConfigMap", "Deployment"}
+    assert yaml.safe_load(kinds["ConfigMap"]["data"]["notifier.yaml"]) == routing
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["notify"]
+    env = _env(container)
+    assert env["INCIDENTS_NOTIFIER_CONFIG"]["value"] == "/etc/incidents/notifier/notifier.yaml"
+    assert env["INCIDENTS_NOTIFIER_HTTP_PORT"]["value"] == "8082" and "DATABASE_URL" in env
+    assert container["envFrom"] == [{"secretRef": {"name": "notifier"}}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    engine = next(d for d in docs if d["kind"] == "Deployment" and d not in notifier)
+    engine_selector = engine["spec"]["selector"]["matchLabels"].items()
+    assert not engine_selector <= kinds["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+    manifests = tmp_path / "rendered.yaml"
+    manifests.write_text(result.stdout)
+    validator = Path(sys.executable).parent / "kubernetes-validate"
+    checked = subprocess.run(
+        [str(validator), "--kubernetes-version", "1.33.0", "--strict", str(manifests)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for bad in (["--set", "notifier.enabled=true"], ["--set", "notifier.retries=3"]):
+        refused = helm_template(*bad)
+        assert refused.returncode != 0 and (
+            "notifier.routing" in refused.stderr or "retries" in refused.stderr
+        )

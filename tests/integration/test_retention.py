@@ -190,10 +190,42 @@ async def test_migration_0006_on_a_database_with_data(postgres: Service) -> None
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await conn.execute("DELETE FROM event_log WHERE incident_id = 'C1'")
         await conn.execute("SET enable_seqscan = off")  # a table this small would be scanned anyway
-        explained = await conn.fetch(
-            "EXPLAIN SELECT incident_id FROM incidents ORDER BY updated_at DESC, incident_id DESC LIMIT 5"
+        explained = await conn.fetch(  # GET /incidents' order (index of migration 0011)
+            "EXPLAIN SELECT incident_id FROM incidents ORDER BY reported_at DESC, incident_id DESC LIMIT 5"
         )
         plan = "\n".join(r[0] for r in explained)
-        assert "incidents_updated_idx" in plan and "Sort" not in plan
+        assert "incidents_reported_idx" in plan and "Sort" not in plan
     finally:
         await conn.close()
+
+
+async def test_migration_0010_fills_summary_and_source_of_older_projections(postgres: Service) -> None:
+    """Projections stored before summary/source were kept (key missing, or re-saved as null) get
+    them from the logged report, so live outputs and replay agree; replay --check stays clean."""
+    dsn = await _seeded(postgres.url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        # O1 as stored before the upgrade (no keys), C1 as re-saved by an upgraded engine (nulls).
+        await conn.execute(
+            "UPDATE incidents SET body = (body::jsonb - 'summary' - 'source')::json WHERE incident_id = 'O1'"
+        )
+        await conn.execute(
+            'UPDATE incidents SET body = (body::jsonb || \'{"summary": null, "source": null}\')::json'
+            " WHERE incident_id = 'C1'"
+        )
+        await conn.execute("DELETE FROM schema_migrations WHERE version LIKE '0010_%'")
+    finally:
+        await conn.close()
+    assert "0010_projection_summary_backfill" in await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        bodies = {
+            r["incident_id"]: orjson.loads(r["body"])
+            for r in await conn.fetch("SELECT incident_id, body::text AS body FROM incidents")
+        }
+    finally:
+        await conn.close()
+    assert (bodies["O1"]["summary"], bodies["O1"]["source"]) == ("still open", "/channels/test")
+    assert bodies["C1"]["summary"] is not None and bodies["C1"]["source"] is not None
+    _, _, problems = await replay_check(dsn, Settings(database_url=dsn))
+    assert problems == []

@@ -19,12 +19,13 @@ def test_committed_asyncapi_matches_the_code() -> None:
 def test_document_names_every_contract_channel_and_type() -> None:
     document = orjson.loads(ASYNCAPI_FILE.read_bytes())
     assert set(document["channels"]) == {"incidents.events", "incidents.state", "incidents.breaches",
-                                         "incidents.rejected"}  # fmt: skip
+                                         "incidents.rejected", "incidents.notifications.dead"}  # fmt: skip
     text = ASYNCAPI_FILE.read_text()
     for event_type in (
         "incident.reported",
         "incident.sla.breached",
         "incident.failover.required",
         "incident.rejected",
+        "incident.notification.dead",
     ):
         assert event_type in text

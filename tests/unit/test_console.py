@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,11 +76,16 @@ class MemoryBackend:
         self.published.append(event)
 
 
+# The test hosts are named (console.test) and served over plain http, where the cookies would be
+# `Secure` by default (and never sent back over http): as with INCIDENTS_CONSOLE_COOKIE_SECURE=false.
+PLAIN_HTTP = Access(TOKEN, cookie_secure=False)
+
+
 def client(
     backend: MemoryBackend, access: Access | None = None, base: str = "http://console.test"
 ) -> httpx.AsyncClient:
     console = console_app(
-        backend, ConsoleConfig(access or Access(TOKEN), {}, "https://traces.test/t/{trace_id}")
+        backend, ConsoleConfig(access or PLAIN_HTTP, {}, "https://traces.test/t/{trace_id}")
     )
     app = Starlette(routes=[Mount("/console", console)])  # as the engine mounts it
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base + "/console")
@@ -231,7 +237,7 @@ async def test_the_incident_page_links_traces_and_offers_only_what_the_lifecycle
 async def test_an_action_the_engine_refused_shows_its_rejection() -> None:
     backend = MemoryBackend()
     backend.add("INC-4")
-    console = console_app(backend, ConsoleConfig(Access(TOKEN), {}))
+    console = console_app(backend, ConsoleConfig(PLAIN_HTTP, {}))
     app = Starlette(routes=[Mount("/console", console)])
     original = {"specversion": "1.0", "id": "ev-9", "source": "/channels/console",
                 "type": "incident.acknowledged", "subject": "INC-4", "time": "2026-11-30T03:00:00Z",
@@ -247,3 +253,51 @@ async def test_an_action_the_engine_refused_shows_its_rejection() -> None:
         assert 'class="rejected"' in page and "by alice" in page
         other = (await c.get("/console/incident", params={"id": "INC-4", "sent": "ev-other"})).text
         assert "Refused" not in other and "Sent. The engine applies it" in other
+
+
+async def test_the_cookie_proves_the_token_without_holding_it_and_is_secure_unless_on_loopback() -> None:
+    backend = MemoryBackend()
+    for base, secure in (("http://console.test", True), ("https://console.test", True),
+                         ("http://127.0.0.1:8080", False), ("http://localhost:8080", False)):  # fmt: skip
+        async with client(backend, Access(TOKEN), base=base) as c:
+            origin = base
+            ok = await c.post("/login", data={"user": "a", "token": TOKEN}, headers={"Origin": origin})
+            cookies = ok.headers.get_list("set-cookie")
+            assert len(cookies) == 2 and all(("Secure" in cookie) is secure for cookie in cookies), base
+            assert all(TOKEN not in cookie for cookie in cookies)
+    async with client(backend) as c:
+        await sign_in(c)
+        assert (await c.get("/")).status_code == 200
+        nonce_user = c.cookies["incidents_console_session"]
+        c.cookies.set("incidents_console_session", nonce_user.rpartition(".")[0] + ".mallory")
+        assert (await c.get("/")).status_code == 303  # the proof binds the user: no switching
+        c.cookies.set("incidents_console_session", nonce_user)
+        c.cookies.set("incidents_console", TOKEN)  # the raw token is no proof either
+        assert (await c.get("/")).status_code == 303
+    async with client(backend) as c:  # a session from before the token was rotated is void
+        await sign_in(c)
+        rotated = console_app(backend, ConsoleConfig(Access("rotated", cookie_secure=False), {}))
+        app = Starlette(routes=[Mount("/console", rotated)])
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://console.test/console", cookies=c.cookies
+        ) as after:
+            assert (await after.get("/")).status_code == 303
+
+
+async def test_an_oversized_sign_in_is_refused_before_it_is_read() -> None:
+    async with client(MemoryBackend()) as c:
+        huge = await c.post(
+            "/login", content=b"user=a&token=" + b"x" * (65 * 1024),
+            headers={"Origin": "http://console.test", "Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert huge.status_code == 413 and "too large" in huge.text
+
+        async def endless() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+            for _ in range(100):
+                yield b"x" * 1024
+
+        streamed = await c.post(
+            "/login", content=endless(),
+            headers={"Origin": "http://console.test", "Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert streamed.status_code == 413

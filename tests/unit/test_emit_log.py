@@ -89,3 +89,20 @@ def test_a_storm_is_cut_to_n_lines_a_second_then_one_summary(caplog: pytest.LogC
     assert summaries[0].suppressed == 995 and summaries[0].kind == "breach"  # type: ignore[attr-defined]
     emitted.committed([breach("INC-next")])  # a new second: lines again
     assert records(caplog)[-1].getMessage().startswith("SLA breached: incident INC-next")
+
+
+def test_a_storm_followed_by_silence_is_still_summarised(caplog: pytest.LogCaptureFixture) -> None:
+    """No batch after the storm (a quiet partition): the engine's tick, or its shutdown, says it."""
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    out_log = OutputLog(per_second=2, clock=clock)
+    out_log.committed([breach(f"INC-{n}") for n in range(7)])
+    assert len(records(caplog)) == 2
+    out_log.tick()  # the window is not over yet: nothing to say
+    assert len(records(caplog)) == 2
+    clock.now += 1.5
+    out_log.tick()
+    assert [r.getMessage() for r in records(caplog)][-1].startswith("suppressed 5 breach log lines")
+    out_log.committed([breach(f"INC-{n}") for n in range(10, 15)])  # a second storm, then shutdown
+    out_log.tick(final=True)
+    assert [r.getMessage() for r in records(caplog)][-1].startswith("suppressed 3 breach log lines")

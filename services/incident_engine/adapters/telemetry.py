@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from incident_contracts.constants import CLOCKS, OUTPUT_TOPICS, REJECTION_REASONS, SEVERITIES
 from incident_platform.telemetry import (
     DEFAULT_SAMPLE_RATIO,
     Providers,
@@ -131,10 +132,24 @@ class EngineMetrics:
         self._rejection_labels = _LabelCache(("reason",))
         self._sla_labels = _LabelCache(("kind", "clock", "severity"))
         self._sources: dict[str, GaugeSource] = {}
+        self._zero_the_alerted_series()
         for name, (unit, description) in GAUGES.items():
             meter.create_observable_gauge(
                 name, callbacks=[self._gauge_callback(name)], unit=unit, description=description
             )
+
+    def _zero_the_alerted_series(self) -> None:
+        # The series the alerting rules (deploy/prometheus/) watch exist from the start at 0: an
+        # `increase(...) > 0` sees the first dead letter or parked output, and a rule never watches a
+        # series that does not exist yet.
+        for reason in REJECTION_REASONS:
+            self._rejections.add(0, self._rejection_labels.get((reason,)))
+        for clock in CLOCKS:
+            for severity in SEVERITIES:
+                self._sla_outputs.add(0, self._sla_labels.get(("breached", clock, severity)))
+        self._timers_dropped.add(0)
+        for topic in sorted(set(OUTPUT_TOPICS.values())):
+            self._parked.add(0, {"topic": topic})
 
     def event(self, type: str, outcome: str, count: int = 1) -> None:
         """Count processed input events of `type` with `outcome` (accepted, rejected, duplicate...)."""

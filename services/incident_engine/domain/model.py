@@ -129,6 +129,10 @@ class Incident:
     seq: int = 0  # accepted input events so far
     clocks: dict[str, ClockState] = field(default_factory=dict)
     timers: list[Timer] = field(default_factory=list)  # pending, sorted by Timer.sort_key
+    # What the report said, for the outputs a notification is made of (`summary`, the reporting
+    # channel `source`); None in a projection stored before they were kept.
+    summary: str | None = None
+    source: str | None = None
     # The ClockPlan of the incident's (policy, severity, region) in the SlaDomain that last handled
     # it: a cache of that domain's, not state (no part of equality, the JSON or a copy).
     plan: Any = field(default=None, compare=False, repr=False)
@@ -155,6 +159,8 @@ class Incident:
             "seq": self.seq,
             "clocks": {name: clock.to_json() for name, clock in self.clocks.items()},
             "timers": [timer.to_json() for timer in self.timers],
+            "summary": self.summary,
+            "source": self.source,
         }
 
     def to_json_bytes(self) -> bytes:
@@ -202,6 +208,8 @@ class Incident:
             seq=d["seq"],
             clocks={name: ClockState.from_json(c) for name, c in d["clocks"].items()},
             timers=[Timer.from_json(t) for t in d["timers"]],
+            summary=d.get("summary"),
+            source=d.get("source"),
         )
 
 

@@ -49,6 +49,12 @@ def state_changed(
     )
 
 
+def _deadline(incident: Incident, clock: str, cycle: int) -> datetime | None:
+    """The breach moment of the clock cycle a warning belongs to (None if that cycle is gone)."""
+    state = incident.clocks.get(clock)
+    return state.due_at if state is not None and state.cycle == cycle else None
+
+
 _THRESHOLD_TEXT: dict[float, str] = {}  # f"{threshold}" of the thresholds met: formatting floats costs
 
 
@@ -72,9 +78,12 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
                 "clock": clock,
                 "threshold": threshold,
                 "due_at": due,
+                "deadline": _deadline(incident, clock, cycle),
                 "policy": incident.policy,
                 "severity": incident.severity,
                 "region": incident.region,
+                "summary": incident.summary,
+                "source": incident.source,
             },
         )
     data: dict[str, Any]
@@ -86,10 +95,19 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
             "policy": incident.policy,
             "severity": incident.severity,
             "region": incident.region,
+            "summary": incident.summary,
+            "source": incident.source,
         }
     else:
         event_type = FAILOVER_REQUIRED
-        data = {"due_at": due, "policy": incident.policy, "region": incident.region}
+        data = {
+            "due_at": due,
+            "policy": incident.policy,
+            "severity": incident.severity,
+            "region": incident.region,
+            "summary": incident.summary,
+            "source": incident.source,
+        }
     digest = new_id_digest()  # = stable_id(...) = Timer.output_id, one call less
     digest.update(f"{incident_id}/{clock}/{cycle}/{kind}".encode())
     return OutputEvent(

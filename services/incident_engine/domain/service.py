@@ -184,6 +184,7 @@ class SlaDomain:
         if at > now:
             at = now  # stamped ahead of the engine's clock (within the skew): clocks start now
         incident = Incident(event.subject, STATE_REPORTED, policy, data.severity, data.region, at, at, 1)
+        incident.summary, incident.source = data.summary, event.source
         if outputs is not None:
             outputs.append(state_changed(incident, None, event.id, now))
         self.plan(incident).apply(incident, TRIGGER_REPORTED, at)

@@ -348,7 +348,7 @@ class EngineService:
                 if out.type == INCIDENT_REJECTED:
                     rejections[out.data["reason"]] += 1
             elif kind == "failover":
-                sla[("failover", "restore", "")] += 1
+                sla[("failover", "restore", out.data["severity"])] += 1
             else:
                 sla[(kind, out.data["clock"], out.data["severity"])] += 1
         for reason, count in rejections.items():
@@ -390,6 +390,7 @@ class EngineService:
                     await self._sample_once(probe)
                 except Exception as exc:  # a gauge must never take the engine down
                     log.debug("gauge sampling failed: %r", exc)
+                self.output_log.tick()  # "suppressed K" of a log storm that no batch followed
                 await asyncio.sleep(every)
         finally:
             if started:
@@ -464,6 +465,7 @@ class EngineService:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.output_log.tick(final=True)
         if self.broker is not None:
             await self.broker.stop()
         if self.producer is not None:

@@ -9,10 +9,12 @@ import orjson
 import typer
 
 from incident_contracts import TOPIC_BREACHES, TOPIC_EVENTS, TOPIC_REJECTED, TOPIC_STATE
+from incident_contracts.constants import TOPIC_NOTIFICATIONS_DEAD
 from incident_contracts.models import (
     FailoverRequired,
     IncidentRejected,
     InputEvent,
+    NotificationDead,
     SlaBreached,
     SlaRetracted,
     SlaWarning,
@@ -28,6 +30,9 @@ CHANNELS = {
     TOPIC_BREACHES: "SLA warnings (50 %, 80 %), breaches and failover orders, and retractions of a breach "
     "or failover order that evidence read later proved false.",
     TOPIC_REJECTED: "Dead letters: the reason, a detail and the original message.",
+    TOPIC_NOTIFICATIONS_DEAD: "The notifier's dead letters (`incidents notify`, consumer group "
+    "incident-notifier of incidents.breaches): a delivery that failed for good, with its destination, "
+    "attempts, last error and the whole output.",
 }
 
 
@@ -56,6 +61,12 @@ def asyncapi_document() -> dict[str, object]:
     )
     broker.publisher(
         TOPIC_REJECTED, title=TOPIC_REJECTED, schema=IncidentRejected, description=CHANNELS[TOPIC_REJECTED]
+    )
+    broker.publisher(
+        TOPIC_NOTIFICATIONS_DEAD,
+        title=TOPIC_NOTIFICATIONS_DEAD,
+        schema=NotificationDead,
+        description=CHANNELS[TOPIC_NOTIFICATIONS_DEAD],
     )
     spec = AsyncAPI(
         title="Incident SLA engine",

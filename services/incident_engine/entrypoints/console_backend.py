@@ -212,7 +212,10 @@ def mount_console(service: EngineService) -> tuple[Starlette, Callable[[], Await
     (a mounted app's own lifespan does not run)."""
     settings = service.settings
     token = settings.incidents_api_token.get_secret_value() if settings.incidents_api_token else None
-    access = Access(token, settings.incidents_api_open, settings.incidents_console_user_header)
+    access = Access(
+        token, settings.incidents_api_open, settings.incidents_console_user_header,
+        settings.incidents_console_cookie_secure,
+    )  # fmt: skip
     kafka = {"bootstrap_servers": settings.kafka_bootstrap_servers, **kafka_security(settings)}
     backend = EngineConsoleBackend(service)
     config = ConsoleConfig(access, kafka, settings.incidents_trace_ui_url)

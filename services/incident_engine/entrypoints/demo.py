@@ -98,7 +98,12 @@ async def watch(
         await consumer.stop()
 
 
-def render(seen: deque[dict[str, Any]], counts: Counter[str], status: dict[str, Any]) -> Group:
+def render(
+    seen: deque[dict[str, Any]],
+    counts: Counter[str],
+    status: dict[str, Any],
+    notified: Counter[str] | None = None,
+) -> Group:
     """The live view: totals, then the latest outputs."""
     totals = Table.grid(padding=(0, 2))
     totals.add_row(*(f"[{COLOURS.get(t, 'white')}]{t.removeprefix('incident.')}[/]: {n}"
@@ -123,6 +128,8 @@ def render(seen: deque[dict[str, Any]], counts: Counter[str], status: dict[str, 
         f"partitions {status.get('partitions')}  timers armed {status.get('timers')}"
         f"  batches {status.get('batches')}"
     )
+    if notified is not None:
+        head += "  notified: " + (", ".join(f"{k} {n}" for k, n in sorted(notified.items())) or "nothing yet")
     return Group(Panel(totals, title="incident SLA engine — live (Ctrl-C to stop)", subtitle=head), table)
 
 
@@ -140,18 +147,56 @@ async def run_demo(rate: float, duration: float | None) -> None:
         asyncio.create_task(generate(settings.kafka_bootstrap_servers, rate, stop, settings)),
         asyncio.create_task(watch(settings.kafka_bootstrap_servers, seen, counts, stop)),
     ]
+    notifier, sink = await start_notifier(settings)
     started = asyncio.get_running_loop().time()
     try:
         with Live(render(seen, counts, service.ready()), refresh_per_second=4, screen=False) as live:
             while duration is None or asyncio.get_running_loop().time() - started < duration:
                 await asyncio.sleep(0.25)
-                live.update(render(seen, counts, service.ready()))
+                live.update(render(seen, counts, service.ready(), sink.counts))
     finally:
         stop.set()
         for task in tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+        await notifier.stop()
+        await sink.stop()
         await service.stop()
+
+
+async def start_notifier(settings: Settings) -> tuple[Any, Any]:
+    """The notifier beside the engine, from now on: warnings to a Slack-shaped channel and breaches
+    and failover orders to a signed webhook, both on a loopback sink that verifies the signatures."""
+    import os
+
+    from incident_notifier.config import parse
+    from incident_notifier.service import Notifier
+    from incident_notifier.settings import NotifierSettings
+    from incident_notifier.sink import DemoSink
+
+    sink = DemoSink()
+    await sink.start()
+    os.environ["INCIDENTS_DEMO_WEBHOOK_SECRET"] = sink.secret
+    routing = parse({
+        "destinations": {
+            "team": {"type": "slack", "url": sink.url("/slack")},
+            "on-call": {"type": "webhook", "url": sink.url("/webhook"),
+                        "secrets": [{"env": "INCIDENTS_DEMO_WEBHOOK_SECRET"}]},
+        },
+        "routes": [
+            {"match": {"type": "incident.sla.warning"}, "to": "team"},
+            {"match": {"type": ["incident.sla.breached", "incident.failover.required"]}, "to": "on-call"},
+        ],
+    })  # fmt: skip
+    notifier_settings = NotifierSettings(
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, database_url=settings.database_url,
+        incidents_notifier_group=f"incident-notifier-demo-{uuid.uuid4().hex[:6]}",
+        incidents_notifier_start="latest", incidents_notifier_allow_private=True,
+        incidents_notifier_poll_ms=100,
+    )  # fmt: skip
+    notifier = Notifier(notifier_settings, routing)
+    await notifier.start()
+    return notifier, sink
 
 
 def demo_command(

@@ -48,11 +48,12 @@ class RateLimiter:
         window[2] += 1
         return False
 
-    def flush(self) -> None:
-        """Say what the windows that are over suppressed (called once per batch: cheap)."""
+    def flush(self, *, final: bool = False) -> None:
+        """Say what the windows that are over (every window when `final`) suppressed (cheap: called
+        once per batch, on the engine's periodic tick when no batch commits, and at shutdown)."""
         now = self.clock()
         for kind, window in list(self._windows.items()):
-            if now - window[0] >= 1.0:
+            if final or now - window[0] >= 1.0:
                 self._close(kind, window)
                 del self._windows[kind]
 
@@ -80,6 +81,10 @@ class OutputLog:
             if kind is not None and allow(kind):
                 _log_one(kind, out)
         self.limiter.flush()
+
+    def tick(self, *, final: bool = False) -> None:
+        """Say the suppressed counts of a storm that ended with no batch after it (a quiet partition)."""
+        self.limiter.flush(final=final)
 
 
 def _log_one(kind: str, out: OutputEvent) -> None:

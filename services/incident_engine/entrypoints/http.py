@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from incident_contracts.constants import REGIONS, SEVERITIES, STATES
 from incident_engine.adapters.telemetry import metrics_text
-from incident_engine.domain import Calendar, Incident
+from incident_engine.domain import Calendar, Incident, PolicyRegistry
 from incident_engine.entrypoints.app import EngineService
 from incident_engine.entrypoints.console_backend import mount_console
 
@@ -109,41 +110,68 @@ def create_http_app(service: EngineService) -> Starlette:
 
     async def list_incidents(request: Request) -> JSONResponse:
         """
-        summary: Incidents, most recently changed first, a page at a time
+        summary: Incidents, most recently reported first, a page at a time
+        description: >-
+          Filters combine (AND). Keyset pagination on (reported_at, incident_id), which never change: a
+          page's `next` is the `after` of the following page, and a walk through the pages sees every
+          incident reported before it started exactly once, each in its state when its page was read
+          (incidents reported meanwhile sort before the first page's cursor). An unknown parameter or
+          a bad value answers 400.
         security: [{bearer: []}]
         parameters:
           - {name: state, in: query, schema: {type: string, enum: [reported, acknowledged, investigating, failed_over, restored]}}
           - {name: severity, in: query, schema: {type: string, enum: [critical, high, low]}}
+          - {name: region, in: query, schema: {type: string, enum: [au, us, uk]}}
+          - {name: policy, in: query, description: "A policy name (a loaded policy, or one incidents are pinned to)", schema: {type: string}}
+          - {name: breached, in: query, description: "true: at least one clock breached; false: none", schema: {type: boolean}}
           - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
-          - {name: after, in: query, description: "The previous page's `next` cursor", schema: {type: string}}
+          - {name: after, in: query, description: "The previous page's `next` cursor (opaque)", schema: {type: string}}
         responses:
           200: {description: The incidents, content: {application/json: {schema: {$ref: "#/components/schemas/IncidentList"}}}}
-          400: {description: Bad query parameter}
+          400: {description: "Unknown parameter or bad value (JSON `error` says which and what is allowed)", content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}
           401: {description: "Missing or wrong bearer token, or no token configured (the read API is closed)"}
         """
         if (denied := _authorize(request, service)) is not None:
             return denied
         assert service.pool is not None
-        state, severity = request.query_params.get("state"), request.query_params.get("severity")
+        known = set(policies().names())
+        wanted = request.query_params.get("policy")
+        if wanted and wanted not in known and await retired_policy(wanted):
+            known.add(wanted)
         try:
+            where, args = _list_filters(request.query_params, known)
             limit = _int_param(request, "limit", 100, 1, 1000)
             cursor = _decode_cursor(request.query_params.get("after"))
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        args: list[Any] = [state, severity, limit + 1]
-        sql = (
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents"
-            " WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR severity = $2)"
-        )
         if cursor is not None:  # keyset pagination: rows strictly after the last one shown
-            sql += " AND (updated_at, incident_id) < ($4, $5)"
+            where.append(f"(reported_at, incident_id) < (${len(args) + 1}, ${len(args) + 2})")
             args += cursor
-        sql += " ORDER BY updated_at DESC, incident_id DESC LIMIT $3"
-        rows = await service.pool.fetch(sql, *args)
+        sql = f"SELECT {_INCIDENT_COLUMNS} FROM incidents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY reported_at DESC, incident_id DESC LIMIT ${len(args) + 1}"
+        rows = await service.pool.fetch(sql, *args, limit + 1)  # one more: whether there is a next page
         page = rows[:limit]
         more = len(rows) > limit
-        next_cursor = _encode_cursor(page[-1]["updated_at"], page[-1]["incident_id"]) if more else None
+        next_cursor = _encode_cursor(page[-1]["reported_at"], page[-1]["incident_id"]) if more else None
         return JSONResponse({"incidents": [_jsonable(dict(r)) for r in page], "next": next_cursor})
+
+    loaded: list[PolicyRegistry] = []
+
+    def policies() -> PolicyRegistry:
+        """The running engine's policies; before it starts, those of the configured folder."""
+        if service.domain is not None:
+            return service.domain.policies
+        if not loaded:
+            loaded.append(PolicyRegistry.load(service.settings.incidents_policy_dir))
+        return loaded[0]
+
+    async def retired_policy(name: str) -> bool:
+        """True when incidents are pinned to `name` though it is no longer loaded."""
+        assert service.pool is not None
+        sql = "SELECT EXISTS (SELECT 1 FROM incidents WHERE policy = $1)"
+        return bool(await service.pool.fetchval(sql, name))
 
     async def openapi(request: Request) -> Response:
         """
@@ -194,6 +222,7 @@ OPENAPI_BASE: dict[str, Any] = {
                                   "description": "timeline_after of the next page (null: the last page)"},
                 "clocks": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Clock"}},
                 "pending_timers": {"type": "array", "items": {"type": "object"}}}},
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
             "IncidentList": {"type": "object", "properties": {"incidents": {"type": "array", "items": {
                 "type": "object"}}, "next": {"type": "string", "nullable": True,
                                              "description": "`after` of the next page (null: the last page)"}}},
@@ -232,9 +261,37 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
-def _encode_cursor(updated_at: datetime, incident_id: str) -> str:
-    """An opaque cursor: the sort key (updated_at, incident_id) of the last row of a page."""
-    raw = orjson.dumps([updated_at.isoformat(), incident_id])
+_LIST_PARAMS = ("state", "severity", "region", "policy", "breached", "limit", "after")
+_CHOICES = {"state": STATES, "severity": SEVERITIES, "region": REGIONS}
+# A clock breached and not retracted (a retraction sets it back to `met`).
+_BREACHED = "EXISTS (SELECT 1 FROM json_each(body->'clocks') AS c WHERE c.value->>'status' = 'breached')"
+
+
+def _list_filters(params: Mapping[str, str], policies: set[str]) -> tuple[list[str], list[Any]]:
+    """SQL conditions and arguments of GET /incidents' filters; ValueError names a bad one."""
+    if unknown := sorted(set(params) - set(_LIST_PARAMS)):
+        raise ValueError(f"unknown parameter {unknown[0]!r}; known: {', '.join(_LIST_PARAMS)}")
+    where: list[str] = []
+    args: list[Any] = []
+    for name, allowed in (*_CHOICES.items(), ("policy", tuple(sorted(policies)))):
+        value = params.get(name)
+        if value is None:
+            continue
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; one of: {', '.join(allowed)}")
+        args.append(value)
+        where.append(f"{name} = ${len(args)}")
+    breached = params.get("breached")
+    if breached is not None:
+        if breached not in ("true", "false"):
+            raise ValueError(f"breached must be true or false, not {breached!r}")
+        where.append(_BREACHED if breached == "true" else f"NOT {_BREACHED}")
+    return where, args
+
+
+def _encode_cursor(reported_at: datetime, incident_id: str) -> str:
+    """An opaque cursor: the sort key (reported_at, incident_id) of the last row of a page."""
+    raw = orjson.dumps([reported_at.isoformat(), incident_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from incident_intake.integrations import validate_document
+from incident_intake.people_settings import PeopleSettings
 from incident_intake.settings import IntakeSettings
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,8 @@ def test_the_deployment_runs_incidents_intake_with_its_settings(rendered: list[d
     env = {e["name"]: e for e in container["env"]}
     for name in env:
         if name.startswith(("INTAKE_", "INCIDENTS_", "KAFKA_", "DATABASE_")):
-            assert name.lower() in IntakeSettings.model_fields, f"{name} is not an IntakeSettings field"
+            known = name.lower() in IntakeSettings.model_fields or name.lower() in PeopleSettings.model_fields
+            assert known, f"{name} is neither an IntakeSettings nor a PeopleSettings field"
     assert container["envFrom"] == [{"secretRef": {"name": "intake-secrets"}}]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     mount = next(m for m in container["volumeMounts"] if m["name"] == "integrations")
@@ -87,10 +89,44 @@ def test_the_deployment_runs_incidents_intake_with_its_settings(rendered: list[d
     assert validate_document(yaml.safe_load(configmap["data"]["integrations.yaml"])) == []
 
 
-def test_the_ingress_routes_only_the_monitors_endpoints(rendered: list[dict[str, Any]]) -> None:
+def test_the_ingress_routes_only_the_monitors_and_phone_endpoints(rendered: list[dict[str, Any]]) -> None:
     ingress = _component(rendered, "Ingress", "intake")["spec"]
     (rule,) = ingress["rules"]
     assert rule["host"] == "intake.example.com"
-    assert {p["path"] for p in rule["http"]["paths"]} == {"/v1/alertmanager", "/v1/grafana", "/v2/enqueue"}
+    assert {p["path"] for p in rule["http"]["paths"]} == {
+        "/v1/alertmanager", "/v1/grafana", "/v2/enqueue", "/v1/voice", "/v1/sms",
+    }  # fmt: skip
     service = _component(rendered, "Service", "intake")["metadata"]["name"]
     assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {service}
+
+
+def test_the_support_mailbox_and_phone_lines_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = '{"au": {"number": "+61255550100", "region": "au", "timezone": "Australia/Sydney",' \
+            ' "public_url": "https://intake.example.com"}}'  # fmt: skip
+    result = _template(
+        "--set", "intake.enabled=true,intake.smtp.enabled=true,intake.smtp.tlsSecret=smtp-tls",
+        "--set", "intake.smtp.requireStarttls=true,api.existingSecret=api-token",
+        "--set-json", f"intake.phone.lines={lines}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    pod = _component(docs, "Deployment", "intake")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    smtp_port = next(p for p in container["ports"] if p["name"] == "smtp")
+    service = _component(docs, "Service", "intake-smtp")["spec"]
+    assert service["type"] == "LoadBalancer" and service["ports"][0]["port"] == 25
+    assert service["ports"][0]["targetPort"] == "smtp"
+    pod_labels = _component(docs, "Deployment", "intake")["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= pod_labels.items()
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    for name, value in env.items():
+        if name.startswith("INTAKE_") and value is not None:
+            monkeypatch.setenv(name, value)
+    people = PeopleSettings()  # the rendered values parse as the code reads them
+    assert people.intake_smtp_enabled and people.intake_smtp_port == smtp_port["containerPort"]
+    assert people.intake_phone_lines["au"].public_url == "https://intake.example.com"
+    assert people.intake_engine_url.startswith("http://x-incident-sla-engine:")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "smtp-tls")
+    assert str(people.intake_smtp_tls_certfile).startswith(mount["mountPath"])
+    assert people.intake_smtp_require_starttls
+    assert any(e["name"] == "INCIDENTS_API_TOKEN" for e in container["env"])

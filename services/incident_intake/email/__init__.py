@@ -1,0 +1,1 @@
+"""The support mailbox: an SMTP server that opens incidents and threads replies onto them."""
