@@ -147,7 +147,9 @@ class Incident:
         return Incident.from_json(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-able form (e.g. for a jsonb projection); from_json is its exact inverse."""
+        """JSON-able form (e.g. for a jsonb projection); from_json is its exact inverse.
+
+        `to_json_bytes` builds the same document (tests/unit/test_model.py holds them together)."""
         return {
             "id": self.id,
             "state": self.state,
@@ -191,7 +193,8 @@ class Incident:
                            "threshold": t.threshold, "cycle": t.cycle, "due_at": t.due_at})  # fmt: skip
         body = {"id": self.id, "state": self.state, "policy": self.policy, "severity": self.severity,
                 "region": self.region, "reported_at": reported_at, "last_event_at": last_event_at,
-                "seq": self.seq, "clocks": clocks, "timers": timers}  # fmt: skip
+                "seq": self.seq, "clocks": clocks, "timers": timers, "summary": self.summary,
+                "source": self.source}  # fmt: skip
         return orjson.dumps(body)
 
     @classmethod
