@@ -1,7 +1,9 @@
 """End-to-end engine throughput against real Kafka and PostgreSQL, with baselines of the same run.
 
     .venv/bin/python benchmarks/bench_engine.py [--events 60000] [--runs 3] [--json FILE]
+    .venv/bin/python benchmarks/bench_engine.py --workload ack-heavy [--events 100000] [--runs 3]
 
+Workload `mixed` (the default):
 1. Produces `--events` input events (incidents of every severity/region: reported, acknowledged,
    updated, restored; times spread over the last days so overdue timers fire too) to incidents.events.
 2. Baseline "same rows" (the issue's definition: aiokafka reading the same messages, asyncpg writing
@@ -11,10 +13,22 @@
    batch's precomputed rows in one transaction. No parsing, no domain, no relay to Kafka.
 3. Baseline "raw pipe" (informational, a floor that writes far less): each message as one jsonb row
    of an unindexed table, with its offset.
-4. Engine: the real EngineService (same process, on uvloop as `incidents serve`) from a fresh database
+4. Baseline "naive pipe" (the outside benchmark of issue 17): aiokafka reads the same messages,
+   asyncpg `executemany` writes one row per message (its partition and offset as primary key, the
+   incident id, the message as jsonb), 500 a batch, and the consumer commits its offsets to Kafka
+   after each batch.
+5. Engine: the real EngineService (same process, on uvloop as `incidents serve`) from a fresh database
    and consumer group, timed until every message is committed in Postgres AND every output is
    relayed to Kafka (outbox empty).
-Runs alternate same-rows/raw/engine `--runs` times, after `--warmup` rounds that are not counted
+Workload `ack-heavy` (the outside benchmark of issue 17): `--events` / 2 critical reports (of the
+last minute: no timer falls due during the run), then their acknowledgements. Each pipe in turn
+(engine, then the naive pipe, each with a fresh database) starts on its own reports, already in the
+topic; once it has committed them (the engine: and relayed their outputs), another process sends
+their acknowledgements while it runs, and the clock runs from the first acknowledgement sent to
+the last one committed (the engine: and its output relayed). The engine keeps its cache warm
+between the phases, as a running engine does.
+
+Runs alternate the baselines and the engine `--runs` times, after `--warmup` rounds that are not counted
 (the first round of a fresh broker runs cold: its JIT has not compiled the produce and fetch paths
 yet); prints medians and the ratios.
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
@@ -33,6 +47,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -81,6 +96,30 @@ def generate(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
             }  # fmt: skip
             out.append((incident.encode(), orjson.dumps(body)))
     return out[:count]
+
+
+def generate_ack_heavy(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
+    """(key, value) input messages: count // 2 critical reports, then their acknowledgements."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    run = uuid.uuid4().hex[:6]
+    reports: list[tuple[bytes, bytes]] = []
+    acks: list[tuple[bytes, bytes]] = []
+    for n in range(count // 2):
+        incident = f"A{run}-{n:07d}"
+        reported = now - timedelta(seconds=rng.randint(30, 60))
+        for event_type, at, data, out in (
+            ("incident.reported", reported, {"severity": "critical", "region": rng.choice(("au", "us", "uk")),
+                                             "summary": "slow logins"}, reports),
+            ("incident.acknowledged", reported + timedelta(seconds=20), {}, acks),
+        ):  # fmt: skip
+            body = {
+                "specversion": "1.0", "id": uuid.uuid4().hex, "source": "/channels/email",
+                "type": event_type, "subject": incident, "time": at.isoformat().replace("+00:00", "Z"),
+                "datacontenttype": "application/json", "data": data,
+            }  # fmt: skip
+            out.append((incident.encode(), orjson.dumps(body)))
+    return reports + acks
 
 
 async def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> dict[int, int]:
@@ -145,6 +184,39 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
                     "INSERT INTO raw_offsets VALUES ($1, $2) ON CONFLICT (p) DO UPDATE SET o = EXCLUDED.o",
                     list(last.items()),
                 )
+            seen += len(records)
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
+async def naive_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500) -> float:
+    """Baseline of the outside benchmark: executemany of one row per message into a table with a
+    primary key, 500 a batch, offsets committed to Kafka per batch; seconds taken."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(
+        "CREATE TABLE naive_events (kafka_partition int, kafka_offset bigint, incident_id text,"
+        " body jsonb, PRIMARY KEY (kafka_partition, kafka_offset))"
+    )
+    consumer = AIOKafkaConsumer(
+        TOPIC_EVENTS, bootstrap_servers=bootstrap, group_id=f"naive-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=batch,
+    )  # fmt: skip
+    await consumer.start()
+    total, seen = sum(ends.values()), 0
+    started = time.perf_counter()
+    try:
+        while seen < total:
+            fetched = await consumer.getmany(timeout_ms=100, max_records=batch)
+            records = [r for rs in fetched.values() for r in rs]
+            if not records:
+                continue
+            await conn.executemany(
+                "INSERT INTO naive_events VALUES ($1, $2, $3, $4)",
+                [(r.partition, r.offset, r.key.decode(), r.value.decode()) for r in records],
+            )
+            await consumer.commit()
             seen += len(records)
         return time.perf_counter() - started
     finally:
@@ -269,7 +341,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--workload", choices=("mixed", "ack-heavy"), default="mixed")
+    parser.add_argument("--events", type=int, default=None, help="60000 (mixed), 100000 (ack-heavy)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--warmup", type=int, default=1,
@@ -277,43 +350,21 @@ async def main() -> None:
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.events is None:
+        args.events = 60_000 if args.workload == "mixed" else 100_000
+    if args.events < 2:
+        parser.error(f"--events {args.events}: at least 2 are needed")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
     kafka, _ = start_kafka()
     postgres, _ = start_postgres()
     try:
-        messages = generate(args.events)
-        ends = await produce(kafka.url, messages)
-        total = sum(ends.values())
-        print(f"{total} messages in {TOPIC_EVENTS} ({args.events} produced now)", file=sys.stderr)
-        rows = await precompute_rows(kafka.url, ends)
-        base, raw, eng, outputs = [], [], [], 0
-        for run in range(-args.warmup, args.runs):
-            seconds = await same_rows(kafka.url, await fresh_database(postgres.url), ends, rows)
-            base.append(total / seconds)
-            seconds = await raw_pipe(kafka.url, await fresh_database(postgres.url), ends)
-            raw.append(total / seconds)
-            seconds, outputs = await engine_run(kafka.url, await fresh_database(postgres.url), ends)
-            eng.append(total / seconds)
-            label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
-            print(f"{label}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, "
-                  f"engine {eng[-1]:,.0f} ev/s ({outputs} outputs relayed)", file=sys.stderr)  # fmt: skip
-            if run < 0:
-                base, raw, eng = [], [], []
-        result = {
-            "figure": "engine end-to-end throughput",
-            "events": total,
-            "runs": args.runs,
-            "warmup_rounds": args.warmup,
-            "baseline": "same rows: aiokafka reads the messages, the engine's store writes their rows",
-            "baseline_events_per_s": round(statistics.median(base)),
-            "engine_events_per_s": round(statistics.median(eng)),
-            "ratio": round(statistics.median(eng) / statistics.median(base), 3),
-            "raw_pipe_events_per_s": round(statistics.median(raw)),
-            "ratio_to_raw_pipe": round(statistics.median(eng) / statistics.median(raw), 3),
-            "targets": {"engine_events_per_s": 20_000, "ratio": 0.35},
-            "command": "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
-        }
+        if args.workload == "mixed":
+            result = await mixed(kafka.url, postgres.url, args)
+        else:
+            result = await ack_heavy(kafka.url, postgres.url, args)
+        result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        result["command"] = "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:])
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -321,6 +372,312 @@ async def main() -> None:
     finally:
         kafka.stop()
         postgres.stop()
+
+
+async def mixed(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str, object]:
+    """Reported/acknowledged/updated/restored of every severity: engine against three baselines."""
+    messages = generate(args.events)
+    ends = await produce(kafka, messages)
+    total = sum(ends.values())
+    print(f"{total} messages in {TOPIC_EVENTS} ({args.events} produced now)", file=sys.stderr)
+    rows = await precompute_rows(kafka, ends)
+    base: list[float] = []
+    raw: list[float] = []
+    naive: list[float] = []
+    eng: list[float] = []
+    outputs = 0
+    for run in range(-args.warmup, args.runs):
+        seconds = await same_rows(kafka, await fresh_database(postgres), ends, rows)
+        base.append(total / seconds)
+        seconds = await raw_pipe(kafka, await fresh_database(postgres), ends)
+        raw.append(total / seconds)
+        seconds = await naive_pipe(kafka, await fresh_database(postgres), ends)
+        naive.append(total / seconds)
+        seconds, outputs = await engine_run(kafka, await fresh_database(postgres), ends)
+        eng.append(total / seconds)
+        label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
+        print(f"{label}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, naive pipe "
+              f"{naive[-1]:,.0f} ev/s, engine {eng[-1]:,.0f} ev/s ({outputs} outputs relayed),"
+              f" load {os.getloadavg()[0]:.1f}", file=sys.stderr)  # fmt: skip
+        if run < 0:
+            base, raw, naive, eng = [], [], [], []
+    median = statistics.median
+    return {
+        "figure": "engine end-to-end throughput",
+        "workload": "mixed",
+        "events": total,
+        "runs": args.runs,
+        "warmup_rounds": args.warmup,
+        "baseline": "same rows: aiokafka reads the messages, the engine's store writes their rows",
+        "baseline_events_per_s": round(median(base)),
+        "engine_events_per_s": round(median(eng)),
+        "ratio": round(median(eng) / median(base), 3),
+        "raw_pipe_events_per_s": round(median(raw)),
+        "ratio_to_raw_pipe": round(median(eng) / median(raw), 3),
+        "naive_pipe_events_per_s": round(median(naive)),
+        "ratio_to_naive_pipe": round(median(eng) / median(naive), 3),
+        "per_run": {"same_rows": [round(x) for x in base], "raw_pipe": [round(x) for x in raw],
+                    "naive_pipe": [round(x) for x in naive], "engine": [round(x) for x in eng]},
+        "targets": {"engine_events_per_s": 20_000, "ratio": 0.8},
+    }  # fmt: skip
+
+
+_PRODUCER = """
+import asyncio, sys, orjson
+from aiokafka import AIOKafkaProducer
+async def main():
+    messages = orjson.loads(open(sys.argv[2], "rb").read())
+    producer = AIOKafkaProducer(
+        bootstrap_servers=sys.argv[1], linger_ms=20, max_batch_size=512 * 1024, acks="all"
+    )
+    await producer.start()
+    print("go", flush=True)
+    futures = [await producer.send(sys.argv[3], v.encode(), key=k.encode()) for k, v in messages]
+    ends = {}
+    for meta in await asyncio.gather(*futures):
+        ends[str(meta.partition)] = max(ends.get(str(meta.partition), 0), meta.offset + 1)
+    await producer.stop()
+    print(orjson.dumps(ends).decode(), flush=True)
+asyncio.run(main())
+"""
+
+
+class LiveProducer:
+    """Sends messages from another process (the consumer under test keeps this process to itself):
+    `started` is when the first one is sent, `ends` (partition -> end offset) once all are written."""
+
+    def __init__(self, bootstrap: str, messages: list[tuple[bytes, bytes]]) -> None:
+        self.bootstrap = bootstrap
+        self.file = Path(f"/tmp/bench-acks-{uuid.uuid4().hex[:8]}.json")
+        self.file.write_bytes(orjson.dumps([(k.decode(), v.decode()) for k, v in messages]))
+        self.started = 0.0
+        self.ends: dict[int, int] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the producer; return when it begins sending (its import and connection not timed)."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _PRODUCER, self.bootstrap, str(self.file), TOPIC_EVENTS,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        if (await self.proc.stdout.readline()).strip() != b"go":
+            raise RuntimeError("the producer process did not start")
+        self.started = time.perf_counter()
+        self.task = asyncio.create_task(self._finish())
+
+    async def _finish(self) -> None:
+        assert self.proc.stdout is not None
+        line = await self.proc.stdout.readline()
+        await self.proc.wait()
+        self.file.unlink(missing_ok=True)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"the producer process exited with {self.proc.returncode}")
+        self.ends = {int(p): o for p, o in orjson.loads(line).items()}
+
+    def done(self, position: dict[int, int]) -> bool:
+        """Whether a consumer at `position` has read everything sent (raises if the producer failed)."""
+        if self.task is not None and self.task.done():
+            self.task.result()
+        return self.ends is not None and all(position.get(p, 0) >= o for p, o in self.ends.items())
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU time used so far by a PostgreSQL server: its postmaster and the processes it started."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(postmaster) or fields[1] == str(postmaster):
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def postmaster_pid(pool: asyncpg.Pool | asyncpg.Connection[Any]) -> int:
+    """The postmaster's pid, from its data directory (the server is local to the benchmark)."""
+    data = await pool.fetchval("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+    return int((Path(data) / "postmaster.pid").read_text().split()[0])
+
+
+async def end_offsets(bootstrap: str) -> dict[int, int]:
+    """The end offset of each input partition now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(TOPIC_EVENTS, p) for p in range(PARTITIONS)]
+        return {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def naive_acks(
+    bootstrap: str, dsn: str, start: dict[int, int], reported: dict[int, int],
+    acks: list[tuple[bytes, bytes]], batch: int = 500,
+) -> tuple[float, float, float]:  # fmt: skip
+    """The naive pipe from `start`: reads the reports, then acknowledgements sent meanwhile by another
+    process; seconds from the first one sent to the last one committed, and the CPU seconds of this
+    process and of PostgreSQL meanwhile."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(
+        "CREATE TABLE naive_events (kafka_partition int, kafka_offset bigint, incident_id text,"
+        " body jsonb, PRIMARY KEY (kafka_partition, kafka_offset))"
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=f"naive-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    tps = [TopicPartition(TOPIC_EVENTS, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, start.get(tp.partition, 0))
+    position = dict(start)
+    producer: LiveProducer | None = None
+    postmaster = await postmaster_pid(conn)
+    cpu = pg_cpu = 0.0
+    try:
+        while producer is None or not producer.done(position):
+            if producer is None and all(position.get(p, 0) >= o for p, o in reported.items()):
+                producer = LiveProducer(bootstrap, acks)
+                await producer.start()
+                cpu, pg_cpu = time.process_time(), postgres_cpu_seconds(postmaster)
+            fetched = await consumer.getmany(timeout_ms=20, max_records=batch)
+            records = [r for rs in fetched.values() for r in rs]
+            if not records:
+                continue
+            await conn.executemany(
+                "INSERT INTO naive_events VALUES ($1, $2, $3, $4)",
+                [(r.partition, r.offset, r.key.decode(), r.value.decode()) for r in records],
+            )
+            await consumer.commit()
+            for r in records:
+                position[r.partition] = r.offset + 1
+        seconds = time.perf_counter() - producer.started
+        return seconds, time.process_time() - cpu, postgres_cpu_seconds(postmaster) - pg_cpu
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
+async def engine_acks(
+    bootstrap: str, dsn: str, start: dict[int, int], reported: dict[int, int],
+    acks: list[tuple[bytes, bytes]],
+) -> tuple[float, float, int, float, float]:  # fmt: skip
+    """The engine from `start` (its offsets stored before it starts): the reports, then the
+    acknowledgements sent meanwhile by another process. Seconds for the reports (from the engine's
+    start, its group join included), seconds from the first acknowledgement sent to the last one
+    committed and its output relayed, outputs relayed, and the CPU seconds of the engine's process
+    and of PostgreSQL over the acknowledgements."""
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset)"
+            " VALUES ($1, $2, $3, $4)",
+            [(group, TOPIC_EVENTS, p, o) for p, o in start.items()],
+        )
+    finally:
+        await conn.close()
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap, database_url=dsn, incidents_consumer_group=group,
+        incidents_topic_partitions=PARTITIONS,
+    )  # fmt: skip
+    service = EngineService(settings)
+    await service.start()
+    assert service.pool is not None and service.relay is not None
+    started = time.perf_counter()
+    producer: LiveProducer | None = None
+    reports_seconds = 0.0
+    postmaster = await postmaster_pid(service.pool)
+    cpu = pg_cpu = 0.0
+    try:
+        while True:
+            rows = await service.pool.fetch(
+                "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE group_id = $1", group
+            )
+            position = {r["kafka_partition"]: r["next_offset"] for r in rows}
+            relayed = await service.pool.fetchval("SELECT count(*) FROM outbox") == 0
+            if producer is None:
+                if relayed and all(position.get(p, 0) >= o for p, o in reported.items()):
+                    reports_seconds = time.perf_counter() - started
+                    producer = LiveProducer(bootstrap, acks)
+                    await producer.start()
+                    cpu, pg_cpu = time.process_time(), postgres_cpu_seconds(postmaster)
+            elif relayed and producer.done(position):
+                seconds = time.perf_counter() - producer.started
+                cpu, pg_cpu = time.process_time() - cpu, postgres_cpu_seconds(postmaster) - pg_cpu
+                return reports_seconds, seconds, service.relay.sent_total, cpu, pg_cpu
+            await asyncio.sleep(0.02)
+    finally:
+        await service.stop()
+
+
+async def ack_heavy(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str, object]:
+    """Critical reports, then their acknowledgements: the acknowledgement phase against the naive pipe.
+
+    Each pipe, in turn, gets its own reports (in the topic before it starts), and once it has
+    committed them (the engine: and relayed their outputs) their acknowledgements are sent by another
+    process while it runs: the clock runs from the first acknowledgement sent to the last committed."""
+    naive: list[float] = []
+    eng: list[float] = []
+    eng_reports: list[float] = []
+    cpu: list[float] = []
+    pg_cpu: list[float] = []
+    cpu_naive: list[float] = []
+    pg_cpu_naive: list[float] = []
+    count = args.events // 2
+    outputs = 0
+    for run in range(-args.warmup, args.runs):
+        messages = generate_ack_heavy(2 * count, seed=run + 100)
+        start = await end_offsets(kafka)
+        reported = await produce(kafka, messages[:count])
+        reports_seconds, seconds, outputs, engine_cpu, postgres_cpu = await engine_acks(
+            kafka, await fresh_database(postgres), start, reported, messages[count:]
+        )
+        eng.append(count / seconds)
+        cpu.append(1e6 * engine_cpu / count)
+        pg_cpu.append(1e6 * postgres_cpu / count)
+        eng_reports.append(count / reports_seconds)
+        messages = generate_ack_heavy(2 * count, seed=run + 200)
+        start = await end_offsets(kafka)
+        reported = await produce(kafka, messages[:count])
+        seconds, naive_cpu, naive_pg_cpu = await naive_acks(
+            kafka, await fresh_database(postgres), start, reported, messages[count:]
+        )
+        naive.append(count / seconds)
+        cpu_naive.append(1e6 * naive_cpu / count)
+        pg_cpu_naive.append(1e6 * naive_pg_cpu / count)
+        label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
+        print(f"{label}: {count} acknowledgements: naive pipe {naive[-1]:,.0f}/s, engine {eng[-1]:,.0f}/s"
+              f" ({eng[-1] / naive[-1]:.2f}; {outputs} outputs relayed; CPU per acknowledgement: engine"
+              f" process {cpu[-1]:.0f} µs, PostgreSQL {pg_cpu[-1]:.0f} µs; naive pipe {cpu_naive[-1]:.0f} µs,"
+              f" PostgreSQL {pg_cpu_naive[-1]:.0f} µs); engine reports"
+              f" {eng_reports[-1]:,.0f}/s (group join included); load {os.getloadavg()[0]:.1f}",
+              file=sys.stderr)  # fmt: skip
+        if run < 0:
+            naive, eng, eng_reports, cpu, pg_cpu, cpu_naive, pg_cpu_naive = [], [], [], [], [], [], []
+    median = statistics.median
+    return {
+        "figure": "engine acknowledgement throughput",
+        "workload": "ack-heavy",
+        "acknowledgements": count,
+        "runs": args.runs,
+        "warmup_rounds": args.warmup,
+        "baseline": "naive pipe: aiokafka, executemany of a row per message (primary key), 500 a batch,"
+        " offsets committed to Kafka per batch",
+        "naive_pipe_acks_per_s": round(median(naive)),
+        "engine_acks_per_s": round(median(eng)),
+        "ratio_to_naive_pipe": round(median(eng) / median(naive), 3),
+        "engine_reports_per_s_with_start": round(median(eng_reports)),
+        "engine_process_cpu_us_per_ack": round(median(cpu)),
+        "postgres_cpu_us_per_ack": round(median(pg_cpu)),
+        "naive_pipe_process_cpu_us_per_ack": round(median(cpu_naive)),
+        "naive_pipe_postgres_cpu_us_per_ack": round(median(pg_cpu_naive)),
+        "per_run": {"naive_pipe_acks": [round(x) for x in naive], "engine_acks": [round(x) for x in eng]},
+        "targets": {"ratio_to_naive_pipe": 0.5},
+    }
 
 
 if __name__ == "__main__":

@@ -92,6 +92,21 @@ def _engine(r: dict[str, Any]) -> list[Row]:
              "ratio", ">= 0.35", ratio >= 0.35),
         _row("  end-to-end / raw pipe (one unindexed jsonb row per message)", raw_ratio, "ratio",
              "(info)", None, f"{raw} events/s (raw pipe)", raw_ratio),
+        *([_row("  end-to-end / naive pipe (executemany, a keyed row per message, offsets to Kafka)",
+                r["ratio_to_naive_pipe"], "ratio", "(info)", None,
+                f"{r['naive_pipe_events_per_s']} events/s (naive pipe)", r["ratio_to_naive_pipe"])]
+          if "ratio_to_naive_pipe" in r else []),
+    ]  # fmt: skip
+
+
+def _acks(r: dict[str, Any]) -> list[Row]:
+    eng, naive, ratio = r["engine_acks_per_s"], r["naive_pipe_acks_per_s"], r["ratio_to_naive_pipe"]
+    return [
+        _row("acknowledgements after their critical reports / naive pipe", ratio, "ratio", ">= 0.5",
+             ratio >= 0.5, f"{naive} acks/s (naive pipe)", ratio),
+        _row("  CPU per acknowledgement: engine process + PostgreSQL",
+             r["engine_process_cpu_us_per_ack"] + r["postgres_cpu_us_per_ack"], "µs", "(info)", None,
+             f"{eng} acks/s engine"),
     ]  # fmt: skip
 
 
@@ -161,6 +176,9 @@ BENCHES = (
     Bench("engine", "bench_engine.py", ("--events", "60000", "--runs", "3"),
           ("--events", "6000", "--runs", "1"),
           _engine),
+    Bench("acks", "bench_engine.py", ("--workload", "ack-heavy", "--events", "100000", "--runs", "3"),
+          ("--workload", "ack-heavy", "--events", "6000", "--runs", "1"),
+          _acks),
     Bench("timers", "bench_timers.py", ("--timers", "1000000", "--duration", "60"),
           ("--timers", "50000", "--duration", "10", "--span", "300", "--saturate", "5000"), _timers),
     Bench("restart", "bench_restart.py", ("--timers", "1000000", "--runs", "3"),

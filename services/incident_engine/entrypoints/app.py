@@ -43,6 +43,7 @@ from incident_engine.entrypoints.consumer import FETCH_WAIT_MS, EngineLoop
 from incident_engine.entrypoints.emit_log import OutputLog
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult
 from incident_engine.entrypoints.relay import OutboxRelay
+from incident_engine.gc_pause import tune_for_batches
 from incident_platform.cli_errors import kafka_unreachable, postgres_address, postgres_unreachable, reason_of
 from incident_platform.kafka import kafka_security
 
@@ -231,6 +232,7 @@ class EngineService:
     async def start(self) -> None:
         """Connect, migrate, join the consumer group and start the loop and the relay."""
         s = self.settings
+        tune_for_batches()
         self.telemetry = self.telemetry or setup_telemetry()
         dsn = s.database_url.get_secret_value()
         self.pool = await wait_for_postgres(dsn, settings=s)

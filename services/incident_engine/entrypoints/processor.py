@@ -382,7 +382,15 @@ class BatchProcessor:
         """When the incident's next timer may fire: its due moment, plus the grace for a breach or
         a failover order (evidence stamped in time may still be in flight)."""
         grace = self.breach_grace
-        return min((t[0] if t[2] == WARNING else t[0] + grace for t in incident.timers), default=None)
+        wake: datetime | None = None
+        for timer in incident.timers:  # sorted by due moment: stop at the first due after `wake`
+            due = timer[0]
+            if wake is not None and due >= wake:
+                break
+            moment = due if timer[2] == WARNING else due + grace
+            if wake is None or moment < wake:
+                wake = moment
+        return wake
 
     def _fire(
         self, result: BatchResult, incident: Incident, partition: int, now: datetime, watermark: datetime

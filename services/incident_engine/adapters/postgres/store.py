@@ -127,11 +127,11 @@ class PostgresStore:
         changed_rows = (
             [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
             [inc.seq for inc, _ in changed], [p for _, p in changed],
-            [inc.last_event_at for inc, _ in changed], [dumps(inc.to_json()).decode() for inc, _ in changed],
+            [inc.last_event_at for inc, _ in changed], [inc.to_json_bytes().decode() for inc, _ in changed],
         )  # fmt: skip
         new_rows = [
             (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
-             inc.reported_at, inc.last_event_at, fragment(dumps(inc.to_json())))
+             inc.reported_at, inc.last_event_at, fragment(inc.to_json_bytes()))
             for inc, partition in new
         ]  # fmt: skip
         fence = batch.fence()
