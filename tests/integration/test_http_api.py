@@ -188,9 +188,9 @@ async def test_read_api_opened_on_purpose_pages_incidents_and_timelines(seeded_p
             cursor = page["next"]
             if cursor is None:
                 break
-        assert seen == expected and pages == 5  # every incident once, most recently changed first
-        updated = [i["updated_at"] for i in everything.json()["incidents"]]
-        assert updated == sorted(updated, reverse=True)
+        assert seen == expected and pages == 5  # every incident once, most recently reported first
+        reported = [i["reported_at"] for i in everything.json()["incidents"]]
+        assert reported == sorted(reported, reverse=True)
         restored = (await client.get("/incidents", params={"state": "restored", "limit": "1"})).json()
         assert len(restored["incidents"]) == 1 and restored["next"] is not None
         assert (await client.get("/incidents", params={"after": "garbage"})).status_code == 400
