@@ -191,6 +191,20 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
         await conn.close()
 
 
+async def naive_batch(consumer: Any, conn: Any, batch: int, wait_ms: int) -> list[Any]:
+    """One step of the naive pipe: fetch up to `batch` messages, `executemany` one row each, commit
+    the offsets to Kafka; returns the records (none when nothing came within `wait_ms`)."""
+    fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=batch)
+    records = [r for rs in fetched.values() for r in rs]
+    if records:
+        await conn.executemany(
+            "INSERT INTO naive_events VALUES ($1, $2, $3, $4)",
+            [(r.partition, r.offset, r.key.decode(), r.value.decode()) for r in records],
+        )
+        await consumer.commit()
+    return records
+
+
 async def naive_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500) -> float:
     """Baseline of the outside benchmark: executemany of one row per message into a table with a
     primary key, 500 a batch, offsets committed to Kafka per batch; seconds taken."""
@@ -208,16 +222,7 @@ async def naive_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int 
     started = time.perf_counter()
     try:
         while seen < total:
-            fetched = await consumer.getmany(timeout_ms=100, max_records=batch)
-            records = [r for rs in fetched.values() for r in rs]
-            if not records:
-                continue
-            await conn.executemany(
-                "INSERT INTO naive_events VALUES ($1, $2, $3, $4)",
-                [(r.partition, r.offset, r.key.decode(), r.value.decode()) for r in records],
-            )
-            await consumer.commit()
-            seen += len(records)
+            seen += len(await naive_batch(consumer, conn, batch, wait_ms=100))
         return time.perf_counter() - started
     finally:
         await consumer.stop()
@@ -542,16 +547,7 @@ async def naive_acks(
                 producer = LiveProducer(bootstrap, acks)
                 await producer.start()
                 cpu, pg_cpu = time.process_time(), postgres_cpu_seconds(postmaster)
-            fetched = await consumer.getmany(timeout_ms=20, max_records=batch)
-            records = [r for rs in fetched.values() for r in rs]
-            if not records:
-                continue
-            await conn.executemany(
-                "INSERT INTO naive_events VALUES ($1, $2, $3, $4)",
-                [(r.partition, r.offset, r.key.decode(), r.value.decode()) for r in records],
-            )
-            await consumer.commit()
-            for r in records:
+            for r in await naive_batch(consumer, conn, batch, wait_ms=20):
                 position[r.partition] = r.offset + 1
         seconds = time.perf_counter() - producer.started
         return seconds, time.process_time() - cpu, postgres_cpu_seconds(postmaster) - pg_cpu
