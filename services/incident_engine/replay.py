@@ -220,9 +220,10 @@ def differences(
             continue
         mine = Incident.from_json(dict(stored))
         theirs = replayed.to_json()
-        if stored.get("summary") is None and stored.get("source") is None:
-            # Reported before the summary and source were kept (migration 0010 fills them in from
-            # the logged report; one already archived stays null): not a difference.
+        if "summary" not in stored:
+            # Stored by an engine from before the summary and source were kept, and not filled in by
+            # migration 0010 (its report already archived): not a difference. A null stored where
+            # the log has a summary is one: the projection lost what the log holds.
             theirs.update(summary=None, source=None)
         if mine.to_json() != theirs:
             problems.append(f"{incident_id}: projection differs from replay")

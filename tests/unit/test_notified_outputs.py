@@ -64,3 +64,7 @@ def test_replay_check_accepts_a_projection_stored_before_the_fields() -> None:
     assert differences({incident.id: incident}, {incident.id: wrong}, timers) == [
         f"{incident.id}: projection differs from replay"
     ]
+    lost = {**incident.to_json(), "summary": None, "source": None}  # kept, then lost: a difference
+    assert differences({incident.id: incident}, {incident.id: lost}, timers) == [
+        f"{incident.id}: projection differs from replay"
+    ]
