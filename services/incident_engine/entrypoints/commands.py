@@ -94,6 +94,7 @@ def bind_http(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)  # held from now on: a bound socket alone would let a second engine bind too
     except BaseException:
         sock.close()
         raise
