@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
+
+from incident_platform.urls import is_loopback
 
 TOKEN_COOKIE = "incidents_console"  # the proof: HMAC(token, session nonce and user)
 SESSION_COOKIE = "incidents_console_session"  # "<nonce>.<user>": the CSRF key and who acts
@@ -112,7 +113,9 @@ def same_origin(request: Request) -> bool:
     if not origin:
         return False
     parts = urlsplit(origin)
-    return parts.netloc == request.headers.get("host", "") and parts.scheme in ("http", "https")
+    # host names are case-insensitive (a browser lowercases both; a client need not)
+    same_host = parts.netloc.lower() == request.headers.get("host", "").lower()
+    return same_host and parts.scheme in ("http", "https")
 
 
 def cookies_secure(request: Request, access: Access) -> bool:
@@ -121,13 +124,8 @@ def cookies_secure(request: Request, access: Access) -> bool:
         return True
     if access.cookie_secure is False:
         return False
-    host = (request.url.hostname or "").strip("[]")
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True  # a name: served behind a proxy that ends TLS, most likely
+    # any other name: served behind a proxy that ends TLS, most likely
+    return not is_loopback((request.url.hostname or "").strip("[]"))
 
 
 def sign_in(response: Response, request: Request, access: Access, user: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-__all__ = ["url_problem"]
+__all__ = ["is_loopback", "url_problem"]
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A loopback host: `localhost` (any case) or a loopback address."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
@@ -36,6 +37,6 @@ def url_problem(url: str, *, https_only: bool = False) -> str | None:
         return f"is not an http(s) URL (scheme {shown})"
     if not parts.hostname:
         return "has no host"
-    if https_only and parts.scheme != "https" and not _loopback(parts.hostname):
+    if https_only and parts.scheme != "https" and not is_loopback(parts.hostname):
         return "must be https (http only for a loopback host, a local stand-in)"
     return None

@@ -258,7 +258,8 @@ async def test_an_action_the_engine_refused_shows_its_rejection() -> None:
 async def test_the_cookie_proves_the_token_without_holding_it_and_is_secure_unless_on_loopback() -> None:
     backend = MemoryBackend()
     for base, secure in (("http://console.test", True), ("https://console.test", True),
-                         ("http://127.0.0.1:8080", False), ("http://localhost:8080", False)):  # fmt: skip
+                         ("http://127.0.0.1:8080", False), ("http://localhost:8080", False),
+                         ("http://LOCALHOST:8080", False), ("http://[::1]:8080", False)):  # fmt: skip
         async with client(backend, Access(TOKEN), base=base) as c:
             origin = base
             ok = await c.post("/login", data={"user": "a", "token": TOKEN}, headers={"Origin": origin})

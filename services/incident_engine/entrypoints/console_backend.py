@@ -36,10 +36,10 @@ from incident_platform.telemetry import inject_headers
 _OPEN_LIMIT = 1000  # the board shows at most this many open incidents
 _TIMELINE_LIMIT = 500
 _ZONES = {"au": "Australia/Sydney", "us": "America/New_York", "uk": "Europe/London"}
+# The report's summary and channel are in the projection's body (migration 0010 filled older ones).
 _SUMMARY_SQL = (
-    "SELECT i.incident_id, i.state, i.policy, i.severity, i.region, i.reported_at, i.updated_at, i.body,"
-    " e.source, e.envelope::jsonb -> 'data' ->> 'summary' AS summary"
-    " FROM incidents i LEFT JOIN event_log e ON e.incident_id = i.incident_id AND e.seq = 1"
+    "SELECT i.incident_id, i.state, i.policy, i.severity, i.region, i.reported_at, i.updated_at, i.body"
+    " FROM incidents i"
 )
 
 
@@ -116,7 +116,7 @@ class EngineConsoleBackend:
         zone = self._zone(incident)
         return IncidentSummary(
             id=row["incident_id"], state=row["state"], severity=row["severity"], region=row["region"],
-            policy=row["policy"], summary=row["summary"] or "", channel=row["source"] or "",
+            policy=row["policy"], summary=incident.summary or "", channel=incident.source or "",
             reported_at=row["reported_at"], updated_at=row["updated_at"],
             clocks=[clock_view(n, c, calendar, zone, now) for n, c in incident.clocks.items()],
         )  # fmt: skip
