@@ -46,22 +46,30 @@ def ago(**kwargs: float) -> datetime:
     return datetime.now(UTC) - timedelta(**kwargs)
 
 
-class OutputCollector:
-    """Reads the output topics from the beginning in the background; keeps what concerns a prefix."""
+class TopicReader:
+    """Reads Kafka topics in the background, without a consumer group, handing each record to
+    `take`; from the beginning, or (`from_now`) from their end at entry."""
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
-        self.events: list[dict[str, Any]] = []
-        self.raw_ids: list[str] = []
+    def __init__(self, bootstrap: str, topics: tuple[str, ...], *, from_now: bool = False) -> None:
+        self.bootstrap, self.topics, self.from_now = bootstrap, topics, from_now
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> OutputCollector:
+    def take(self, record: Any) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
         self._consumer = AIOKafkaConsumer(
-            *OUTPUT_TOPICS, bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest",
-            metadata_max_age_ms=1000,
+            *self.topics, bootstrap_servers=self.bootstrap, group_id=None, metadata_max_age_ms=1000,
+            auto_offset_reset="latest" if self.from_now else "earliest",
         )  # fmt: skip
         await self._consumer.start()
+        if self.from_now:
+            for _ in range(100):  # without a group the consumer takes every partition once it knows them
+                if self._consumer.assignment():
+                    break
+                await asyncio.sleep(0.05)
+            for tp in self._consumer.assignment():  # fix the start now: what comes from here is read
+                await self._consumer.position(tp)
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -83,11 +91,23 @@ class OutputCollector:
                 continue
             for records in batch.values():
                 for r in records:
-                    if r.key is not None and r.key.decode().startswith(self.prefix) and r.value:
-                        out = orjson.loads(r.value)
-                        out["_topic"] = r.topic
-                        out["_headers"] = {k: v.decode() for k, v in r.headers or ()}
-                        self.events.append(out)
+                    self.take(r)
+
+
+class OutputCollector(TopicReader):
+    """Reads the output topics from the beginning in the background; keeps what concerns a prefix."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        super().__init__(bootstrap, OUTPUT_TOPICS)
+        self.prefix = prefix
+        self.events: list[dict[str, Any]] = []
+
+    def take(self, r: Any) -> None:
+        if r.key is not None and r.key.decode().startswith(self.prefix) and r.value:
+            out = orjson.loads(r.value)
+            out["_topic"] = r.topic
+            out["_headers"] = {k: v.decode() for k, v in r.headers or ()}
+            self.events.append(out)
 
     def of(self, type_: str, subject: str | None = None, **data: Any) -> list[dict[str, Any]]:
         """The collected outputs of a type (and subject, and data fields)."""

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,48 +20,23 @@ from devstack.stack import fresh_database
 from incident_contracts import TOPIC_EVENTS
 from incident_intake.people_app import PeopleChannels, start_people
 from incident_intake.people_settings import PeopleSettings
+from tests.integration.engine_helpers import TopicReader
 
 API_TOKEN = "intake-test-token"
 
 
-class EventsTail:
+class EventsTail(TopicReader):
     """Reads incidents.events from its end at entry, in the background (what the intake published)."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+        super().__init__(bootstrap, (TOPIC_EVENTS,), from_now=True)
         self.records: list[dict[str, Any]] = []
-        self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> EventsTail:
-        self._consumer = AIOKafkaConsumer(
-            TOPIC_EVENTS, bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="latest"
-        )
-        await self._consumer.start()
-        for _ in range(100):  # without a group the consumer takes every partition once it knows them
-            if self._consumer.assignment():
-                break
-            await asyncio.sleep(0.05)
-        for tp in self._consumer.assignment():  # fix the start now: what is published from here is read
-            await self._consumer.position(tp)
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._consumer.stop()
-
-    async def _run(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for r in records:
-                    event = orjson.loads(r.value)
-                    event["_key"] = r.key.decode() if r.key else None
-                    event["_headers"] = {k: v.decode() for k, v in r.headers or ()}
-                    self.records.append(event)
+    def take(self, r: Any) -> None:
+        event = orjson.loads(r.value)
+        event["_key"] = r.key.decode() if r.key else None
+        event["_headers"] = {k: v.decode() for k, v in r.headers or ()}
+        self.records.append(event)
 
     def of(self, subject: str, type_: str | None = None) -> list[dict[str, Any]]:
         """The events published for an incident (of a type)."""
