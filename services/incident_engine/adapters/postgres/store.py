@@ -17,15 +17,7 @@ from incident_platform.postgres import create_pool, pool_timeouts
 
 __all__ = ["PostgresStore", "create_pool", "pool_timeouts"]
 
-_EVENT_COLUMNS = (
-    "incident_id", "seq", "event_id", "type", "source", "event_time", "processed_at",
-    "kafka_partition", "kafka_offset", "envelope", "trace_context",
-)  # fmt: skip
-
-_INCIDENT_COLUMNS = (
-    "incident_id", "state", "policy", "severity", "region", "seq", "kafka_partition", "reported_at",
-    "updated_at", "body",
-)  # fmt: skip
+_REFUSED = "EB409"  # write_batch refusing itself (migration 0012): the batch conflicts, nothing written
 
 Conn: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
@@ -33,6 +25,28 @@ SQL = {
     name.stem: name.read_text()
     for name in (Path(__file__).parent / "queries").glob("*.sql")
 }  # fmt: skip
+
+
+def _conflict(batch: BatchWrite, fence: dict[int, int], exc: asyncpg.PostgresError) -> OffsetConflict:
+    """The OffsetConflict for a refused batch, saying which check failed (the counts are in DETAIL)."""
+    try:
+        counts = orjson.loads(getattr(exc, "detail", None) or "{}")
+    except orjson.JSONDecodeError:
+        counts = {}
+    if counts.get("fenced") != counts.get("fence"):
+        return OffsetConflict(
+            f"partitions {sorted(fence)} of {batch.input_topic}: epochs {list(fence.values())}"
+            " no longer all current (another replica claimed one since); batch refused"
+        )
+    if counts.get("offsets") != counts.get("offsets_expected"):
+        return OffsetConflict(
+            f"partitions {sorted(p for (_, p) in batch.offsets)} moved past the offsets this batch"
+            " started from, under this consumer"
+        )
+    return OffsetConflict(
+        f"incident projection out of step ({counts.get('changed')} of {counts.get('changed_expected')}"
+        " rows still at the seq this batch was decided from); batch refused"
+    )
 
 
 class PostgresStore:
@@ -100,14 +114,14 @@ class PostgresStore:
             return [TimerRow(*r) for r in rows]
 
     async def commit(self, batch: BatchWrite) -> None:
-        """Write the batch in one transaction; raise OffsetConflict when the offsets moved under us.
+        """Write the batch atomically; raise OffsetConflict when the offsets moved under us.
 
-        Four round trips whatever the batch holds: one statement for the fence (the ownership
-        epochs and the offsets, checked first, so a zombie batch stops there), changed incidents
-        (conditional on the seq they were decided from), timers, firings, the outbox and the outbox
-        rows already sent; then the new events and the new incidents by COPY; then COMMIT.
+        One statement, so one round trip, outside any explicit transaction (its own): the fence
+        (the ownership epochs and the offsets), changed incidents (conditional on the seq they were
+        decided from), timers, firings, the outbox and the outbox rows already sent, the new events
+        and the new incidents. When a check fails the statement raises EB409 and writes nothing.
         """
-        dumps, fragment = orjson.dumps, orjson.Fragment
+        dumps = orjson.dumps
         offsets = list(batch.offsets.items())
         grouped: dict[int, list[OutboxRow]] = {}
         for out in batch.outbox:
@@ -120,6 +134,7 @@ class PostgresStore:
         gone = [incident_id for incident_id, row in batch.timers.items() if row is None]
         armed = [row for row in batch.timers.values() if row is not None]
         firings = list(batch.firings.items())
+        events = batch.events
         # Every incident's state is read here, before the first await: the next batch is decided
         # while this one commits and changes the same (cached) incidents in place. Read later, a
         # batch would write the states of the next one, whose events, if that one failed, would
@@ -129,15 +144,23 @@ class PostgresStore:
             [inc.seq for inc, _ in changed], [p for _, p in changed],
             [inc.last_event_at for inc, _ in changed], [inc.to_json_bytes().decode() for inc, _ in changed],
         )  # fmt: skip
-        new_rows = [
-            (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, partition,
-             inc.reported_at, inc.last_event_at, fragment(inc.to_json_bytes()))
-            for inc, partition in new
-        ]  # fmt: skip
+        new_rows = (
+            [inc.id for inc, _ in new], [inc.state for inc, _ in new], [inc.policy for inc, _ in new],
+            [inc.severity for inc, _ in new], [inc.region for inc, _ in new], [inc.seq for inc, _ in new],
+            [p for _, p in new], [inc.reported_at for inc, _ in new], [inc.last_event_at for inc, _ in new],
+            [inc.to_json_bytes().decode() for inc, _ in new],
+        )  # fmt: skip
+        event_rows = (
+            [x.incident_id for x in events], [x.seq for x in events], [x.event_id for x in events],
+            [x.type for x in events], [x.source for x in events], [x.event_time for x in events],
+            [x.processed_at for x in events], [x.partition for x in events], [x.offset for x in events],
+            [x.envelope.decode() for x in events],
+            [dumps(x.trace_context).decode() if x.trace_context else None for x in events],
+        )  # fmt: skip
         fence = batch.fence()
         decided_from = batch.decided_from
-        async with self.pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchrow(
+        try:
+            done = await self.pool.fetchrow(
                 SQL["write_batch"],
                 [t for (t, _), _ in offsets], [p for (_, p), _ in offsets],
                 [n for _, (_, n) in offsets], [e for _, (e, _) in offsets],
@@ -152,42 +175,17 @@ class PostgresStore:
                 batch.input_topic, list(fence), list(fence.values()),
                 [decided_from.get(inc.id) for inc, _ in changed],
                 [u for _, (_, u, _) in firings], [b for _, (_, _, b) in firings],
+                *event_rows,
+                *new_rows,
             )  # fmt: skip
-            assert done is not None  # the statement always returns its one row of counts
-            if done["fenced"] != len(fence):
-                raise OffsetConflict(
-                    f"partitions {sorted(fence)} of {batch.input_topic}: epochs {list(fence.values())}"
-                    " no longer all current (another replica claimed one since); batch refused"
-                )
-            if done["offsets"] != len(offsets):
-                raise OffsetConflict(
-                    f"partitions {sorted(p for (_, p), _ in offsets)} moved past the offsets this batch"
-                    " started from, under this consumer"
-                )
-            if done["changed"] != len(changed):  # a row moved on since the decision, or is missing
-                raise OffsetConflict(
-                    f"incident projection out of step ({done['changed']} of {len(changed)} rows still at"
-                    " the seq this batch was decided from); batch refused"
-                )
-            for row_id, partition in zip(done["outbox_ids"], done["outbox_partitions"], strict=True):
-                for out in grouped[partition]:
-                    out.id = row_id
-            if batch.events:
-                # COPY (binary): about half the client CPU of an INSERT from unnest'ed arrays, whose
-                # text elements asyncpg type-checks one by one; the constraints apply all the same.
-                await conn.copy_records_to_table(
-                    "event_log",
-                    columns=_EVENT_COLUMNS,
-                    records=[
-                        (x.incident_id, x.seq, x.event_id, x.type, x.source, x.event_time, x.processed_at,
-                         x.partition, x.offset, fragment(x.envelope), x.trace_context or None)
-                        for x in batch.events
-                    ],
-                )  # fmt: skip
-            if new_rows:
-                # A new incident that exists after all (another engine's zombie batch) fails the
-                # batch on the primary key, like any other conflict: it is redone from the offsets.
-                await conn.copy_records_to_table("incidents", columns=_INCIDENT_COLUMNS, records=new_rows)
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == _REFUSED:
+                raise _conflict(batch, fence, exc) from None
+            raise
+        assert done is not None  # the statement always returns its one row
+        for row_id, partition in zip(done["outbox_ids"], done["outbox_partitions"], strict=True):
+            for out in grouped[partition]:
+                out.id = row_id
 
     async def pending_outbox(self, partitions: list[int], limit: int) -> list[OutboxRow]:
         """The oldest unsent outputs of these partitions, in commit order (`limit` counts rows of batches)."""

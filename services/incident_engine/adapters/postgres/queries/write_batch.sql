@@ -1,24 +1,31 @@
--- Everything of a batch that is not COPYed, in one statement: each round trip of a batch's
--- transaction waits for the Postgres backend to be scheduled, which on a busy machine costs more
--- than the work. Data-modifying CTEs all run, on disjoint rows; the caller checks the counts.
+-- A whole batch in one statement, run outside any explicit transaction (its own, committed when it
+-- ends): one round trip. Each round trip of a batch waits for the engine's event loop, busy deciding
+-- the next batch, and for the Postgres backend to be scheduled; on a busy machine that cost more than
+-- the work. Data-modifying CTEs all run, on disjoint rows. `gate` checks the fence, the offsets and
+-- the projection seqs first; the rows that could collide with another writer's (the event log, new
+-- incidents) are inserted only when it passes, and the final SELECT raises EB409 (migration 0012)
+-- when it does not, which rolls back everything the statement wrote.
 --  $1-$4   offsets: topic, partition, next offset, offset the batch started from (fencing: a row
---          that moved past it is left alone, and the caller raises OffsetConflict)
+--          that moved past it is left alone, and the batch is refused)
 --  $5-$10  existing incidents: id, state, seq, partition, updated_at, body (JSON text)
 --  $11     incidents without a pending timer any more
 --  $12-$15 timers armed: incident id, partition, due_at, trace context (JSON text)
 --  $16-$18 timer firings outside an event: incident id, moment, partition (with $28-$29: the
 --          horizons they fired under, until and breach until)
 --  $19-$21 outbox rows: input partition, message count, messages
---  $22     the consumer group; $23 outbox rows the relay has sent (deleted here: no transaction of
---          their own)
+--  $22     the consumer group; $23 outbox rows the relay has sent (deleted here)
 --  $24-$26 fencing: the input topic, every partition the batch touches, the epoch it was decided
 --          under (0: never claimed). `held` locks the owner rows it matched (FOR SHARE, in partition
---          order, as `claim` updates them): a claim waits for this transaction, and this statement
---          waits for a claim in progress and then sees its new epoch. The caller refuses the batch
---          unless every partition matched.
+--          order, as `claim` updates them): a claim waits for this statement, and this statement
+--          waits for a claim in progress and then sees its new epoch. The batch is refused unless
+--          every partition matched.
 --  $27     the seq each existing incident's decisions started from (NULL: unconditional); an
---          update whose row moved on is skipped, and the caller refuses the batch
+--          update whose row moved on is skipped, and the batch is refused
 --  $28-$29 the horizons of the timer firings ($16-$18)
+--  $30-$40 new events: incident id, seq, event id, type, source, event time, processed at,
+--          partition, offset, envelope (JSON text), trace context (JSON text)
+--  $41-$50 new incidents: id, state, policy, severity, region, seq, partition, reported_at,
+--          updated_at, body (JSON text)
 WITH held AS (
     SELECT o.kafka_partition
     FROM partition_owners AS o
@@ -72,10 +79,41 @@ WITH held AS (
     RETURNING id, kafka_partition
 ), sent AS (
     DELETE FROM outbox WHERE id = ANY($23::bigint[])
+), gate AS (
+    SELECT f.fenced, o.offsets, c.changed,
+           f.fenced = cardinality($25::int[]) AND o.offsets = cardinality($1::text[])
+               AND c.changed = cardinality($5::text[]) AS ok
+    FROM (SELECT (SELECT count(*) FROM held) + (SELECT count(*) FROM unclaimed) AS fenced) AS f,
+         (SELECT count(*) AS offsets FROM offsets) AS o,
+         (SELECT count(*) AS changed FROM changed) AS c
+), logged AS (
+    INSERT INTO event_log (incident_id, seq, event_id, type, source, event_time, processed_at,
+                           kafka_partition, kafka_offset, envelope, trace_context)
+    SELECT u.incident_id, u.seq, u.event_id, u.type, u.source, u.event_time, u.processed_at,
+           u.kafka_partition, u.kafka_offset, u.envelope::json, u.trace_context::jsonb
+    FROM unnest($30::text[], $31::int[], $32::text[], $33::text[], $34::text[], $35::timestamptz[],
+                $36::timestamptz[], $37::int[], $38::bigint[], $39::text[], $40::text[])
+         AS u(incident_id, seq, event_id, type, source, event_time, processed_at, kafka_partition,
+              kafka_offset, envelope, trace_context)
+    WHERE (SELECT ok FROM gate)
+), created AS (
+    -- a new incident that exists after all (another engine's zombie batch, fenced off above) is a
+    -- conflict like the others; one that still collides fails the statement on the primary key
+    INSERT INTO incidents (incident_id, state, policy, severity, region, seq, kafka_partition,
+                           reported_at, updated_at, body)
+    SELECT u.incident_id, u.state, u.policy, u.severity, u.region, u.seq, u.kafka_partition,
+           u.reported_at, u.updated_at, u.body::json
+    FROM unnest($41::text[], $42::text[], $43::text[], $44::text[], $45::text[], $46::int[],
+                $47::int[], $48::timestamptz[], $49::timestamptz[], $50::text[])
+         AS u(incident_id, state, policy, severity, region, seq, kafka_partition, reported_at,
+              updated_at, body)
+    WHERE (SELECT ok FROM gate)
 )
-SELECT (SELECT count(*) FROM held) + (SELECT count(*) FROM unclaimed) AS fenced,
-       (SELECT count(*) FROM offsets) AS offsets,
-       (SELECT count(*) FROM changed) AS changed,
+SELECT CASE WHEN g.ok THEN false
+            ELSE engine_batch_refused(g.fenced, cardinality($25::int[]), g.offsets,
+                                      cardinality($1::text[]), g.changed, cardinality($5::text[]))
+       END AS refused,
        (SELECT coalesce(array_agg(id ORDER BY kafka_partition), '{}') FROM queued) AS outbox_ids,
        (SELECT coalesce(array_agg(kafka_partition ORDER BY kafka_partition), '{}') FROM queued)
            AS outbox_partitions
+FROM gate AS g
