@@ -161,10 +161,10 @@ def slow_commits(service: EngineService, rng: random.Random, most: float) -> Non
     slow database would: its rows are taken when it starts)."""
     assert service.loop is not None
     processor = service.loop.processor
-    commit: Callable[[Any], Awaitable[None]] = processor.commit
+    commit: Callable[..., Awaitable[None]] = processor.commit
 
-    async def slowly(result: Any) -> None:
-        await commit(result)
+    async def slowly(result: Any, after: Awaitable[object] | None = None) -> None:
+        await commit(result, after)
         await asyncio.sleep(rng.uniform(0, most))
 
     processor.commit = slowly  # type: ignore[method-assign]

@@ -7,7 +7,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,11 +34,11 @@ class RefusingStore(PostgresStore):
     """The real store, except that the events of incidents named `*-poison` carry a NUL into the
     event log: PostgreSQL itself refuses them (whatever the contract lets through in this branch)."""
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: Awaitable[object] | None = None) -> None:
         for logged in batch.events:
             if logged.incident_id.endswith(POISON_SUFFIX):
                 logged.source += "\x00"
-        await super().commit(batch)
+        await super().commit(batch, after=after)
 
 
 class FlakyTimerStore(PostgresStore):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -232,3 +233,42 @@ async def test_parked_outputs_are_kept_apart_from_the_outbox(store: EventStore) 
     assert error.startswith("MessageSizeTooLargeError")
     await store.unpark([parked.id])
     assert await store.parked_outputs() == []
+
+
+async def test_a_chained_commit_takes_its_rows_at_once_and_writes_after_the_previous(
+    store: EventStore,
+) -> None:
+    """`after`: the rows are read when the commit is called (the loop then changes the cached
+    incidents in place for the next batch), written once the previous commit is done."""
+    first = asyncio.get_running_loop().create_future()
+    inc = incident("A")
+    chained = asyncio.create_task(
+        store.commit(
+            batch(0, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (inc, 0)}, created={"A"}),
+            after=first,
+        )
+    )
+    await asyncio.sleep(0.05)
+    inc.state, inc.seq = "acknowledged", 2  # the next batch, decided meanwhile, changes it in place
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {}  # nothing before `after`
+    first.set_result(None)
+    await chained
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 1}
+    loaded = await store.load_incidents(["A"])
+    assert (loaded["A"].state, loaded["A"].seq) == ("reported", 1)  # as it was when called
+
+
+async def test_a_commit_chained_to_a_failed_one_writes_nothing(store: EventStore) -> None:
+    first = asyncio.get_running_loop().create_future()
+    chained = asyncio.create_task(
+        store.commit(
+            batch(0, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}, created={"A"}),
+            after=first,
+        )
+    )
+    await asyncio.sleep(0)
+    first.set_exception(OffsetConflict("the previous batch was refused"))
+    with pytest.raises(OffsetConflict, match="previous batch"):
+        await chained
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {}
+    assert await store.read_log() == [] and await store.load_incidents(["A"]) == {}

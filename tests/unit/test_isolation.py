@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -95,7 +95,7 @@ class FaultyStore(MemoryStore):
         self.refuse_dead_letters = False
         self.commits = 0
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: Awaitable[object] | None = None) -> None:
         self.commits += 1
         if self.commit_failures:
             raise self.commit_failures.pop(0)
@@ -103,7 +103,7 @@ class FaultyStore(MemoryStore):
             raise NUL_ERROR
         if self.refuse_dead_letters and any(b'"unprocessable"' in o.payload for o in batch.outbox):
             raise NUL_ERROR
-        await super().commit(batch)
+        await super().commit(batch, after=after)
 
     async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
         if self.timer_load_failures:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -183,10 +184,10 @@ async def test_an_incident_in_two_pipelined_batches_stays_cached_until_both_comm
     # As in Postgres, a commit serializes its rows when it starts, and finishes later.
     gate, commit = asyncio.Event(), store.commit
 
-    async def held_commit(batch: BatchWrite) -> None:
+    async def held_commit(batch: BatchWrite, after: Awaitable[object] | None = None) -> None:
         rows = {i: (inc.copy(), p) for i, (inc, p) in batch.incidents.items()}
         await gate.wait()
-        await commit(dataclasses.replace(batch, incidents=rows))
+        await commit(dataclasses.replace(batch, incidents=rows), after=after)
 
     store.commit = held_commit  # type: ignore[method-assign]
     first = await processor.decide([feed(ev("investigating", "R", T0 + timedelta(minutes=5)))], [], now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
@@ -64,9 +65,13 @@ class MemoryStore:
         """Every pending timer row of these partitions."""
         return [copy.copy(t) for t in self.timers.values() if t.partition in partitions]
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: Awaitable[object] | None = None) -> None:
         """Apply the batch atomically; raise OffsetConflict (changing nothing) when an epoch is stale,
-        the offsets moved or a projection moved past the seq the batch was decided from."""
+        the offsets moved or a projection moved past the seq the batch was decided from. The states
+        are taken at once, then written once `after` (the previous batch's commit) is done."""
+        bodies = {incident_id: incident.to_json() for incident_id, (incident, _) in batch.incidents.items()}
+        if after is not None:
+            await after
         for partition, epoch in batch.fence().items():
             if self.owners.get((batch.group_id, batch.input_topic, partition), 0) != epoch:
                 raise OffsetConflict(f"{batch.input_topic}[{partition}]: epoch {epoch} is stale")
@@ -99,8 +104,7 @@ class MemoryStore:
                 "kafka_offset": event.offset, "envelope": orjson.loads(event.envelope),
                 "trace_context": event.trace_context,
             }  # fmt: skip
-        for incident_id, (incident, _) in batch.incidents.items():
-            self.incidents[incident_id] = incident.to_json()
+        self.incidents.update(bodies)
         for incident_id, row in batch.timers.items():
             if row is None:
                 self.timers.pop(incident_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -138,9 +139,13 @@ class EventStore(Protocol):
         """Every pending timer row of these partitions."""
         ...
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: Awaitable[object] | None = None) -> None:
         """Write the batch in one transaction; raise OffsetConflict (writing nothing) when the offsets
         moved under us, an epoch of `batch.fence()` is stale or a projection left `decided_from`.
+
+        `after`: the commit of the batch decided before this one, still running. The batch's rows
+        are taken from its (shared, cached) incidents at once, before anything is awaited; they are
+        written once `after` is done, and not at all when it failed (its exception is raised).
 
         Sets the `id` of each of `batch.outbox` to its outbox row's (the relay deletes by it).
         """

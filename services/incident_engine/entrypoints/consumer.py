@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +50,7 @@ class EngineLoop:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         allowance: timedelta = timedelta(0),
         on_timer_dropped: Callable[[str], None] | None = None,
+        commit_depth: int = 2,
     ) -> None:
         self.processor = processor
         self.store = store
@@ -70,7 +72,10 @@ class EngineLoop:
         self._needs_reset = False
         self._pending: set[int] = set()  # assigned before the loop had its consumer
         self._batch_lock = asyncio.Lock()
-        self._inflight: asyncio.Task[BatchResult] | None = None
+        # Commits under way, oldest first, each chained to the one before (see `step`); at most
+        # `commit_depth` of them: the loop decides ahead of Postgres by that many batches.
+        self.commit_depth = max(1, commit_depth)
+        self._inflight: deque[asyncio.Task[BatchResult]] = deque()
         self.batches = 0
         self._take_failed = False  # an assignment whose offsets or timers did not load: not ready
         self.isolation = Isolation(self, on_timer_dropped)  # after a batch failed on its input
@@ -268,8 +273,11 @@ class EngineLoop:
     async def step(self) -> BatchResult | None:
         """One batch: wait for input or the next timer, decide both, and start committing them.
 
-        The commit runs while the next batch is fetched and decided (Postgres and Python overlap);
-        commits stay in order, and a failed one voids the batch decided on top of it.
+        Commits run while the next batches are fetched and decided (Postgres and Python overlap), up
+        to `commit_depth` of them: each is chained to the one before, so they land in the order they
+        were decided, and a failed one voids every batch decided on top of it. The loop waits for a
+        commit only when that many are under way: a due timer is never held behind a slow commit
+        (the wait used to follow every batch, and set the tail of timer lateness, issue 17).
         """
         assert self.consumer is not None
         wait_ms = self.batch_timeout_ms
@@ -279,8 +287,7 @@ class EngineLoop:
             # past the wall clock but not yet the watermark: the next fetch response (within the
             # long poll) moves it; look again soon rather than spin
             wait_ms = min(wait_ms, max(until_wake, 2))
-        if self._inflight is not None and self._inflight.done():
-            await self._finish_inflight()
+        self._reap()
         fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
         records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
         async with self._batch_lock:
@@ -295,7 +302,8 @@ class EngineLoop:
             started = time.perf_counter()
             try:
                 result = await self.processor.decide(records, due, now, watermarks)
-                await self._finish_inflight()
+                while len(self._inflight) >= self.commit_depth:
+                    await self._finish_oldest()
             except BaseException:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
@@ -303,7 +311,8 @@ class EngineLoop:
             self.note_event_times(result)
             if self.before_commit is not None:
                 self.before_commit(result)
-            self._inflight = asyncio.create_task(self._commit(result, started))
+            previous = self._inflight[-1] if self._inflight else None
+            self._inflight.append(asyncio.create_task(self._commit(result, started, previous)))
             # Let the commit start now: the store takes its rows from the (cached, shared) incidents
             # before its first await, and the next batch changes those incidents in place.
             await asyncio.sleep(0)
@@ -375,8 +384,10 @@ class EngineLoop:
             self.fetched_at.pop(partition, None)
             self.caught_up.discard(partition)
 
-    async def _commit(self, result: BatchResult, started: float) -> BatchResult:
-        await self.processor.commit(result)
+    async def _commit(
+        self, result: BatchResult, started: float, previous: asyncio.Task[BatchResult] | None = None
+    ) -> BatchResult:
+        await self.processor.commit(result, after=previous)
         dropped = self.isolation.dropped_timers
         if dropped:  # an incident changed by a new event has new timers: they load again on a reset
             for event in result.write.events:
@@ -389,14 +400,36 @@ class EngineLoop:
             self.on_batch(result, time.perf_counter() - started)
         return result
 
-    async def _finish_inflight(self) -> None:
-        """Wait for the batch being committed; its failure is raised here (the caller resets)."""
-        task, self._inflight = self._inflight, None
-        if task is not None:
+    def _reap(self) -> None:
+        """Take the commits that are done, oldest first; a failure is raised here (the caller resets)."""
+        inflight = self._inflight
+        while inflight and inflight[0].done():
+            task = inflight.popleft()
+            if task.cancelled() or task.exception() is not None:
+                self._discard_inflight()
+            task.result()
+
+    async def _finish_oldest(self) -> None:
+        task = self._inflight.popleft()
+        try:
             await task
+        except BaseException:
+            self._discard_inflight()
+            raise
+
+    def _discard_inflight(self) -> None:
+        """After a commit failed: the ones chained to it fail too (they wait on it), unwritten."""
+        for task in self._inflight:
+            task.add_done_callback(_retrieved)
+        self._inflight.clear()
+
+    async def _finish_inflight(self) -> None:
+        """Wait for every commit under way; the first failure is raised here (the caller resets)."""
+        while self._inflight:
+            await self._finish_oldest()
 
     async def drain(self) -> None:
-        """Wait for the commit in flight, if any (on shutdown and rebalance); failures mean a reset."""
+        """Wait for the commits in flight, if any (on shutdown and rebalance); failures mean a reset."""
         try:
             await self._finish_inflight()
         except Exception as exc:
@@ -410,3 +443,9 @@ class EngineLoop:
     def status(self) -> dict[str, Any]:
         """What /readyz and logs say about the loop."""
         return {"partitions": sorted(self.assigned), "timers": len(self.timers), "batches": self.batches}
+
+
+def _retrieved(task: asyncio.Task[BatchResult]) -> None:
+    """Mark a discarded commit's outcome as seen (it failed with the one it was chained to)."""
+    if not task.cancelled():
+        task.exception()

@@ -7,7 +7,7 @@ import itertools
 import random
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -216,10 +216,11 @@ class BatchProcessor:
         self.uncommitted_ids.update((e.source, e.event_id) for e in result.write.events)
         return result
 
-    async def commit(self, result: BatchResult) -> None:
-        """Write a decided batch (batches commit in the order they were decided)."""
+    async def commit(self, result: BatchResult, after: Awaitable[object] | None = None) -> None:
+        """Write a decided batch (batches commit in the order they were decided: `after` is the
+        commit of the one decided before it, if still running; see `EventStore.commit`)."""
         try:
-            await self.store.commit(result.write)
+            await self.store.commit(result.write, after=after)
         except BaseException:
             self.abandon()
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -113,7 +114,7 @@ class PostgresStore:
             )
             return [TimerRow(*r) for r in rows]
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: Awaitable[object] | None = None) -> None:
         """Write the batch atomically; raise OffsetConflict when the offsets moved under us.
 
         One statement, so one round trip, outside any explicit transaction (its own): the fence
@@ -159,6 +160,8 @@ class PostgresStore:
         )  # fmt: skip
         fence = batch.fence()
         decided_from = batch.decided_from
+        if after is not None:
+            await after  # the batch decided before this one; its failure is this one's
         try:
             done = await self.pool.fetchrow(
                 SQL["write_batch"],
