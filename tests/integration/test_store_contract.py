@@ -272,3 +272,65 @@ async def test_a_commit_chained_to_a_failed_one_writes_nothing(store: EventStore
         await chained
     assert await store.committed_offsets("g", "incidents.events", [0]) == {}
     assert await store.read_log() == [] and await store.load_incidents(["A"]) == {}
+
+
+async def test_a_zombie_batch_colliding_with_the_new_owners_rows_is_a_conflict(store: EventStore) -> None:
+    """The batch is one statement now: a fenced-off batch whose new incident and event the new owner
+    has written since must be refused as a conflict, never fail on a unique key (isolation takes
+    that for bad input and would dead-letter the message)."""
+    (zombie,) = (await store.claim("g", "incidents.events", [0])).values()
+    (owner,) = (await store.claim("g", "incidents.events", [0])).values()
+    await store.commit(batch(0, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)},
+                             created={"A"}, epochs={0: owner}))  # fmt: skip
+    for epoch, start in ((zombie, 0), (owner, 0)):  # fenced off; or the owner's own stale batch
+        with pytest.raises(OffsetConflict):
+            await store.commit(
+                batch(start, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)},
+                      created={"A"}, epochs={0: epoch}, timers={"A": TimerRow("A", 0, T0)},
+                      outbox=[OutboxRow(0, "incidents.state", b"A", "o", b"{}")])
+            )  # fmt: skip
+        assert await store.timer_rows() == {} and await store.outbox_backlog() == 0
+    assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 1}
+
+
+async def test_a_batch_waits_for_a_claim_in_progress_and_is_refused(postgres: Service) -> None:
+    """`held` locks the owner rows FOR SHARE: a batch decided under the old epoch, written while
+    another replica's claim is not committed yet, waits for it, then sees the new epoch and writes
+    nothing (not under the stale epoch, not half of the batch)."""
+    import asyncpg
+
+    from incident_engine.adapters.postgres.store import SQL
+
+    dsn = await fresh_database(postgres.url)
+    await migrate(dsn)
+    pool = await create_pool(dsn)
+    other = await asyncpg.connect(dsn)
+    try:
+        store = PostgresStore(pool)
+        (epoch,) = (await store.claim("g", "incidents.events", [0])).values()
+        await store.commit(batch(0, 1, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)},
+                                 created={"A"}, epochs={0: epoch}))  # fmt: skip
+        claiming = other.transaction()
+        await claiming.start()
+        await other.fetch(SQL["claim_partitions"], "g", "incidents.events", [0])
+        writing = asyncio.create_task(
+            store.commit(
+                batch(1, 3, events=[logged("A", 2, "e2", 1), logged("B", 1, "e3", 2)],
+                      incidents={"A": (incident("A", 2), 0), "B": (incident("B"), 0)}, created={"B"},
+                      decided_from={"A": 1}, epochs={0: epoch}, timers={"B": TimerRow("B", 0, T0)},
+                      outbox=[OutboxRow(0, "incidents.state", b"B", "o", b"{}")])
+            )
+        )  # fmt: skip
+        await asyncio.sleep(0.3)
+        assert not writing.done()  # waiting for the claim's transaction
+        await claiming.commit()
+        with pytest.raises(OffsetConflict, match="no longer all current"):
+            await writing
+        assert await store.committed_offsets("g", "incidents.events", [0]) == {0: 1}
+        assert [(r["incident_id"], r["seq"]) for r in await store.read_log()] == [("A", 1)]
+        assert (await store.incident_rows()).keys() == {"A"}
+        assert (await store.load_incidents(["A"]))["A"].seq == 1
+        assert await store.timer_rows() == {} and await store.outbox_backlog() == 0
+    finally:
+        await other.close()
+        await pool.close()

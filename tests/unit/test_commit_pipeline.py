@@ -154,3 +154,47 @@ async def test_depth_one_waits_for_each_commit() -> None:
     assert await second is not None
     await loop.drain()
     assert store.applied == [[1], [2]]
+
+
+class SnapshotLookupStore(MemoryStore):
+    """A MemoryStore whose `lookup` reads at once (Postgres takes its snapshot when the statement
+    starts) but answers only when `answer` is set: a commit can land, and be seen by the loop, in
+    between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.answer.set()
+
+    async def lookup(self, event_keys, incident_ids):  # type: ignore[no-untyped-def]
+        found = await super().lookup(event_keys, incident_ids)
+        await self.answer.wait()
+        return found
+
+
+async def test_a_repeat_stays_known_when_its_batch_commits_while_the_next_one_looks_it_up() -> None:
+    """The next batch's lookup read the log before the first batch committed; the first batch's
+    commit (and its bookkeeping) finished before that answer came back. The repeat is neither in
+    the log the lookup read nor among the ids still uncommitted once it answered: it must still be
+    known, dropped silently, not applied a second time (a duplicate in the log, or a rejection
+    output for an input that was only delivered twice)."""
+    from tests.unit.test_processor import Feed
+
+    store = SnapshotLookupStore()
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+    feed = Feed()
+    report = ev("reported", "R-1", NOW, severity="critical", region="au")
+    ack = ev("acknowledged", "R-1", NOW + M)
+    first = await processor.decide([feed(report), feed(ack)], [], NOW + 2 * M)
+    store.answer.clear()
+    second = asyncio.create_task(processor.decide([feed(ack)], [], NOW + 2 * M))  # the ack, redelivered
+    for _ in range(3):
+        await asyncio.sleep(0)  # its lookup has read the store, and waits to answer
+    assert not second.done()
+    await processor.commit(first)
+    store.answer.set()
+    result = await second
+    assert result.outcomes[("incident.acknowledged", "ignored_repeat")] == 1
+    assert result.write.events == [] and result.outputs == []
+    await processor.commit(result)
+    assert sorted(seq for _, seq in store.log) == [1, 2]

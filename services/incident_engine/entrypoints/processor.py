@@ -177,10 +177,14 @@ class BatchProcessor:
         wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
         cache = self.cache
         states = {i: inc for i in wanted if (inc := cache.get(i)) is not None}
+        # The ids still uncommitted are taken before the lookup, not after: its snapshot may predate
+        # a commit that lands (and leaves `uncommitted_ids`) before it answers; such an id would be
+        # in neither, and its repeat applied twice.
+        pending = [i for i in ids if i in self.uncommitted_ids]
         known, loaded = await self.store.lookup(ids, [i for i in wanted if i not in states])
         states.update(loaded)
         decided_from = {incident_id: inc.seq for incident_id, inc in states.items()}  # before any change
-        known.update(i for i in ids if i in self.uncommitted_ids)
+        known.update(pending)
         try:
             for n, (record, item) in enumerate(zip(records, parsed, strict=True), 1):
                 if n % _YIELD_EVERY == 0:
