@@ -129,7 +129,10 @@ async def test_a_failed_commit_voids_the_batch_chained_to_it_and_a_reset_redoes_
     # Neither batch wrote anything: the second waited for the first and failed with it.
     assert store.applied == [] and store.log == {} and store.offsets == {}
     assert not loop._inflight
+    chained = list(loop._discarded)
     await loop._reset()  # what `run` does next: rewind to what the store holds
+    # the reset first waited for the batch chained to the failed one (its clean-up included)
+    assert chained and all(task.done() for task in chained) and not loop._discarded
     outputs = []
     while (result := await loop.step()) is not None:
         outputs += [o.id for o in result.outputs]

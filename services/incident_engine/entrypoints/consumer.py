@@ -76,6 +76,7 @@ class EngineLoop:
         # `commit_depth` of them: the loop decides ahead of Postgres by that many batches.
         self.commit_depth = max(1, commit_depth)
         self._inflight: deque[asyncio.Task[BatchResult]] = deque()
+        self._discarded: list[asyncio.Task[BatchResult]] = []  # chained to a failed commit: see `drain`
         self.batches = 0
         self._take_failed = False  # an assignment whose offsets or timers did not load: not ready
         self.isolation = Isolation(self, on_timer_dropped)  # after a batch failed on its input
@@ -418,9 +419,12 @@ class EngineLoop:
             raise
 
     def _discard_inflight(self) -> None:
-        """After a commit failed: the ones chained to it fail too (they wait on it), unwritten."""
+        """After a commit failed: the ones chained to it fail too (they wait on it), unwritten. They
+        end in the next turns of the loop; `drain` (the first step of a reset) waits for them, so
+        that their clean-up (`BatchProcessor.abandon`) is over before anything is decided again."""
         for task in self._inflight:
             task.add_done_callback(_retrieved)
+        self._discarded.extend(self._inflight)
         self._inflight.clear()
 
     async def _finish_inflight(self) -> None:
@@ -435,6 +439,9 @@ class EngineLoop:
         except Exception as exc:
             log.warning("last batch did not commit (%r); it will be redone from the stored offsets", exc)
             self._needs_reset = True
+        if self._discarded:
+            discarded, self._discarded = self._discarded, []
+            await asyncio.gather(*discarded, return_exceptions=True)
 
     def stop(self) -> None:
         """Finish the current batch, then leave the loop."""
