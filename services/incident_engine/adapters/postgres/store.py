@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 import orjson
@@ -19,8 +19,6 @@ from incident_platform.postgres import create_pool, pool_timeouts
 __all__ = ["PostgresStore", "create_pool", "pool_timeouts"]
 
 _REFUSED = "EB409"  # write_batch refusing itself (migration 0012): the batch conflicts, nothing written
-
-Conn: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 SQL = {
     name.stem: name.read_text()
