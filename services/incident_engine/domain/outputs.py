@@ -86,28 +86,19 @@ def timer_fired(incident: Incident, timer: Timer, now: datetime) -> OutputEvent:
                 "source": incident.source,
             },
         )
-    data: dict[str, Any]
+    data: dict[str, Any] = {
+        "due_at": due,
+        "policy": incident.policy,
+        "severity": incident.severity,
+        "region": incident.region,
+        "summary": incident.summary,
+        "source": incident.source,
+    }
     if kind == BREACH:
         event_type = SLA_BREACHED
-        data = {
-            "clock": clock,
-            "due_at": due,
-            "policy": incident.policy,
-            "severity": incident.severity,
-            "region": incident.region,
-            "summary": incident.summary,
-            "source": incident.source,
-        }
+        data = {"clock": clock, **data}  # key order unchanged: the clock first
     else:
         event_type = FAILOVER_REQUIRED
-        data = {
-            "due_at": due,
-            "policy": incident.policy,
-            "severity": incident.severity,
-            "region": incident.region,
-            "summary": incident.summary,
-            "source": incident.source,
-        }
     digest = new_id_digest()  # = stable_id(...) = Timer.output_id, one call less
     digest.update(f"{incident_id}/{clock}/{cycle}/{kind}".encode())
     return OutputEvent(
