@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -68,6 +69,17 @@ async def ensure_topics(bootstrap: str, replicas: int = 1) -> None:
                 await admin.create_topics([NewTopic(topic, PARTITIONS, replicas)])
     finally:
         await admin.close()
+
+
+async def end_offsets(bootstrap: str) -> dict[int, int]:
+    """The end offset of each input partition now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(TOPIC_EVENTS, p) for p in range(PARTITIONS)])
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -53,9 +53,8 @@ import asyncpg
 import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
+from bench_common import PARTITIONS, end_offsets, ensure_topics
 from devstack.stack import fresh_database, start_kafka, start_postgres
 from incident_contracts import TOPIC_EVENTS, parse_event
 from incident_engine.adapters.postgres.migrate import migrate
@@ -65,8 +64,6 @@ from incident_engine.adapters.telemetry import Telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.app import EngineService
-
-PARTITIONS = 6
 
 
 def generate(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -124,14 +121,7 @@ def generate_ack_heavy(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
 
 async def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> dict[int, int]:
     """Send the messages; return the end offset of each partition afterwards."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(TOPIC_EVENTS, PARTITIONS, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        await admin.close()
+    await ensure_topics(bootstrap)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks="all"
     )
@@ -141,14 +131,16 @@ async def produce(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> dict[i
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(TOPIC_EVENTS, p) for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return {tp.partition: off for tp, off in ends.items()}
+    return await end_offsets(bootstrap)
+
+
+def group_consumer(bootstrap: str, group: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer of the input topic in its own group, from the earliest offset, committing nothing
+    by itself (each baseline commits, or not, its own way)."""
+    return AIOKafkaConsumer(
+        TOPIC_EVENTS, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+        enable_auto_commit=False, **options,
+    )  # fmt: skip
 
 
 async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500) -> float:
@@ -158,10 +150,7 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
         "CREATE TABLE raw_events (k text, v jsonb, p int, o bigint);"
         "CREATE TABLE raw_offsets (p int PRIMARY KEY, o bigint)"
     )
-    consumer = AIOKafkaConsumer(
-        TOPIC_EVENTS, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
-    )  # fmt: skip
+    consumer = group_consumer(bootstrap, f"raw-{uuid.uuid4().hex[:6]}")
     await consumer.start()
     total = sum(ends.values())
     seen = 0
@@ -213,10 +202,7 @@ async def naive_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int 
         "CREATE TABLE naive_events (kafka_partition int, kafka_offset bigint, incident_id text,"
         " body jsonb, PRIMARY KEY (kafka_partition, kafka_offset))"
     )
-    consumer = AIOKafkaConsumer(
-        TOPIC_EVENTS, bootstrap_servers=bootstrap, group_id=f"naive-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=batch,
-    )  # fmt: skip
+    consumer = group_consumer(bootstrap, f"naive-{uuid.uuid4().hex[:6]}", max_poll_records=batch)
     await consumer.start()
     total, seen = sum(ends.values()), 0
     started = time.perf_counter()
@@ -282,10 +268,7 @@ async def same_rows(
     pool = await create_pool(dsn)
     store = PostgresStore(pool)
     group = f"rows-{uuid.uuid4().hex[:6]}"
-    consumer = AIOKafkaConsumer(
-        TOPIC_EVENTS, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )  # fmt: skip
+    consumer = group_consumer(bootstrap, group)
     await consumer.start()
     total, seen = sum(ends.values()), 0
     started = time.perf_counter()
@@ -504,17 +487,6 @@ async def postmaster_pid(pool: asyncpg.Pool | asyncpg.Connection[Any]) -> int:
     """The postmaster's pid, from its data directory (the server is local to the benchmark)."""
     data = await pool.fetchval("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
     return int((Path(data) / "postmaster.pid").read_text().split()[0])
-
-
-async def end_offsets(bootstrap: str) -> dict[int, int]:
-    """The end offset of each input partition now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(TOPIC_EVENTS, p) for p in range(PARTITIONS)]
-        return {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
 
 
 async def naive_acks(

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import orjson
 
-from bench_common import command_line, emit, ensure_topics, rss_bytes, spawn_engine, wait_status
-from bench_timers import end_offsets, start_at
+from bench_common import command_line, emit, end_offsets, ensure_topics, rss_bytes, spawn_engine, wait_status
+from bench_timers import start_at
 from devstack.stack import start_kafka, start_postgres
 from incident_engine.domain import Incident
 from incident_engine.entrypoints.processor import IncidentCache

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import asyncpg
 
-from bench_common import command_line, emit, ensure_topics, spawn_engine, wait_status
-from bench_timers import end_offsets, start_at
+from bench_common import command_line, emit, end_offsets, ensure_topics, spawn_engine, wait_status
+from bench_timers import start_at
 from devstack.stack import start_kafka, start_postgres
 from incident_engine.entrypoints.commands import build_event, publish_events
 from timer_seed import seeded_and_empty

@@ -43,6 +43,7 @@ from bench_common import (
     PARTITIONS,
     command_line,
     emit,
+    end_offsets,
     ensure_topics,
     percentile,
     spawn_engine,
@@ -139,17 +140,6 @@ async def collect(
                     due += GRACE  # held for evidence in flight on purpose: not late
                 fired = datetime.fromisoformat(out["time"]).timestamp()
                 into.append((due, fired, r.timestamp / 1000))
-
-
-async def end_offsets(bootstrap: str) -> dict[int, int]:
-    """The end offset of each input partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(TOPIC_EVENTS, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-    return {tp.partition: offset for tp, offset in ends.items()}
 
 
 async def start_at(dsn: str, group: str, offsets: dict[int, int]) -> None:

@@ -270,9 +270,16 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="comma-separated names: " + ",".join(b.name for b in BENCHES)
     )
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and results.md")
     args = parser.parse_args()
     only = {name for name in args.only.split(",") if name}
+    if unknown := sorted(only - {b.name for b in BENCHES}):
+        names = ",".join(b.name for b in BENCHES)
+        parser.error(f"--only {','.join(unknown)}: no such benchmark (one of {names})")
+    try:  # before the benchmarks run, not after
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot use it as the results folder ({exc.strerror})")
     out_dir = HERE / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     kafka, _ = start_kafka()
