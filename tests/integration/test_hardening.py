@@ -230,7 +230,8 @@ async def test_a_batch_commits_the_states_it_decided_while_the_next_one_is_decid
         first, second = (Record(n, orjson.dumps(e), b"X") for n, e in enumerate(changes))
         decided = await processor.decide([first], [], now)
         committing = asyncio.create_task(processor.commit(decided))
-        await processor.decide([second], [], now)  # overlaps the commit, as the loop does
+        await asyncio.sleep(0)  # the loop lets the commit start, then decides on (EngineLoop.step)
+        await processor.decide([second], [], now)  # overlaps the commit (X cached: no await in it)
         await committing
         row = await pool.fetchrow("SELECT state, seq, body FROM incidents WHERE incident_id = 'X'")
         assert (row["state"], row["seq"], row["body"]["state"]) == ("reported", 1, "reported")

@@ -9,7 +9,14 @@ from typing import Any
 
 import orjson
 
-from incident_engine.adapters.store import BatchWrite, EventKey, OffsetConflict, OutboxRow, TimerRow
+from incident_engine.adapters.store import (
+    BatchWrite,
+    EventKey,
+    OffsetConflict,
+    OutboxRow,
+    TimerRow,
+    logged_already,
+)
 from incident_engine.domain import Incident
 
 
@@ -83,7 +90,9 @@ class MemoryStore:
         if len(set(keys)) != len(keys):  # as the unique constraint (event_id, source) within a batch
             raise ValueError("event log conflict: an event (source, id) twice in one batch")
         for event, key in zip(batch.events, keys, strict=True):
-            if (event.incident_id, event.seq) in self.log or key in self.event_ids:
+            if key in self.event_ids:  # as the unique constraint (event_id, source) across batches
+                raise OffsetConflict(logged_already(key))
+            if (event.incident_id, event.seq) in self.log:
                 raise ValueError(f"event log conflict on {event.incident_id}#{event.seq} / {key}")
         for incident_id in batch.incidents:
             if (incident_id in batch.created) == (incident_id in self.incidents):

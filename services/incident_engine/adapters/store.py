@@ -22,6 +22,14 @@ class OffsetConflict(RuntimeError):
     """
 
 
+def logged_already(key: EventKey | None) -> str:
+    """Why a batch is refused when one of its events is in the log already: a repeat the batch
+    was decided without looking up (its incident's events were all known, and it was not one of
+    them: it was logged under another incident). Redone after a reset, it is looked up, and dropped."""
+    what = f"event {key[0]} {key[1]}" if key is not None else "an event of the batch"
+    return f"{what} is in the event log already (under another incident); batch refused"
+
+
 @dataclass(slots=True)
 class LoggedEvent:
     """One accepted input event, as appended to the event log."""

@@ -114,6 +114,18 @@ class SlaDomain:
         incident.last_event_at = at
         return incident, True
 
+    @staticmethod
+    def refuses(incident: Incident | None, event_type: str) -> bool:
+        """Whether `apply` refuses an event of this type for this incident as it stands (a refusal
+        changes nothing), as `apply` decides it."""
+        trigger, outcomes = _BY_TYPE.get(event_type) or _by_type(event_type)
+        if incident is None:
+            return trigger != TRIGGER_REPORTED
+        if trigger == TRIGGER_REPORTED:
+            return True
+        outcome, _ = outcomes.get(incident.state) or transition(incident.state, trigger)
+        return outcome == Outcome.DUPLICATE or outcome == Outcome.INVALID
+
     def fire_due(
         self,
         incident: Incident,

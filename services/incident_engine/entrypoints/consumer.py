@@ -224,17 +224,16 @@ class EngineLoop:
             except asyncio.CancelledError:
                 raise
             except OffsetConflict as exc:
-                # Once is a rebalance (re-read at once); again and again is not (stored offsets
-                # ahead of a truncated log, a replica that keeps claiming): back off, and say so.
+                # Once is a rebalance, or a repeat logged under another incident (re-read at once;
+                # the redo looks every event up); again and again is not (stored offsets ahead of
+                # a truncated log, a replica that keeps claiming): back off, and say so.
                 conflicts += 1
                 self._needs_reset = True
                 if conflicts == 1:
-                    log.warning("batch fenced off (%s); re-reading the partitions' offsets", exc)
+                    log.warning("batch refused (%s); re-reading the partitions' offsets", exc)
                     continue
                 log_at = log.error if conflicts % 50 == 0 else log.warning
-                log_at(
-                    "batch fenced off %d times in a row (%s); re-reading in %.1fs", conflicts, exc, backoff
-                )
+                log_at("batch refused %d times in a row (%s); re-reading in %.1fs", conflicts, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as exc:

@@ -22,7 +22,7 @@ from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
 from incident_contracts.fast import FastEvent, decode_fast
 from incident_contracts.models import CloudEvent
-from incident_engine.adapters.store import BatchWrite, EventStore, LoggedEvent, OutboxRow, TimerRow
+from incident_engine.adapters.store import BatchWrite, EventKey, EventStore, LoggedEvent, OutboxRow, TimerRow
 from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
 from incident_engine.domain.model import TICK, WARNING
@@ -67,11 +67,19 @@ class BatchResult:
 
 
 class IncidentCache:
-    """Incidents of the owned partitions kept between batches, bounded; cleared on any doubt."""
+    """Incidents of the owned partitions kept between batches, bounded; cleared on any doubt.
+
+    For the incidents reported while cached (so every event of theirs went through this cache), it
+    also keeps the 64-bit hashes of their events' (source, id): `logged` says for sure when an
+    event is not one of them, and a batch whose incidents all have them needs no lookup of its
+    events in the log (an acknowledgement's repeat is told from it, issue 17). A match may be a
+    hash collision: the log decides. An incident loaded from the log has none (they are not loaded).
+    """
 
     def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit
         self.items: dict[str, Incident] = {}
+        self.keys: dict[str, bytearray] = {}  # incident -> hashes of its logged events, 8 bytes each
 
     def get(self, incident_id: str) -> Incident | None:
         """The cached incident, if any."""
@@ -80,6 +88,23 @@ class IncidentCache:
     def put(self, incident: Incident) -> None:
         """Keep an incident (see `trim` for the bound)."""
         self.items[incident.id] = incident
+
+    def logged(self, incident_id: str, key: EventKey) -> bool | None:
+        """Whether an event (source, id) may be in the log for this incident: False is certain,
+        True is to be checked; None when the cache does not know its events."""
+        seen = self.keys.get(incident_id)
+        if seen is None:
+            return None
+        return _digest(key) in seen  # a match across two hashes' bytes is a false alarm: checked
+
+    def note(self, incident_id: str, key: EventKey, created: bool) -> None:
+        """An event of the incident (a new one when `created`) goes to the log."""
+        seen = self.keys.get(incident_id)
+        if seen is None:
+            if not created:
+                return  # loaded from the log: its earlier events are not known here
+            seen = self.keys[incident_id] = bytearray()
+        seen += _digest(key)
 
     def trim(self, protect: Collection[str]) -> None:
         """Past the limit, drop the oldest incidents, as many as it is over by (after each batch: about
@@ -90,16 +115,24 @@ class IncidentCache:
         if excess <= 0:
             return
         oldest = itertools.islice(items, excess + len(protect))
+        keys = self.keys
         for key in [k for k in oldest if k not in protect][:excess]:
             del items[key]
+            keys.pop(key, None)
 
     def forget(self, incident_ids: Sequence[str] | None = None) -> None:
         """Drop some incidents, or all."""
         if incident_ids is None:
             self.items.clear()
+            self.keys.clear()
         else:
             for incident_id in incident_ids:
                 self.items.pop(incident_id, None)
+                self.keys.pop(incident_id, None)
+
+
+def _digest(key: EventKey) -> bytes:
+    return hash(key).to_bytes(8, "little", signed=True)
 
 
 class BatchProcessor:
@@ -173,16 +206,31 @@ class BatchProcessor:
         result = BatchResult(BatchWrite(self.group_id))
         parsed = [self._parse(record, now) for record in records]
         events = [p for p in parsed if not isinstance(p, OutputEvent)]
-        ids = [(e.source, e.id) for e in events]
-        wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
         cache = self.cache
+        wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
         states = {i: inc for i in wanted if (inc := cache.get(i)) is not None}
+        # An event of an incident whose events the cache knows, and not one of them, needs no lookup
+        # (`unchecked`); unless the domain would refuse it: a refusal may be a repeat's, which is
+        # dropped silently, so the log is asked then (see the loop). One that is in the log under
+        # another incident fails the commit on the log's unique key, and the batch is redone.
+        ids: list[EventKey] = []
+        unchecked: set[EventKey] = set()
+        for e in events:
+            key = (e.source, e.id)
+            if cache.logged(e.subject, key) is False:
+                unchecked.add(key)
+            else:
+                ids.append(key)
         # The ids still uncommitted are taken before the lookup, not after: its snapshot may predate
         # a commit that lands (and leaves `uncommitted_ids`) before it answers; such an id would be
         # in neither, and its repeat applied twice.
-        pending = [i for i in ids if i in self.uncommitted_ids]
-        known, loaded = await self.store.lookup(ids, [i for i in wanted if i not in states])
-        states.update(loaded)
+        uncommitted = self.uncommitted_ids
+        pending = [k for e in events if (k := (e.source, e.id)) in uncommitted]
+        missing = [i for i in wanted if i not in states]
+        known: set[EventKey] = set()
+        if ids or missing:
+            known, loaded = await self.store.lookup(ids, missing)
+            states.update(loaded)
         decided_from = {incident_id: inc.seq for incident_id, inc in states.items()}  # before any change
         known.update(pending)
         try:
@@ -194,6 +242,10 @@ class BatchProcessor:
                 self._offset(result.write, record)
                 if not isinstance(item, OutputEvent):
                     identity = (item.source, item.id)
+                    if identity in unchecked and identity not in known:
+                        unchecked.discard(identity)  # asked at most once; a second one is a repeat
+                        if self.domain.refuses(states.get(item.subject), item.type):
+                            known.update(await self.store.known_event_ids([identity]))
                     if identity in known:
                         result.outcomes[(item.type, "ignored_repeat")] += 1
                         continue  # exactly-once effect: an event already applied is dropped silently
@@ -214,10 +266,14 @@ class BatchProcessor:
         write = result.write
         write.decided_from = {i: decided_from[i] for i in write.incidents if i in decided_from}
         self._stamp_epochs(write)
-        for incident_id, (incident, _) in result.write.incidents.items():
-            self.cache.put(incident)
+        for incident_id, (incident, _) in write.incidents.items():
+            cache.put(incident)
             self.uncommitted_incidents[incident_id] += 1
-        self.uncommitted_ids.update((e.source, e.event_id) for e in result.write.events)
+        created = write.created
+        for entry in write.events:
+            key = (entry.source, entry.event_id)
+            uncommitted.add(key)
+            cache.note(entry.incident_id, key, entry.incident_id in created)
         return result
 
     async def commit(self, result: BatchResult, after: Awaitable[object] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,14 @@ import asyncpg
 import orjson
 
 from incident_engine.adapters.outbox_codec import decode_messages, encode_messages
-from incident_engine.adapters.store import BatchWrite, EventKey, OffsetConflict, OutboxRow, TimerRow
+from incident_engine.adapters.store import (
+    BatchWrite,
+    EventKey,
+    OffsetConflict,
+    OutboxRow,
+    TimerRow,
+    logged_already,
+)
 from incident_engine.domain import Incident
 from incident_engine.gc_pause import gc_paused
 from incident_platform.postgres import create_pool, pool_timeouts
@@ -19,6 +27,8 @@ from incident_platform.postgres import create_pool, pool_timeouts
 __all__ = ["PostgresStore", "create_pool", "pool_timeouts"]
 
 _REFUSED = "EB409"  # write_batch refusing itself (migration 0012): the batch conflicts, nothing written
+_EVENT_KEY = "event_log_event_id_source_key"  # an input event (source, id) is logged once
+_KEY_DETAIL = re.compile(r"\(event_id, source\)=\((.*), (.*)\) already exists")
 
 SQL = {
     name.stem: name.read_text()
@@ -46,6 +56,12 @@ def _conflict(batch: BatchWrite, fence: dict[int, int], exc: asyncpg.PostgresErr
         f"incident projection out of step ({counts.get('changed')} of {counts.get('changed_expected')}"
         " rows still at the seq this batch was decided from); batch refused"
     )
+
+
+def _key_of(exc: asyncpg.UniqueViolationError) -> EventKey | None:
+    """The (source, id) a violation of the event key names, when its DETAIL can be read."""
+    found = _KEY_DETAIL.search(getattr(exc, "detail", None) or "")
+    return (found.group(2), found.group(1)) if found else None
 
 
 class PostgresStore:
@@ -179,6 +195,10 @@ class PostgresStore:
                 *event_rows,
                 *new_rows,
             )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == _EVENT_KEY:
+                raise OffsetConflict(logged_already(_key_of(exc))) from None
+            raise
         except asyncpg.PostgresError as exc:
             if getattr(exc, "sqlstate", None) == _REFUSED:
                 raise _conflict(batch, fence, exc) from None

@@ -1,0 +1,193 @@
+"""Repeats told without a lookup: the cache knows the events of the incidents reported through it.
+
+An acknowledgement of an incident reported while cached is looked up nowhere (issue 17: the lookup
+was a round trip and a Postgres join per batch). These tests hold the other side: every repeat is
+still dropped silently, whatever the cache knows, and a batch decided without a lookup still equals
+the same input decided by a processor that looks everything up.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from incident_engine.adapters.memory import MemoryStore
+from incident_engine.adapters.store import EventKey, OffsetConflict
+from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
+from incident_engine.entrypoints.commands import build_event
+from incident_engine.entrypoints.processor import BatchProcessor, BatchResult, IncidentCache, _digest
+from tests.unit.test_processor import Feed, Record
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+
+
+def ev(kind: str, incident: str, at: datetime, event_id: str, **data: Any) -> dict[str, Any]:
+    body = build_event(kind, incident, source="/channels/test", time=at, severity=data.pop("severity", None),
+                       region=data.pop("region", None), summary=None, extra=data)  # fmt: skip
+    return body | {"id": event_id}
+
+
+class CountingStore(MemoryStore):
+    """The in-memory store, recording what each lookup asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[list[EventKey], list[str]]] = []
+
+    async def lookup(
+        self, event_keys: list[EventKey], incident_ids: list[str]
+    ) -> tuple[set[EventKey], dict[str, Incident]]:
+        self.asked.append((list(event_keys), list(incident_ids)))
+        return await MemoryStore.known_event_ids(self, event_keys), await self.load_incidents(incident_ids)
+
+    async def known_event_ids(self, event_keys: list[EventKey]) -> set[EventKey]:
+        self.asked.append((list(event_keys), []))
+        return await super().known_event_ids(event_keys)
+
+
+def new_processor(store: MemoryStore) -> BatchProcessor:
+    return BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+
+
+def summary(result: BatchResult) -> tuple[Any, ...]:
+    """What a batch decided, without the ids that differ between two runs (output ids are stable)."""
+    return (
+        sorted(result.outcomes.items()),
+        [(e.incident_id, e.seq, e.event_id) for e in result.write.events],
+        [(o.type, o.id) for o in result.outputs],
+    )
+
+
+async def test_acknowledgements_of_incidents_reported_here_need_no_lookup() -> None:
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    reports = [
+        feed(ev("reported", f"A-{n}", T0, f"r{n}", severity="critical", region="uk")) for n in range(3)
+    ]
+    await processor.process(reports, [], T0 + M)
+    assert len(store.asked) == 1 and sorted(store.asked[0][1]) == ["A-0", "A-1", "A-2"]  # reports: looked up
+    store.asked.clear()
+    acks = [feed(ev("acknowledged", f"A-{n}", T0 + M, f"a{n}")) for n in range(3)]
+    result = await processor.process(acks, [], T0 + 2 * M)
+    assert store.asked == []  # no round trip at all
+    assert [e.event_id for e in result.write.events] == ["a0", "a1", "a2"]
+    # The same input, decided by a processor with nothing cached (everything looked up): the same.
+    fresh = new_processor(MemoryStore())
+    feed_again = Feed()
+    await fresh.process([feed_again(r) for r in [ev("reported", f"A-{n}", T0, f"r{n}", severity="critical",
+                                                    region="uk") for n in range(3)]], [], T0 + M)  # fmt: skip
+    fresh.cache.forget()
+    again = await fresh.process(
+        [feed_again(ev("acknowledged", f"A-{n}", T0 + M, f"a{n}")) for n in range(3)], [], T0 + 2 * M
+    )
+    assert summary(again) == summary(result)
+
+
+async def test_a_repeat_of_an_accepted_event_is_dropped_by_what_the_cache_knows() -> None:
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    note = ev("updated", "U-1", T0 + M, "n1", note="on it")  # accepted in any open state: no refusal to see
+    await processor.process([feed(ev("reported", "U-1", T0, "r1", severity="high", region="au")), feed(note)],
+                            [], T0 + 2 * M)  # fmt: skip
+    store.asked.clear()
+    result = await processor.process([feed(note)], [], T0 + 3 * M)  # delivered again, a batch later
+    assert result.outcomes[("incident.updated", "ignored_repeat")] == 1
+    assert result.write.events == [] and result.outputs == []
+    assert store.asked == [([("/channels/test", "n1")], [])]  # the cache's match, confirmed by the log
+
+
+async def test_a_hash_collision_is_checked_not_taken_for_a_repeat() -> None:
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    await processor.process([feed(ev("reported", "C-1", T0, "r1", severity="high", region="au"))], [], T0 + M)
+    processor.cache.keys["C-1"] += _digest(("/channels/test", "a1"))  # as if another event hashed alike
+    store.asked.clear()
+    result = await processor.process([feed(ev("acknowledged", "C-1", T0 + M, "a1"))], [], T0 + 2 * M)
+    assert [e.event_id for e in result.write.events] == ["a1"]  # applied: the log does not have it
+    assert store.asked == [([("/channels/test", "a1")], [])]
+
+
+async def test_an_id_logged_under_another_incident_is_still_a_repeat_when_refused() -> None:
+    """The cache knows only its incident's events: an id logged under another incident is new to it.
+    Where the domain would refuse the event (acknowledging twice), the log is asked first: a repeat is
+    dropped silently, as a lookup would have, not dead-lettered as a duplicate acknowledgement."""
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    await processor.process([
+        feed(ev("reported", "X-1", T0, "r1", severity="high", region="au")),
+        feed(ev("reported", "X-2", T0, "r2", severity="high", region="au")),
+        feed(ev("acknowledged", "X-1", T0 + M, "shared")),
+        feed(ev("acknowledged", "X-2", T0 + M, "a2")),
+    ], [], T0 + 2 * M)  # fmt: skip
+    store.asked.clear()
+    result = await processor.process([feed(ev("acknowledged", "X-2", T0 + M, "shared"))], [], T0 + 3 * M)
+    assert result.outcomes[("incident.acknowledged", "ignored_repeat")] == 1
+    assert result.outputs == []  # no incident.rejected
+    assert store.asked == [([("/channels/test", "shared")], [])]
+    # A new id the domain refuses is refused as before (one question to the log, then the dead letter).
+    store.asked.clear()
+    refused = await processor.process([feed(ev("acknowledged", "X-2", T0 + M, "a2-again"))], [], T0 + 3 * M)
+    assert refused.outcomes[("incident.acknowledged", "rejected")] == 1
+    assert [o.type for o in refused.outputs] == ["incident.rejected"]
+    assert store.asked == [([("/channels/test", "a2-again")], [])]
+
+
+async def test_an_id_logged_under_another_incident_and_accepted_fails_the_batch_then_is_dropped() -> None:
+    """Where the domain would accept it, the log's unique key refuses the batch (OffsetConflict: redone
+    from the stored offsets, as after any conflict); redone with nothing cached, the lookup drops it."""
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    await processor.process([
+        feed(ev("reported", "Y-1", T0, "r1", severity="high", region="au")),
+        feed(ev("reported", "Y-2", T0, "r2", severity="high", region="au")),
+        feed(ev("acknowledged", "Y-1", T0 + M, "shared")),
+    ], [], T0 + 2 * M)  # fmt: skip
+    repeat = feed(ev("acknowledged", "Y-2", T0 + M, "shared"))
+    with pytest.raises(OffsetConflict, match="/channels/test shared is in the event log already"):
+        await processor.process([repeat], [], T0 + 3 * M)
+    assert store.incidents["Y-2"]["state"] == "reported"  # nothing of the batch written
+    assert processor.cache.items == {}  # the failed batch's states are forgotten (abandon)
+    redo = await processor.process([Record(repeat.offset, repeat.value, repeat.key)], [], T0 + 3 * M)
+    assert redo.outcomes[("incident.acknowledged", "ignored_repeat")] == 1
+    assert redo.outputs == [] and store.incidents["Y-2"]["state"] == "reported"
+
+
+async def test_incidents_loaded_from_the_log_are_looked_up_as_before() -> None:
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    await processor.process([feed(ev("reported", "L-1", T0, "r1", severity="low", region="us"))], [], T0 + M)
+    processor.cache.forget()  # a restart, a reset, a trim: the incident comes back from the log
+    store.asked.clear()
+    await processor.process([feed(ev("acknowledged", "L-1", T0 + M, "a1"))], [], T0 + 2 * M)
+    assert store.asked == [([("/channels/test", "a1")], ["L-1"])]
+    assert processor.cache.logged("L-1", ("/channels/test", "zz")) is None  # its earlier events: unknown
+    store.asked.clear()
+    await processor.process([feed(ev("updated", "L-1", T0 + M, "u1", note="x"))], [], T0 + 2 * M)
+    assert store.asked == [([("/channels/test", "u1")], [])]  # still asked: cached, events unknown
+
+
+def test_the_cache_forgets_what_it_knew_with_the_incident() -> None:
+    cache = IncidentCache(limit=1)
+    key = ("/s", "1")
+    cache.note("I-1", key, created=False)
+    assert cache.logged("I-1", key) is None  # not created here: nothing known
+    cache.note("I-1", key, created=True)
+    assert cache.logged("I-1", key) is True and cache.logged("I-1", ("/s", "2")) is False
+    cache.forget(["I-1"])
+    assert cache.logged("I-1", key) is None
+    for incident_id in ("I-2", "I-3"):  # over the limit: the oldest goes, with what was known of it
+        cache.items[incident_id] = Incident.__new__(Incident)
+        cache.note(incident_id, key, created=True)
+    cache.trim(protect=())
+    assert list(cache.items) == ["I-3"] and list(cache.keys) == ["I-3"]
