@@ -11,14 +11,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
+from incident_contracts import parse_event
+from incident_contracts.constants import INPUT_TYPES, STATES
 from incident_engine.adapters.memory import MemoryStore
-from incident_engine.adapters.store import EventKey, OffsetConflict
+from incident_engine.adapters.store import EventKey, OffsetConflict, RepeatConflict, TimerRow
 from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.commands import build_event
+from incident_engine.entrypoints.consumer import EngineLoop
 from incident_engine.entrypoints.processor import BatchProcessor, BatchResult, IncidentCache, _digest
 from tests.unit.test_processor import Feed, Record
+from tests.unit.test_watermarks import Clock, ScriptedConsumer
 
 pytestmark = pytest.mark.unit
 
@@ -153,7 +158,7 @@ async def test_an_id_logged_under_another_incident_and_accepted_fails_the_batch_
         feed(ev("acknowledged", "Y-1", T0 + M, "shared")),
     ], [], T0 + 2 * M)  # fmt: skip
     repeat = feed(ev("acknowledged", "Y-2", T0 + M, "shared"))
-    with pytest.raises(OffsetConflict, match="/channels/test shared is in the event log already"):
+    with pytest.raises(RepeatConflict, match="/channels/test shared is in the event log already"):
         await processor.process([repeat], [], T0 + 3 * M)
     assert store.incidents["Y-2"]["state"] == "reported"  # nothing of the batch written
     assert processor.cache.items == {}  # the failed batch's states are forgotten (abandon)
@@ -191,3 +196,129 @@ def test_the_cache_forgets_what_it_knew_with_the_incident() -> None:
         cache.note(incident_id, key, created=True)
     cache.trim(protect=())
     assert list(cache.items) == ["I-3"] and list(cache.keys) == ["I-3"]
+    for n in range(600):  # a chatty incident stops keeping hashes: its events are looked up
+        cache.note("I-3", ("/s", str(n)), created=False)
+    assert cache.logged("I-3", ("/s", "599")) is None
+
+
+TRACE = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+
+
+async def test_refusals_of_a_batch_are_asked_of_the_log_in_one_round_trip() -> None:
+    """A second channel acknowledging what the first did (design §4's typical duplicate): each is
+    refused by the lifecycle, so each could be a repeat; the batch asks the log once for all."""
+    store = CountingStore()
+    processor = new_processor(store)
+    feed = Feed()
+    n = 20
+    first = [feed(ev("reported", f"D-{i}", T0, f"r{i}", severity="critical", region="uk")) for i in range(n)]
+    first += [feed(ev("acknowledged", f"D-{i}", T0 + M, f"a{i}")) for i in range(n)]
+    await processor.process(first, [], T0 + 2 * M)
+    store.asked.clear()
+    second = [
+        feed(ev("acknowledged", f"D-{i}", T0 + M, f"b{i}") | {"source": "/channels/sms"}) for i in range(n)
+    ]
+    result = await processor.process(second, [], T0 + 2 * M)
+    assert result.outcomes[("incident.acknowledged", "rejected")] == n
+    assert len(store.asked) == 1 and len(store.asked[0][0]) == n
+
+
+async def test_a_repeat_that_failed_its_batch_leaves_no_trace_behind() -> None:
+    """The failed attempt applied the repeat, and its trace became the one that armed the incident's
+    timers; abandoning the batch forgets those (the loop reloads them with the timer rows), so the
+    next firing does not link to, nor store, the trace of a message that was dropped."""
+
+    async def run(forget_before_repeat: bool) -> tuple[dict[str, str] | None, TimerRow | None]:
+        store = MemoryStore()
+        processor = new_processor(store)
+        feed = Feed()
+        await processor.process([
+            feed(ev("reported", "X-1", T0, "r1", severity="critical", region="uk")),  # no trace header
+            feed(ev("reported", "Y-1", T0, "r2", severity="critical", region="uk")),
+            feed(ev("acknowledged", "Y-1", T0 + M, "shared")),
+        ], [], T0 + 2 * M)  # fmt: skip
+        if forget_before_repeat:
+            processor.cache.forget()  # the repeat is looked up, dropped at once
+        repeat = feed(ev("acknowledged", "X-1", T0 + M, "shared"))
+        repeat.headers = TRACE
+        try:
+            await processor.process([repeat], [], T0 + 2 * M)
+        except RepeatConflict:  # decided without a lookup: the batch fails, the redo drops the repeat
+            redo = await processor.process(
+                [Record(repeat.offset, repeat.value, repeat.key, headers=TRACE)], [], T0 + 2 * M
+            )
+            assert redo.outcomes[("incident.acknowledged", "ignored_repeat")] == 1
+        fired = await processor.process([], [("X-1", 0)], T0 + 8 * M)  # the ack clock's 50 % warning
+        assert fired.outputs
+        row = store.timers.get("X-1")
+        return processor.armed_traces.get("X-1"), row.trace_context if row is not None else None
+
+    assert await run(forget_before_repeat=True) == (None, None)
+    assert await run(forget_before_repeat=False) == (None, None)
+
+
+class TimerCountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer_loads = 0
+
+    async def load_timers(self, partitions: list[int]) -> list[TimerRow]:
+        self.timer_loads += 1
+        return await super().load_timers(partitions)
+
+
+async def test_ids_reused_across_incidents_cost_one_reset_per_window_not_one_per_message() -> None:
+    """A producer that numbers its events per incident reuses ids across incidents. The first such
+    repeat the cache could not see fails its batch (the loop resets: every timer row reloaded);
+    for the window after it every event is looked up, so the next ones are dropped in their batch."""
+    store = TimerCountingStore()
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+    loop = EngineLoop(processor, store, clock=Clock(T0 + 3 * M))
+    consumer = ScriptedConsumer(per_fetch=1)
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop.assigned = {0}
+    await loop._take([0])
+    events = [
+        ev("reported", "X-1", T0, "r1", severity="high", region="au"),
+        ev("reported", "Y-1", T0, "r2", severity="high", region="au"),
+        ev("acknowledged", "Y-1", T0 + M, "shared"),
+        ev("updated", "Y-1", T0 + M, "u1", note="lets the acknowledgement's batch commit first"),
+        ev("updated", "Y-1", T0 + M, "u2", note="filler"),
+        ev("acknowledged", "X-1", T0 + 2 * M, "shared"),  # a repeat, naming another incident
+        ev("reported", "Z-1", T0, "r3", severity="high", region="au"),  # reported after the reset
+        ev("updated", "Z-1", T0 + M, "u3", note="filler"),
+        ev("updated", "Z-1", T0 + M, "u4", note="filler"),
+        ev("acknowledged", "Z-1", T0 + 2 * M, "shared"),  # the same id again, within the window
+    ]
+    consumer.publish(0, *events)
+    conflicts = 0
+    for _ in range(40):  # what `EngineLoop.run` does, without its sleeps
+        try:
+            if loop._needs_reset:
+                await loop._reset()
+            await loop.step()
+        except OffsetConflict:
+            conflicts += 1
+            loop._needs_reset = True
+    await loop.drain()
+    assert store.offsets[("g", "incidents.events", 0)] == len(events)
+    assert store.incidents["X-1"]["state"] == store.incidents["Z-1"]["state"] == "reported"  # both dropped
+    assert (conflicts, store.timer_loads) == (1, 2)  # the first take, and one reset
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_refuses_says_what_apply_does_in_every_state(state: str) -> None:
+    """`SlaDomain.refuses` decides which unchecked events are looked up: it must refuse exactly what
+    `handle` refuses, or an id logged under another incident would be dead-lettered, not dropped."""
+    domain = SlaDomain(PolicyRegistry.load())
+    report = parse_event(orjson.dumps(ev("reported", "S-1", T0, "r", severity="high", region="uk")), [])
+    for event_type in INPUT_TYPES:
+        incident = domain.handle(None, report, T0).incident
+        assert incident is not None
+        incident.state = state
+        kind = event_type.removeprefix("incident.")
+        extra = {"reported": {"severity": "high", "region": "uk"}, "updated": {"note": "n"}}.get(kind, {})
+        event = parse_event(orjson.dumps(ev(kind, "S-1", T0 + M, "e", **extra)), [])
+        refused = domain.refuses(incident, event_type)
+        assert refused == (not domain.handle(incident, event, T0 + M).accepted), (state, event_type)
+    assert domain.refuses(None, "incident.acknowledged") and not domain.refuses(None, "incident.reported")

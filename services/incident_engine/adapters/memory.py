@@ -14,8 +14,8 @@ from incident_engine.adapters.store import (
     EventKey,
     OffsetConflict,
     OutboxRow,
+    RepeatConflict,
     TimerRow,
-    logged_already,
 )
 from incident_engine.domain import Incident
 
@@ -91,7 +91,7 @@ class MemoryStore:
             raise ValueError("event log conflict: an event (source, id) twice in one batch")
         for event, key in zip(batch.events, keys, strict=True):
             if key in self.event_ids:  # as the unique constraint (event_id, source) across batches
-                raise OffsetConflict(logged_already(key))
+                raise RepeatConflict(key)
             if (event.incident_id, event.seq) in self.log:
                 raise ValueError(f"event log conflict on {event.incident_id}#{event.seq} / {key}")
         for incident_id in batch.incidents:

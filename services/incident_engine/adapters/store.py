@@ -22,12 +22,16 @@ class OffsetConflict(RuntimeError):
     """
 
 
-def logged_already(key: EventKey | None) -> str:
-    """Why a batch is refused when one of its events is in the log already: a repeat the batch
-    was decided without looking up (its incident's events were all known, and it was not one of
-    them: it was logged under another incident). Redone after a reset, it is looked up, and dropped."""
-    what = f"event {key[0]} {key[1]}" if key is not None else "an event of the batch"
-    return f"{what} is in the event log already (under another incident); batch refused"
+class RepeatConflict(OffsetConflict):
+    """A batch refused because one of its events (source, id) is in the log already: a repeat it
+    was decided without looking up (see `IncidentCache`). Redone after a reset, it is looked up,
+    and dropped."""
+
+    def __init__(self, key: EventKey | None) -> None:
+        what = f"event {key[0]} {key[1]}" if key is not None else "an event of the batch"
+        super().__init__(
+            f"{what} is in the event log already; batch refused (redone, looking every event up)"
+        )
 
 
 @dataclass(slots=True)

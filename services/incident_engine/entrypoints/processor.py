@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,15 @@ from incident_contracts.envelope import OutputEvent
 from incident_contracts.errors import DecodeError, InputError, SchemaError
 from incident_contracts.fast import FastEvent, decode_fast
 from incident_contracts.models import CloudEvent
-from incident_engine.adapters.store import BatchWrite, EventKey, EventStore, LoggedEvent, OutboxRow, TimerRow
+from incident_engine.adapters.store import (
+    BatchWrite,
+    EventKey,
+    EventStore,
+    LoggedEvent,
+    OutboxRow,
+    RepeatConflict,
+    TimerRow,
+)
 from incident_engine.adapters.telemetry import carrier_of, extract_context, link_from_carrier
 from incident_engine.domain import Decision, Incident, SlaDomain, reject_input
 from incident_engine.domain.model import TICK, WARNING
@@ -104,6 +113,9 @@ class IncidentCache:
             if not created:
                 return  # loaded from the log: its earlier events are not known here
             seen = self.keys[incident_id] = bytearray()
+        elif len(seen) >= _KEYS_KEPT * 8:
+            del self.keys[incident_id]  # a chatty incident: its events are looked up from now on
+            return
         seen += _digest(key)
 
     def trim(self, protect: Collection[str]) -> None:
@@ -131,6 +143,9 @@ class IncidentCache:
                 self.keys.pop(incident_id, None)
 
 
+_KEYS_KEPT = 512  # events whose hashes an incident keeps (each check scans them)
+
+
 def _digest(key: EventKey) -> bytes:
     return hash(key).to_bytes(8, "little", signed=True)
 
@@ -151,6 +166,7 @@ class BatchProcessor:
         breach_grace: timedelta = timedelta(0),
         max_clock_skew: timedelta = timedelta(minutes=5),
         max_event_age: timedelta = timedelta(days=30),
+        repeat_lookup_window: float = 600.0,
     ) -> None:
         self.domain = domain
         # Breaches and failover orders wait this long past their due moment for evidence in flight.
@@ -160,6 +176,11 @@ class BatchProcessor:
         self.max_message_bytes = max_message_bytes
         self.max_clock_skew = max_clock_skew  # how far ahead of `now` an event's time may be
         self.max_event_age = max_event_age  # how far behind
+        # After a batch refused for a repeat the cache could not see (an id logged under another
+        # incident), every event is looked up for this many seconds: input that reuses ids costs one
+        # reset per window, not one per message.
+        self.repeat_lookup_window = repeat_lookup_window
+        self._look_up_all_until = float("-inf")  # time.monotonic()
         self.cache = cache if cache is not None else IncidentCache()
         self.tracer = tracer  # None: no spans (telemetry disabled), trace headers still propagate
         # Decide root sampling before making a span: an unsampled span still costs several µs per
@@ -215,12 +236,15 @@ class BatchProcessor:
         # another incident fails the commit on the log's unique key, and the batch is redone.
         ids: list[EventKey] = []
         unchecked: set[EventKey] = set()
-        for e in events:
-            key = (e.source, e.id)
-            if cache.logged(e.subject, key) is False:
-                unchecked.add(key)
-            else:
-                ids.append(key)
+        if time.monotonic() < self._look_up_all_until:
+            ids = [(e.source, e.id) for e in events]
+        else:
+            for e in events:
+                key = (e.source, e.id)
+                if cache.logged(e.subject, key) is False:
+                    unchecked.add(key)
+                else:
+                    ids.append(key)
         # The ids still uncommitted are taken before the lookup, not after: its snapshot may predate
         # a commit that lands (and leaves `uncommitted_ids`) before it answers; such an id would be
         # in neither, and its repeat applied twice.
@@ -242,10 +266,16 @@ class BatchProcessor:
                 self._offset(result.write, record)
                 if not isinstance(item, OutputEvent):
                     identity = (item.source, item.id)
-                    if identity in unchecked and identity not in known:
-                        unchecked.discard(identity)  # asked at most once; a second one is a repeat
-                        if self.domain.refuses(states.get(item.subject), item.type):
-                            known.update(await self.store.known_event_ids([identity]))
+                    if (
+                        unchecked
+                        and identity in unchecked
+                        and identity not in known
+                        and self.domain.refuses(states.get(item.subject), item.type)
+                    ):
+                        # Every unchecked id is asked now, in one round trip (refusals come in
+                        # runs: a second channel acknowledging what the first did).
+                        known.update(await self.store.known_event_ids(list(unchecked - known)))
+                        unchecked.clear()
                     if identity in known:
                         result.outcomes[(item.type, "ignored_repeat")] += 1
                         continue  # exactly-once effect: an event already applied is dropped silently
@@ -281,6 +311,10 @@ class BatchProcessor:
         commit of the one decided before it, if still running; see `EventStore.commit`)."""
         try:
             await self.store.commit(result.write, after=after)
+        except RepeatConflict:
+            self._look_up_all_until = time.monotonic() + self.repeat_lookup_window
+            self.abandon()
+            raise
         except BaseException:
             self.abandon()
             raise
@@ -318,8 +352,10 @@ class BatchProcessor:
         write.epochs = {p: epochs[p] for p in write.partitions() if p in epochs}
 
     def abandon(self) -> None:
-        """After a failed batch: forget everything not known to be committed (states changed in place)."""
+        """After a failed batch: forget everything not known to be committed (states changed in place,
+        the traces that armed timers: the loop reloads them with the timer rows)."""
         self.cache.forget()
+        self.armed_traces.clear()
         self.uncommitted_ids.clear()
         self.uncommitted_incidents.clear()
 

@@ -17,8 +17,8 @@ from incident_engine.adapters.store import (
     EventKey,
     OffsetConflict,
     OutboxRow,
+    RepeatConflict,
     TimerRow,
-    logged_already,
 )
 from incident_engine.domain import Incident
 from incident_engine.gc_pause import gc_paused
@@ -197,7 +197,7 @@ class PostgresStore:
             )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == _EVENT_KEY:
-                raise OffsetConflict(logged_already(_key_of(exc))) from None
+                raise RepeatConflict(_key_of(exc)) from None
             raise
         except asyncpg.PostgresError as exc:
             if getattr(exc, "sqlstate", None) == _REFUSED:
