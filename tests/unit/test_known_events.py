@@ -68,6 +68,23 @@ def summary(result: BatchResult) -> tuple[Any, ...]:
     )
 
 
+async def report_two_acknowledge_one(
+    processor: BatchProcessor,
+    feed: Feed,
+    acknowledged: str,
+    other: str,
+    severity: str = "high",
+    also: list[dict[str, Any]] = [],  # noqa: B006 - read only
+) -> None:
+    """Two incidents reported; the first acknowledged by an event of id `shared`."""
+    await processor.process(
+        [feed(ev("reported", acknowledged, T0, "r1", severity=severity, region="au")),
+         feed(ev("reported", other, T0, "r2", severity=severity, region="au")),
+         feed(ev("acknowledged", acknowledged, T0 + M, "shared"))] + [feed(e) for e in also],
+        [], T0 + 2 * M,
+    )  # fmt: skip
+
+
 async def test_acknowledgements_of_incidents_reported_here_need_no_lookup() -> None:
     store = CountingStore()
     processor = new_processor(store)
@@ -127,12 +144,9 @@ async def test_an_id_logged_under_another_incident_is_still_a_repeat_when_refuse
     store = CountingStore()
     processor = new_processor(store)
     feed = Feed()
-    await processor.process([
-        feed(ev("reported", "X-1", T0, "r1", severity="high", region="au")),
-        feed(ev("reported", "X-2", T0, "r2", severity="high", region="au")),
-        feed(ev("acknowledged", "X-1", T0 + M, "shared")),
-        feed(ev("acknowledged", "X-2", T0 + M, "a2")),
-    ], [], T0 + 2 * M)  # fmt: skip
+    await report_two_acknowledge_one(
+        processor, feed, "X-1", "X-2", also=[ev("acknowledged", "X-2", T0 + M, "a2")]
+    )
     store.asked.clear()
     result = await processor.process([feed(ev("acknowledged", "X-2", T0 + M, "shared"))], [], T0 + 3 * M)
     assert result.outcomes[("incident.acknowledged", "ignored_repeat")] == 1
@@ -152,11 +166,7 @@ async def test_an_id_logged_under_another_incident_and_accepted_fails_the_batch_
     store = CountingStore()
     processor = new_processor(store)
     feed = Feed()
-    await processor.process([
-        feed(ev("reported", "Y-1", T0, "r1", severity="high", region="au")),
-        feed(ev("reported", "Y-2", T0, "r2", severity="high", region="au")),
-        feed(ev("acknowledged", "Y-1", T0 + M, "shared")),
-    ], [], T0 + 2 * M)  # fmt: skip
+    await report_two_acknowledge_one(processor, feed, "Y-1", "Y-2")
     repeat = feed(ev("acknowledged", "Y-2", T0 + M, "shared"))
     with pytest.raises(RepeatConflict, match="/channels/test shared is in the event log already"):
         await processor.process([repeat], [], T0 + 3 * M)
@@ -232,11 +242,9 @@ async def test_a_repeat_that_failed_its_batch_leaves_no_trace_behind() -> None:
         store = MemoryStore()
         processor = new_processor(store)
         feed = Feed()
-        await processor.process([
-            feed(ev("reported", "X-1", T0, "r1", severity="critical", region="uk")),  # no trace header
-            feed(ev("reported", "Y-1", T0, "r2", severity="critical", region="uk")),
-            feed(ev("acknowledged", "Y-1", T0 + M, "shared")),
-        ], [], T0 + 2 * M)  # fmt: skip
+        await report_two_acknowledge_one(
+            processor, feed, "Y-1", "X-1", severity="critical"
+        )  # no trace header
         if forget_before_repeat:
             processor.cache.forget()  # the repeat is looked up, dropped at once
         repeat = feed(ev("acknowledged", "X-1", T0 + M, "shared"))
