@@ -29,9 +29,7 @@ class RepeatConflict(OffsetConflict):
 
     def __init__(self, key: EventKey | None) -> None:
         what = f"event {key[0]} {key[1]}" if key is not None else "an event of the batch"
-        super().__init__(
-            f"{what} is in the event log already; batch refused (redone, looking every event up)"
-        )
+        super().__init__(f"{what} is in the event log already; the batch is redone, every event looked up")
 
 
 @dataclass(slots=True)
