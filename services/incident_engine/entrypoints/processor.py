@@ -234,13 +234,13 @@ class BatchProcessor:
         # (`unchecked`); unless the domain would refuse it: a refusal may be a repeat's, which is
         # dropped silently, so the log is asked then (see the loop). One that is in the log under
         # another incident fails the commit on the log's unique key, and the batch is redone.
+        keys = [(e.source, e.id) for e in events]
         ids: list[EventKey] = []
         unchecked: set[EventKey] = set()
         if time.monotonic() < self._look_up_all_until:
-            ids = [(e.source, e.id) for e in events]
+            ids = keys
         else:
-            for e in events:
-                key = (e.source, e.id)
+            for e, key in zip(events, keys, strict=True):
                 if cache.logged(e.subject, key) is False:
                     unchecked.add(key)
                 else:
@@ -249,7 +249,7 @@ class BatchProcessor:
         # a commit that lands (and leaves `uncommitted_ids`) before it answers; such an id would be
         # in neither, and its repeat applied twice.
         uncommitted = self.uncommitted_ids
-        pending = [k for e in events if (k := (e.source, e.id)) in uncommitted]
+        pending = [key for key in keys if key in uncommitted]
         missing = [i for i in wanted if i not in states]
         known: set[EventKey] = set()
         if ids or missing:
