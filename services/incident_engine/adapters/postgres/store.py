@@ -150,30 +150,34 @@ class PostgresStore:
         armed = [row for row in batch.timers.values() if row is not None]
         firings = list(batch.firings.items())
         events = batch.events
+        decided_from = batch.decided_from
         # Every incident's state is read here, before the first await: the next batch is decided
         # while this one commits and changes the same (cached) incidents in place. Read later, a
         # batch would write the states of the next one, whose events, if that one failed, would
         # then be redone against a projection already past them.
-        changed_rows = (
-            [inc.id for inc, _ in changed], [inc.state for inc, _ in changed],
-            [inc.seq for inc, _ in changed], [p for _, p in changed],
-            [inc.last_event_at for inc, _ in changed], [inc.to_json_bytes().decode() for inc, _ in changed],
-        )  # fmt: skip
-        new_rows = (
-            [inc.id for inc, _ in new], [inc.state for inc, _ in new], [inc.policy for inc, _ in new],
-            [inc.severity for inc, _ in new], [inc.region for inc, _ in new], [inc.seq for inc, _ in new],
-            [p for _, p in new], [inc.reported_at for inc, _ in new], [inc.last_event_at for inc, _ in new],
-            [inc.to_json_bytes().decode() for inc, _ in new],
-        )  # fmt: skip
-        event_rows = (
-            [x.incident_id for x in events], [x.seq for x in events], [x.event_id for x in events],
-            [x.type for x in events], [x.source for x in events], [x.event_time for x in events],
-            [x.processed_at for x in events], [x.partition for x in events], [x.offset for x in events],
-            [x.envelope.decode() for x in events],
-            [dumps(x.trace_context).decode() if x.trace_context else None for x in events],
-        )  # fmt: skip
+        # A row per element of an array of a composite type (migration 0013): asyncpg checks each
+        # element of an array before encoding it, so one element per row, not one per column.
+        changed_rows = [
+            (inc.id, inc.state, inc.seq, p, inc.last_event_at, inc.to_json_bytes().decode(),
+             decided_from.get(inc.id))
+            for inc, p in changed
+        ]  # fmt: skip
+        new_rows = [
+            (inc.id, inc.state, inc.policy, inc.severity, inc.region, inc.seq, p, inc.reported_at,
+             inc.last_event_at, inc.to_json_bytes().decode())
+            for inc, p in new
+        ]  # fmt: skip
+        event_rows = [
+            (x.incident_id, x.seq, x.event_id, x.type, x.source, x.event_time, x.processed_at,
+             x.partition, x.offset, x.envelope.decode(),
+             dumps(x.trace_context).decode() if x.trace_context else None)
+            for x in events
+        ]  # fmt: skip
+        armed_rows = [
+            (t.incident_id, t.partition, t.due_at, dumps(t.trace_context).decode() if t.trace_context else None)
+            for t in armed
+        ]  # fmt: skip
         fence = batch.fence()
-        decided_from = batch.decided_from
         if after is not None:
             await after  # the batch decided before this one; its failure is this one's
         try:
@@ -181,19 +185,14 @@ class PostgresStore:
                 SQL["write_batch"],
                 [t for (t, _), _ in offsets], [p for (_, p), _ in offsets],
                 [n for _, (_, n) in offsets], [e for _, (e, _) in offsets],
-                *changed_rows,
-                gone,
-                [t.incident_id for t in armed], [t.partition for t in armed], [t.due_at for t in armed],
-                [dumps(t.trace_context).decode() if t.trace_context else None for t in armed],
+                changed_rows, gone, armed_rows,
                 [i for (i, _), _ in firings], [at for (_, at), _ in firings],
                 [p for _, (p, _, _) in firings],
                 queued, [len(grouped[p]) for p in queued], [encode_messages(grouped[p]) for p in queued],
                 batch.group_id, batch.sent_outbox,
                 batch.input_topic, list(fence), list(fence.values()),
-                [decided_from.get(inc.id) for inc, _ in changed],
                 [u for _, (_, u, _) in firings], [b for _, (_, _, b) in firings],
-                *event_rows,
-                *new_rows,
+                event_rows, new_rows,
             )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == _EVENT_KEY:

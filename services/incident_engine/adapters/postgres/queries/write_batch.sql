@@ -7,42 +7,42 @@
 -- when it does not, which rolls back everything the statement wrote.
 --  $1-$4   offsets: topic, partition, next offset, offset the batch started from (fencing: a row
 --          that moved past it is left alone, and the batch is refused)
---  $5-$10  existing incidents: id, state, seq, partition, updated_at, body (JSON text)
---  $11     incidents without a pending timer any more
---  $12-$15 timers armed: incident id, partition, due_at, trace context (JSON text)
---  $16-$18 timer firings outside an event: incident id, moment, partition (with $28-$29: the
+--  $5      existing incidents (engine_incident_change, migration 0013): id, state, seq, partition,
+--          updated_at, body (JSON text), and the seq the batch's decisions started from (NULL:
+--          unconditional); an update whose row moved on is skipped, and the batch is refused
+--  $6      incidents without a pending timer any more
+--  $7      timers armed (engine_timer_armed): incident id, partition, due_at, trace context (JSON text)
+--  $8-$10  timer firings outside an event: incident id, moment, partition (with $19-$20: the
 --          horizons they fired under, until and breach until)
---  $19-$21 outbox rows: input partition, message count, messages
---  $22     the consumer group; $23 outbox rows the relay has sent (deleted here)
---  $24-$26 fencing: the input topic, every partition the batch touches, the epoch it was decided
+--  $11-$13 outbox rows: input partition, message count, messages
+--  $14     the consumer group; $15 outbox rows the relay has sent (deleted here)
+--  $16-$18 fencing: the input topic, every partition the batch touches, the epoch it was decided
 --          under (0: never claimed). `held` locks the owner rows it matched (FOR SHARE, in partition
 --          order, as `claim` updates them): a claim waits for this statement, and this statement
 --          waits for a claim in progress and then sees its new epoch. The batch is refused unless
 --          every partition matched.
---  $27     the seq each existing incident's decisions started from (NULL: unconditional); an
---          update whose row moved on is skipped, and the batch is refused
---  $28-$29 the horizons of the timer firings ($16-$18)
---  $30-$40 new events: incident id, seq, event id, type, source, event time, processed at,
---          partition, offset, envelope (JSON text), trace context (JSON text)
---  $41-$50 new incidents: id, state, policy, severity, region, seq, partition, reported_at,
---          updated_at, body (JSON text)
+--  $19-$20 the horizons of the timer firings ($8-$10)
+--  $21     new events (engine_logged_event): incident id, seq, event id, type, source, event time,
+--          processed at, partition, offset, envelope (JSON text), trace context (JSON text)
+--  $22     new incidents (engine_incident_new): id, state, policy, severity, region, seq, partition,
+--          reported_at, updated_at, body (JSON text)
 WITH held AS (
     SELECT o.kafka_partition
     FROM partition_owners AS o
-    JOIN unnest($25::int[], $26::bigint[]) AS f(kafka_partition, epoch)
+    JOIN unnest($17::int[], $18::bigint[]) AS f(kafka_partition, epoch)
         ON o.kafka_partition = f.kafka_partition AND o.epoch = f.epoch
-    WHERE o.group_id = $22 AND o.topic = $24
+    WHERE o.group_id = $14 AND o.topic = $16
     ORDER BY o.kafka_partition
     FOR SHARE OF o
 ), unclaimed AS (
     SELECT f.kafka_partition
-    FROM unnest($25::int[], $26::bigint[]) AS f(kafka_partition, epoch)
+    FROM unnest($17::int[], $18::bigint[]) AS f(kafka_partition, epoch)
     WHERE f.epoch = 0 AND NOT EXISTS (
         SELECT 1 FROM partition_owners AS o
-        WHERE o.group_id = $22 AND o.topic = $24 AND o.kafka_partition = f.kafka_partition)
+        WHERE o.group_id = $14 AND o.topic = $16 AND o.kafka_partition = f.kafka_partition)
 ), offsets AS (
     INSERT INTO consumer_offsets AS c (group_id, topic, kafka_partition, next_offset)
-    SELECT $22, u.topic, u.kafka_partition, u.next_offset
+    SELECT $14, u.topic, u.kafka_partition, u.next_offset
     FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u(topic, kafka_partition, next_offset)
     ON CONFLICT (group_id, topic, kafka_partition) DO UPDATE
         SET next_offset = EXCLUDED.next_offset
@@ -55,34 +55,32 @@ WITH held AS (
     UPDATE incidents AS i
     SET state = u.state, seq = u.seq, kafka_partition = u.kafka_partition, updated_at = u.updated_at,
         body = u.body::json
-    FROM unnest($5::text[], $6::text[], $7::int[], $8::int[], $9::timestamptz[], $10::text[], $27::int[])
-         AS u(incident_id, state, seq, kafka_partition, updated_at, body, decided_from)
+    FROM unnest($5::engine_incident_change[]) AS u
     WHERE i.incident_id = u.incident_id AND (u.decided_from IS NULL OR i.seq = u.decided_from)
     RETURNING 1
 ), gone AS (
-    DELETE FROM timers WHERE incident_id = ANY($11::text[])
+    DELETE FROM timers WHERE incident_id = ANY($6::text[])
 ), armed AS (
     INSERT INTO timers (incident_id, kafka_partition, due_at, trace_context)
     SELECT u.incident_id, u.kafka_partition, u.due_at, u.trace_context::jsonb
-    FROM unnest($12::text[], $13::int[], $14::timestamptz[], $15::text[])
-         AS u(incident_id, kafka_partition, due_at, trace_context)
+    FROM unnest($7::engine_timer_armed[]) AS u
     ON CONFLICT (incident_id) DO UPDATE
         SET kafka_partition = EXCLUDED.kafka_partition, due_at = EXCLUDED.due_at,
             trace_context = EXCLUDED.trace_context
 ), fired AS (
     INSERT INTO timer_firings (incident_id, fired_at, kafka_partition, fire_until, breach_until)
-    SELECT * FROM unnest($16::text[], $17::timestamptz[], $18::int[], $28::timestamptz[], $29::timestamptz[])
+    SELECT * FROM unnest($8::text[], $9::timestamptz[], $10::int[], $19::timestamptz[], $20::timestamptz[])
     ON CONFLICT DO NOTHING
 ), queued AS (
     INSERT INTO outbox (kafka_partition, message_count, messages)
-    SELECT * FROM unnest($19::int[], $20::int[], $21::bytea[])
+    SELECT * FROM unnest($11::int[], $12::int[], $13::bytea[])
     RETURNING id, kafka_partition
 ), sent AS (
-    DELETE FROM outbox WHERE id = ANY($23::bigint[])
+    DELETE FROM outbox WHERE id = ANY($15::bigint[])
 ), gate AS (
     SELECT f.fenced, o.offsets, c.changed,
-           f.fenced = cardinality($25::int[]) AND o.offsets = cardinality($1::text[])
-               AND c.changed = cardinality($5::text[]) AS ok
+           f.fenced = cardinality($17::int[]) AND o.offsets = cardinality($1::text[])
+               AND c.changed = cardinality($5::engine_incident_change[]) AS ok
     FROM (SELECT (SELECT count(*) FROM held) + (SELECT count(*) FROM unclaimed) AS fenced) AS f,
          (SELECT count(*) AS offsets FROM offsets) AS o,
          (SELECT count(*) AS changed FROM changed) AS c
@@ -91,10 +89,7 @@ WITH held AS (
                            kafka_partition, kafka_offset, envelope, trace_context)
     SELECT u.incident_id, u.seq, u.event_id, u.type, u.source, u.event_time, u.processed_at,
            u.kafka_partition, u.kafka_offset, u.envelope::json, u.trace_context::jsonb
-    FROM unnest($30::text[], $31::int[], $32::text[], $33::text[], $34::text[], $35::timestamptz[],
-                $36::timestamptz[], $37::int[], $38::bigint[], $39::text[], $40::text[])
-         AS u(incident_id, seq, event_id, type, source, event_time, processed_at, kafka_partition,
-              kafka_offset, envelope, trace_context)
+    FROM unnest($21::engine_logged_event[]) AS u
     WHERE (SELECT ok FROM gate)
 ), created AS (
     -- a new incident that exists after all (another engine's zombie batch, fenced off above) is a
@@ -103,15 +98,12 @@ WITH held AS (
                            reported_at, updated_at, body)
     SELECT u.incident_id, u.state, u.policy, u.severity, u.region, u.seq, u.kafka_partition,
            u.reported_at, u.updated_at, u.body::json
-    FROM unnest($41::text[], $42::text[], $43::text[], $44::text[], $45::text[], $46::int[],
-                $47::int[], $48::timestamptz[], $49::timestamptz[], $50::text[])
-         AS u(incident_id, state, policy, severity, region, seq, kafka_partition, reported_at,
-              updated_at, body)
+    FROM unnest($22::engine_incident_new[]) AS u
     WHERE (SELECT ok FROM gate)
 )
 SELECT CASE WHEN g.ok THEN false
-            ELSE engine_batch_refused(g.fenced, cardinality($25::int[]), g.offsets,
-                                      cardinality($1::text[]), g.changed, cardinality($5::text[]))
+            ELSE engine_batch_refused(g.fenced, cardinality($17::int[]), g.offsets, cardinality($1::text[]),
+                                      g.changed, cardinality($5::engine_incident_change[]))
        END AS refused,
        (SELECT coalesce(array_agg(id ORDER BY kafka_partition), '{}') FROM queued) AS outbox_ids,
        (SELECT coalesce(array_agg(kafka_partition ORDER BY kafka_partition), '{}') FROM queued)
