@@ -101,6 +101,19 @@ async def test_a_committed_batch_reads_back(store: EventStore) -> None:
     ]
 
 
+async def test_each_event_keeps_its_own_processing_moment(store: EventStore) -> None:
+    # PostgreSQL is sent a batch's shared moment once (the first event's), and only the others per row.
+    first, second, third = logged("A", 1, "e1", 0), logged("A", 2, "e2", 1), logged("B", 1, "e3", 2)
+    second.processed_at = T0 + timedelta(microseconds=1)
+    third.processed_at = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)  # equal to the first, not the same object
+    await store.commit(batch(0, 3, events=[first, second, third]))
+    assert [(r["event_id"], r["processed_at"]) for r in await store.read_log()] == [
+        ("e1", T0),
+        ("e2", T0 + timedelta(microseconds=1)),
+        ("e3", T0),
+    ]
+
+
 async def test_a_fenced_batch_writes_nothing(store: EventStore) -> None:
     await store.commit(
         batch(0, 5, events=[logged("A", 1, "e1", 0)], incidents={"A": (incident("A"), 0)}, created={"A"})

@@ -167,14 +167,19 @@ class PostgresStore:
              inc.last_event_at, inc.to_json_bytes().decode())
             for inc, p in new
         ]  # fmt: skip
+        # The events of a batch share their processing moment (the batch's `now`): sent once, not
+        # per row (a timestamptz costs asyncpg about as much to encode as the rest of a short row).
+        processed_at = events[0].processed_at if events else None
         event_rows = [
-            (x.incident_id, x.seq, x.event_id, x.type, x.source, x.event_time, x.processed_at,
+            (x.incident_id, x.seq, x.event_id, x.type, x.source, x.event_time,
+             None if x.processed_at is processed_at else x.processed_at,
              x.partition, x.offset, x.envelope.decode(),
              dumps(x.trace_context).decode() if x.trace_context else None)
             for x in events
         ]  # fmt: skip
         armed_rows = [
-            (t.incident_id, t.partition, t.due_at, dumps(t.trace_context).decode() if t.trace_context else None)
+            (t.incident_id, t.partition, t.due_at,
+             dumps(t.trace_context).decode() if t.trace_context else None)
             for t in armed
         ]  # fmt: skip
         fence = batch.fence()
@@ -192,7 +197,7 @@ class PostgresStore:
                 batch.group_id, batch.sent_outbox,
                 batch.input_topic, list(fence), list(fence.values()),
                 [u for _, (_, u, _) in firings], [b for _, (_, _, b) in firings],
-                event_rows, new_rows,
+                event_rows, new_rows, processed_at,
             )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == _EVENT_KEY:

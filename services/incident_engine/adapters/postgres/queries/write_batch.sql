@@ -23,9 +23,10 @@
 --          every partition matched.
 --  $19-$20 the horizons of the timer firings ($8-$10)
 --  $21     new events (engine_logged_event): incident id, seq, event id, type, source, event time,
---          processed at, partition, offset, envelope (JSON text), trace context (JSON text)
+--          processed at (NULL: $23), partition, offset, envelope (JSON text), trace context (JSON text)
 --  $22     new incidents (engine_incident_new): id, state, policy, severity, region, seq, partition,
 --          reported_at, updated_at, body (JSON text)
+--  $23     the batch's processing moment, shared by its events
 WITH held AS (
     SELECT o.kafka_partition
     FROM partition_owners AS o
@@ -87,7 +88,8 @@ WITH held AS (
 ), logged AS (
     INSERT INTO event_log (incident_id, seq, event_id, type, source, event_time, processed_at,
                            kafka_partition, kafka_offset, envelope, trace_context)
-    SELECT u.incident_id, u.seq, u.event_id, u.type, u.source, u.event_time, u.processed_at,
+    SELECT u.incident_id, u.seq, u.event_id, u.type, u.source, u.event_time,
+           coalesce(u.processed_at, $23::timestamptz),
            u.kafka_partition, u.kafka_offset, u.envelope::json, u.trace_context::jsonb
     FROM unnest($21::engine_logged_event[]) AS u
     WHERE (SELECT ok FROM gate)
