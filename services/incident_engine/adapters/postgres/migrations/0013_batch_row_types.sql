@@ -4,7 +4,9 @@
 -- cost eleven such elements, with a row per element it costs one. Measured in alternating runs of
 -- `bench_engine.py --workload ack-heavy`: per acknowledgement 50 µs of engine CPU instead of 54, and
 -- 25 µs of PostgreSQL's instead of 29 (its array of records decodes faster than eleven arrays).
--- The field order is the order in which `PostgresStore.commit` builds its tuples.
+-- The field order is the order in which `PostgresStore.commit` builds its tuples (a contract test
+-- reads every column back). Never ALTER or DROP these types under running replicas: asyncpg caches
+-- a type's fields per connection; a new layout is a new type, used by a new statement.
 CREATE TYPE engine_logged_event AS (
     incident_id text, seq integer, event_id text, type text, source text, event_time timestamptz,
     processed_at timestamptz, kafka_partition integer, kafka_offset bigint, envelope text,
