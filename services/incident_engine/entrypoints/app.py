@@ -30,7 +30,6 @@ from incident_engine.adapters.postgres.migrate import migrate
 from incident_engine.adapters.postgres.store import PostgresStore, create_pool, pool_timeouts
 from incident_engine.adapters.store import OutboxRow
 from incident_engine.adapters.telemetry import Observation, Telemetry, root_sample_ratio, setup_telemetry
-from incident_engine.allocator import tune_allocator
 from incident_engine.config import Settings
 from incident_engine.domain import (
     Calendar,
@@ -234,7 +233,6 @@ class EngineService:
         """Connect, migrate, join the consumer group and start the loop and the relay."""
         s = self.settings
         tune_for_batches()
-        tune_allocator()
         self.telemetry = self.telemetry or setup_telemetry()
         dsn = s.database_url.get_secret_value()
         self.pool = await wait_for_postgres(dsn, settings=s)
