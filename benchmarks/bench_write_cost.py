@@ -1,6 +1,6 @@
 """What one batch of each event type costs the engine's write path: statements, rows, round trips, time.
 
-    .venv/bin/python benchmarks/bench_write_cost.py [--incidents 20000] [--batch 500]
+    .venv/bin/python benchmarks/bench_write_cost.py [--incidents 20000] [--batch 500] [--against REV]
 
 No Kafka: records are handed to the engine's own BatchProcessor (decide, then commit through the
 PostgresStore), one batch at a time, so the Python time (decide) and the PostgreSQL time (commit)
@@ -9,20 +9,31 @@ running engine), then the same acknowledgements' twins after the cache was dropp
 engine). Every call the store makes on its connections is counted (a round trip each, a COPY one),
 and timed, with the cyclic GC's collections. Like the engine's service, with its GC threshold.
 PostgreSQL: DATABASE_URL if set, else started locally (devstack).
+
+`--against REV` measures a change of the store's write path where whole-engine runs cannot (their
+spread between runs, ±5 %, is larger than the change): `PostgresStore.commit` of git revision REV
+(its store.py and queries/*.sql) and this tree's commit take the batches in turn (A B B A ...), in
+one process, on the same database, after the same decisions; each phase then prints, for both, the
+median client CPU and wall time of a commit per event. REV's commit must work on this tree's
+schema and `BatchWrite` (a change of those is not measured this way).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -93,20 +104,57 @@ class Phase:
     commit: list[float] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     seconds: Counter[str] = field(default_factory=Counter)
+    # with --against: (client CPU, wall) seconds of each commit, by whose commit ran it
+    turns: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+COMMITS: dict[str, Any] = {"this tree": PostgresStore.commit}
+
+
+def load_commit_of(rev: str) -> Any:
+    """`PostgresStore.commit` of a git revision: its store.py and queries, imported from a temp dir."""
+    root = Path(__file__).resolve().parent.parent
+    folder = "services/incident_engine/adapters/postgres"
+
+    def show(path: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], check=True,
+                                  capture_output=True, text=True).stdout  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"--against {rev}: git cannot show {path}: {exc.stderr.strip()}") from None
+
+    where = Path(tempfile.mkdtemp(prefix="write-cost-"))
+    (where / "queries").mkdir()
+    listing = subprocess.run(["git", "-C", str(root), "ls-tree", "--name-only", f"{rev}:{folder}/queries"],
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+    for name in listing:
+        (where / "queries" / name).write_text(show(f"{folder}/queries/{name}"))
+    source = show(f"{folder}/store.py").replace("Path(__file__).parent", f"Path({str(where)!r})")
+    (where / "store.py").write_text(source)
+    spec = importlib.util.spec_from_file_location(f"store_at_{rev}", where / "store.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PostgresStore.commit
 
 
 async def run_phase(processor: BatchProcessor, records: list[Record], batch: int, now: datetime) -> Phase:
     phase = Phase()
     CALLS.clear()
     SECONDS.clear()
-    for start in range(0, len(records), batch):
+    names = list(COMMITS)
+    for n, start in enumerate(range(0, len(records), batch)):
         chunk = records[start : start + batch]
         t0 = time.perf_counter()
         result = await processor.decide(chunk, [], now)
-        t1 = time.perf_counter()
+        # A B B A A B ...: neither commit always runs first after the other's
+        name = names[(n + n // 2) % len(names)]
+        PostgresStore.commit = COMMITS[name]  # type: ignore[method-assign]
+        cpu, t1 = time.process_time(), time.perf_counter()
         await processor.commit(result)
         phase.decide.append(t1 - t0)
         phase.commit.append(time.perf_counter() - t1)
+        phase.turns.setdefault(name, []).append((time.process_time() - cpu, phase.commit[-1]))
     phase.calls = Counter(CALLS)
     phase.seconds = Counter(SECONDS)
     return phase
@@ -127,10 +175,13 @@ async def main() -> None:
     )
     parser.add_argument("--incidents", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--against", metavar="REV", help="A/B this tree's commit with a git revision's")
     args = parser.parse_args()
     if args.incidents < 4 or args.batch < 1:
         parser.error(f"--incidents {args.incidents} --batch {args.batch}: at least 4 incidents and 1 a batch")
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+    if args.against:
+        COMMITS[args.against] = load_commit_of(args.against)
     tune_for_batches()  # as the engine's service does
     postgres, _ = start_postgres()
     try:
@@ -169,6 +220,12 @@ async def main() -> None:
                 f"{name:18} decide {1e6 * d / args.batch:6.1f} µs/event, commit {1e6 * c / args.batch:6.1f}"
                 f" µs/event ({args.batch / (d + c):,.0f} events/s sequential); calls per batch {per}"
             )
+            if len(ph.turns) > 1:
+                for who, turns in ph.turns.items():
+                    cpu = statistics.median(t[0] for t in turns) / args.batch
+                    wall = statistics.median(t[1] for t in turns) / args.batch
+                    print(f"{'':18}   commit of {who}: client CPU {1e6 * cpu:5.1f} µs/event,"
+                          f" wall {1e6 * wall:5.1f} µs/event ({len(turns)} batches)")  # fmt: skip
         print(
             f"row writes (ins+upd+del) by table, reports: "
             f"{ {k: mid.get(k, 0) - before.get(k, 0) for k in mid} }"
