@@ -1,0 +1,64 @@
+"""Per-step timings of an engine process, for finding what holds a due timer (issue 17).
+
+Opt-in and for benchmarks only: with this folder on PYTHONPATH and STEP_TRACE=FILE in the environment,
+every Python process started (e.g. the engine `bench_timers.py` spawns) appends one line per loop step
+to FILE: wall time, step, fetch wait, decide, the lookup round trip inside it (and how many incidents
+it asked for), the wait for an older commit, events, firings and their worst lateness (ms).
+
+    STEP_TRACE=/tmp/steps.log PYTHONPATH=benchmarks/step_trace \\
+        .venv/bin/python benchmarks/bench_timers.py --timers 1000000 --duration 40
+    .venv/bin/python benchmarks/step_trace/summary.py /tmp/steps.log --last 40
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+if os.environ.get("STEP_TRACE"):
+    from incident_engine.adapters.postgres import store as _store
+    from incident_engine.entrypoints import consumer as _consumer
+    from incident_engine.entrypoints import processor as _processor
+
+    _out = open(os.environ["STEP_TRACE"], "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+    _now: dict[str, float] = {}
+
+    def _timed(name: str, method: Any) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                _now[name] = _now.get(name, 0.0) + time.perf_counter() - started
+                if name == "lookup":
+                    _now["asked"] = len(args[2])  # (self, event keys, incident ids)
+
+        return timed
+
+    _processor.BatchProcessor.decide = _timed("decide", _processor.BatchProcessor.decide)  # type: ignore[method-assign]
+    _consumer.EngineLoop._finish_oldest = _timed("finish", _consumer.EngineLoop._finish_oldest)  # type: ignore[method-assign]
+    _store.PostgresStore.lookup = _timed("lookup", _store.PostgresStore.lookup)  # type: ignore[method-assign]
+    _step = _consumer.EngineLoop.step
+
+    async def _traced_step(self: Any) -> Any:
+        consumer = self.consumer
+        if consumer is not None and not getattr(consumer, "_step_traced", False):
+            consumer.getmany = _timed("fetch", consumer.getmany)
+            consumer._step_traced = True
+        _now.clear()
+        started = time.perf_counter()
+        result = await _step(self)
+        ms = {k: 1000 * v for k, v in _now.items() if k != "asked"}
+        late = max(result.fired_lateness) * 1000 if result is not None and result.fired_lateness else -1.0
+        step_ms = 1000 * (time.perf_counter() - started)
+        _out.write(
+            f"{time.time():.4f} step={step_ms:.1f} fetch={ms.get('fetch', 0):.1f}"
+            f" decide={ms.get('decide', 0):.1f} lookup={ms.get('lookup', 0):.1f}"
+            f" asked={_now.get('asked', 0):.0f}"
+            f" finish={ms.get('finish', 0):.1f} events={len(result.write.events) if result else 0}"
+            f" fired={len(result.fired_lateness) if result else 0} late={late:.1f}\n"
+        )
+        return result
+
+    _consumer.EngineLoop.step = _traced_step  # type: ignore[method-assign]
