@@ -144,6 +144,52 @@ async def test_while_behind_time_follows_the_events_read() -> None:
     assert not [o for o in outputs if o.type == "incident.sla.retracted"]
 
 
+async def test_a_timer_fires_in_the_step_that_reads_the_event_past_its_moment() -> None:
+    """While behind, the records a step reads move their partition's watermark in that step, not the
+    next one: each step of a backlog used to hold every timer a step longer (issue 17)."""
+    t = NOW - 2 * 60 * M
+    consumer = ScriptedConsumer(per_fetch=1)
+    consumer.publish(
+        0,
+        ev("reported", "X", t, severity="critical", region="au"),
+        ev("reported", "Y", t + 16 * M, severity="critical", region="au"),  # X's ack breached at 15 min
+        ev("acknowledged", "Y", t + 17 * M),
+    )
+    loop, _ = await engine(consumer, [0], Clock(NOW))
+    first = await loop.step()
+    assert first is not None and kinds(first.outputs) == []
+    await loop.drain()  # X's timers are armed once its batch commits
+    second = await loop.step()  # reads Y's report: X's overdue timers fire here, after it
+    assert second is not None
+    fired = [(o.subject, *kinds([o])[0]) for o in second.outputs if o.topic == "incidents.breaches"]
+    assert ("X", "breached", "ack", None) in fired, fired
+    # and nothing due at or past the latest event read (Y's report): not one moment early
+    assert all(o.data["due_at"] < t + 16 * M for o in second.outputs if o.topic == "incidents.breaches")
+    await loop.drain()
+
+
+async def test_a_due_timer_waits_for_the_acknowledgement_read_with_the_event_past_it() -> None:
+    """The other direction: when the step that moves the watermark past a due moment also reads the
+    acknowledgement stamped before it, the acknowledgement is applied first: no breach."""
+    t = NOW - 2 * 60 * M
+    consumer = ScriptedConsumer(per_fetch=1)
+    consumer.publish(0, ev("reported", "X", t, severity="critical", region="au"))
+    loop, _ = await engine(consumer, [0], Clock(NOW))
+    await run_steps(loop, 1)
+    consumer.per_fetch = 2
+    consumer.publish(
+        0,
+        ev("acknowledged", "X", t + 14 * M),  # in time
+        ev("reported", "Y", t + 16 * M, severity="critical", region="au"),  # past X's ack deadline
+    )
+    outputs = await run_steps(loop, 2)
+    assert ("breached", "ack", None) not in kinds([o for o in outputs if o.subject == "X"])
+    assert kinds([o for o in outputs if o.subject == "X"])[:2] == [
+        ("warning", "ack", 0.5),
+        ("warning", "ack", 0.8),
+    ]
+
+
 async def test_caught_up_breaches_wait_for_the_grace_and_warnings_do_not() -> None:
     clock = Clock(NOW)
     consumer = ScriptedConsumer(per_fetch=10)

@@ -294,6 +294,11 @@ class EngineLoop:
             records = [r for r in records if r.partition in self.assigned]
             await self.note_read(records)
             now = self.clock()
+            # The records just read count for the watermarks at once, not a step later: a due timer
+            # of their partitions fires in this batch, after them (issue 17: a backlog's steps each
+            # held every timer one step longer).
+            parsed = self.processor.read(records, now)
+            self.note_times(self.processor.times_read(records, parsed))
             watermarks = self.watermarks(now)
             due = self.pop_due(watermarks)
             if not records and not due:
@@ -301,7 +306,7 @@ class EngineLoop:
                 return None
             started = time.perf_counter()
             try:
-                result = await self.processor.decide(records, due, now, watermarks)
+                result = await self.processor.decide(records, due, now, watermarks, parsed)
                 while len(self._inflight) >= self.commit_depth:
                     await self._finish_oldest()
             except BaseException:
@@ -326,7 +331,11 @@ class EngineLoop:
 
     def note_event_times(self, result: BatchResult) -> None:
         """Advance each partition's latest event time with those a decided batch read."""
-        for partition, moment in result.event_times.items():
+        self.note_times(result.event_times)
+
+    def note_times(self, times: dict[int, datetime]) -> None:
+        """Advance each partition's latest event time with these (partition -> latest read)."""
+        for partition, moment in times.items():
             seen = self.event_time.get(partition)
             if seen is None or moment > seen:
                 self.event_time[partition] = moment

@@ -217,15 +217,18 @@ class BatchProcessor:
         due: Sequence[tuple[str, int]],
         now: datetime,
         watermarks: Mapping[int, datetime] | None = None,
+        parsed: Sequence[Event | OutputEvent] | None = None,
     ) -> BatchResult:
         """Run a batch through the domain without writing it; its incidents go to the cache at once,
         so the next batch can be decided while this one commits (see `commit`, `abandon`).
 
         `now` is the wall clock (the outputs' `time`); the due timers fire under their partition's
         watermark (default `now`): what is due strictly before it, breaches and failover orders only
-        once the grace has passed too (see `EngineLoop` for how watermarks advance)."""
+        once the grace has passed too (see `EngineLoop` for how watermarks advance). `parsed` is
+        what `read` made of `records` at `now`, when the caller has it already."""
         result = BatchResult(BatchWrite(self.group_id))
-        parsed = [self._parse(record, now) for record in records]
+        if parsed is None:
+            parsed = self.read(records, now)
         events = [p for p in parsed if not isinstance(p, OutputEvent)]
         cache = self.cache
         wanted = {e.subject for e in events} | {incident_id for incident_id, _ in due}
@@ -281,7 +284,7 @@ class BatchProcessor:
                         continue  # exactly-once effect: an event already applied is dropped silently
                     known.add(identity)
                     self._apply_event(result, states, record, item, now)
-                    self._saw(result, record.partition, item.time)
+                    self._saw(result.event_times, record.partition, item.time)
                 else:
                     result.outcomes[("(unreadable)", "rejected")] += 1
                     self._emit(result, [item], record.partition, _trace_of(record))
@@ -358,6 +361,23 @@ class BatchProcessor:
         self.armed_traces.clear()
         self.uncommitted_ids.clear()
         self.uncommitted_incidents.clear()
+
+    def read(self, records: Sequence[InputRecord], now: datetime) -> list[Event | OutputEvent]:
+        """Each record as a validated event, or as the dead letter that explains why it is not one."""
+        return [self._parse(record, now) for record in records]
+
+    @staticmethod
+    def times_read(
+        records: Sequence[InputRecord], parsed: Sequence[Event | OutputEvent]
+    ) -> dict[int, datetime]:
+        """Partition -> the latest event time among the valid events read (what `read` returned):
+        with them read, nothing stamped earlier is still to come from the partition (in order, up to
+        the loop's allowance), so its watermark may pass them before they are decided."""
+        times: dict[int, datetime] = {}
+        for record, item in zip(records, parsed, strict=True):
+            if not isinstance(item, OutputEvent):
+                BatchProcessor._saw(times, record.partition, item.time)
+        return times
 
     def _parse(self, record: InputRecord, now: datetime) -> Event | OutputEvent:
         raw = record.value or b""
@@ -467,13 +487,13 @@ class BatchProcessor:
         return ratio is None or self._random.random() < ratio
 
     @staticmethod
-    def _saw(result: BatchResult, partition: int, moment: datetime) -> None:
+    def _saw(times: dict[int, datetime], partition: int, moment: datetime) -> None:
         """Note an event time read from a partition (its watermark advances with them while behind)."""
         if moment.tzinfo is not UTC:
             moment = moment.astimezone(UTC)
-        seen = result.event_times.get(partition)
+        seen = times.get(partition)
         if seen is None or moment > seen:
-            result.event_times[partition] = moment
+            times[partition] = moment
 
     def wake_of(self, incident: Incident) -> datetime | None:
         """When the incident's next timer may fire: its due moment, plus the grace for a breach or
