@@ -201,3 +201,33 @@ async def test_a_repeat_stays_known_when_its_batch_commits_while_the_next_one_lo
     assert result.write.events == [] and result.outputs == []
     await processor.commit(result)
     assert sorted(seq for _, seq in store.log) == [1, 2]
+
+
+async def test_a_due_timer_is_not_held_behind_a_slow_commit_when_there_is_nothing_else_to_do() -> None:
+    """An idle step waits for the commit under way only until the next timer may be due: it used to
+    wait for every commit, and a commit Postgres stalled (a checkpoint) held each due timer (issue 17)."""
+    store = GatedStore()
+    store.gate.set()
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
+    clock = Clock(NOW + 1 * M)
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+    loop = EngineLoop(processor, store, clock=clock)
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop.assigned = {0}
+    await loop._take([0])
+    assert await loop.step() is not None
+    await loop.drain()  # X's timers armed: its first warning is due at 7.5 minutes
+    store.gate.clear()  # Postgres stalls from now on
+    consumer.publish(0, ev("reported", "Y", NOW + 1 * M, severity="critical", region="au"))
+    assert await loop.step() is not None  # Y's batch: its commit waits for the gate
+    assert await asyncio.wait_for(loop.step(), 1.0) is None  # nothing to do: back at once
+    clock.now = NOW + 8 * M
+    fired = await asyncio.wait_for(loop.step(), 1.0)
+    assert fired is not None and [(o.subject, o.type) for o in fired.outputs] == [
+        ("X", "incident.sla.warning")
+    ]
+    assert store.applied == [[1]]  # decided while Y's commit is still under way
+    store.gate.set()
+    await loop.drain()
+    assert store.applied == [[1], [2], []]  # and committed after it, in order (a firing moves no offset)
