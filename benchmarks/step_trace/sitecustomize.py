@@ -12,6 +12,7 @@ it asked for), the wait for an older commit, events, firings and their worst lat
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -41,7 +42,17 @@ if os.environ.get("STEP_TRACE"):
     _store.PostgresStore.lookup = _timed("lookup", _store.PostgresStore.lookup)  # type: ignore[method-assign]
     _step = _consumer.EngineLoop.step
 
+    _lag = [0.0]  # the event loop's longest lateness since the last step line (a 1 ms sleeper's)
+
+    async def _sample_lag() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            _lag[0] = max(_lag[0], time.perf_counter() - started - 0.001)
+
     async def _traced_step(self: Any) -> Any:
+        if not hasattr(_sample_lag, "task"):
+            _sample_lag.task = asyncio.get_running_loop().create_task(_sample_lag())  # type: ignore[attr-defined]
         consumer = self.consumer
         if consumer is not None and not getattr(consumer, "_step_traced", False):
             consumer.getmany = _timed("fetch", consumer.getmany)
@@ -57,8 +68,10 @@ if os.environ.get("STEP_TRACE"):
             f" decide={ms.get('decide', 0):.1f} lookup={ms.get('lookup', 0):.1f}"
             f" asked={_now.get('asked', 0):.0f}"
             f" finish={ms.get('finish', 0):.1f} events={len(result.write.events) if result else 0}"
-            f" fired={len(result.fired_lateness) if result else 0} late={late:.1f}\n"
+            f" fired={len(result.fired_lateness) if result else 0} late={late:.1f}"
+            f" behind={len(self.assigned - self.caught_up)} lag={1000 * _lag[0]:.1f}\n"
         )
+        _lag[0] = 0.0
         return result
 
     _consumer.EngineLoop.step = _traced_step  # type: ignore[method-assign]
