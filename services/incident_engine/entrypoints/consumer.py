@@ -24,6 +24,8 @@ from incident_engine.entrypoints.timers import TimerHeap
 log = logging.getLogger(__name__)
 # The consumer's fetch long poll: how stale a caught-up partition's watermark can be when it is idle.
 FETCH_WAIT_MS = 20
+_AHEAD = 4  # batches of due timers that may be decided beyond `commit_depth` while Postgres is slow
+_PREFETCH_MAX = 2000  # incidents read per prefetch
 
 
 class EngineLoop:
@@ -51,6 +53,8 @@ class EngineLoop:
         allowance: timedelta = timedelta(0),
         on_timer_dropped: Callable[[str], None] | None = None,
         commit_depth: int = 2,
+        prefetch_ahead: timedelta = timedelta(seconds=2),
+        prefetch_every: float = 0.25,
     ) -> None:
         self.processor = processor
         self.store = store
@@ -80,6 +84,10 @@ class EngineLoop:
         self.batches = 0
         self._take_failed = False  # an assignment whose offsets or timers did not load: not ready
         self.isolation = Isolation(self, on_timer_dropped)  # after a batch failed on its input
+        # Every `prefetch_every` s, the incidents whose timers come due within `prefetch_ahead` are
+        # cached (`prefetch`), so that they fire without a read of Postgres.
+        self.prefetch_ahead = prefetch_ahead
+        self.prefetch_every = prefetch_every
 
     # -- rebalance listener (aiokafka calls these between getmany calls of this task) --------------
 
@@ -207,6 +215,15 @@ class EngineLoop:
             self._needs_reset = True  # `_reset` takes every assigned partition, retried until it works
         elif self.assigned and not self._take_failed:
             self.ready.set()
+        prefetcher = asyncio.create_task(self._prefetch_forever())
+        try:
+            await self._run()
+        finally:
+            prefetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prefetcher
+
+    async def _run(self) -> None:
         backoff = 0.2
         conflicts = 0  # batches fenced off in a row
         while not self._stopping:
@@ -306,22 +323,85 @@ class EngineLoop:
                 return None
             started = time.perf_counter()
             try:
-                result = await self.processor.decide(records, due, now, watermarks, parsed)
+                result = await self.processor.decide(
+                    records, due, now, watermarks, parsed, meanwhile=self._fire_meanwhile
+                )
+                # (what this batch changed is not committed yet: timers firing meanwhile leave it alone)
+                held = set(result.write.incidents) | {incident_id for incident_id, _ in due}
                 while len(self._inflight) >= self.commit_depth:
+                    await self._fire_meanwhile(self._inflight[0], held)
                     await self._finish_oldest()
             except BaseException:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
                 raise
             self.note_event_times(result)
-            if self.before_commit is not None:
-                self.before_commit(result)
-            previous = self._inflight[-1] if self._inflight else None
-            self._inflight.append(asyncio.create_task(self._commit(result, started, previous)))
-            # Let the commit start now: the store takes its rows from the (cached, shared) incidents
-            # before its first await, and the next batch changes those incidents in place.
-            await asyncio.sleep(0)
+            await self._chain(result, started)
             return result
+
+    async def _chain(self, result: BatchResult, started: float) -> None:
+        """Start committing a decided batch, after the ones under way."""
+        if self.before_commit is not None:
+            self.before_commit(result)
+        previous = self._inflight[-1] if self._inflight else None
+        self._inflight.append(asyncio.create_task(self._commit(result, started, previous)))
+        # Let the commit start now: the store takes its rows from the (cached, shared) incidents
+        # before its first await, and the next batch changes those incidents in place.
+        await asyncio.sleep(0)
+
+    async def _fire_meanwhile(self, waiting: asyncio.Future[Any], held: set[str]) -> None:
+        """Until `waiting` (a batch's read of Postgres, or the commit it waits for) is done, fire
+        the timers that come due, of cached incidents other than `held` (the waiting batch's), each
+        time in a batch of their own, chained ahead of the waiting one.
+
+        A slow read or commit (a checkpoint, a busy host: 40-150 ms) used to hold every timer that
+        came due meanwhile (issue 17). Timers of incidents not cached wait for the next step's read;
+        `prefetch` caches the incidents whose timers come due soon. At most `_AHEAD` batches are
+        decided ahead of Postgres this way."""
+        while not waiting.done():
+            timeout = self.batch_timeout_ms / 1000
+            next_wake = self.timers.next_wake(self.assigned)
+            if next_wake is not None:
+                timeout = min(timeout, max(next_wake - self.clock().timestamp(), 0.002))
+            await asyncio.wait([waiting], timeout=timeout)
+            if waiting.done() or len(self._inflight) >= self.commit_depth + _AHEAD:
+                continue
+            await self._note_caught_up(set())  # the fetches since the step: watermarks move on
+            now = self.clock()
+            watermarks = self.watermarks(now)
+            due = self.pop_due(watermarks)
+            cache = self.processor.cache
+            ready = [(i, p) for i, p in due if i not in held and cache.get(i) is not None]
+            if len(ready) < len(due):
+                for incident_id, partition in due:  # to the next step, which reads what it lacks
+                    if incident_id in held or cache.get(incident_id) is None:
+                        self.timers.arm(incident_id, partition, now)
+            if not ready:
+                continue
+            started = time.perf_counter()
+            try:
+                result = await self.processor.decide([], ready, now, watermarks)
+            except BaseException:
+                for incident_id, partition in ready:
+                    self.timers.arm(incident_id, partition, now)
+                raise
+            await self._chain(result, started)
+
+    async def prefetch(self) -> int:
+        """Cache the incidents whose timers come due within `prefetch_ahead` (see `_fire_meanwhile`)."""
+        soon = self.clock().timestamp() + self.prefetch_ahead.total_seconds()
+        upcoming = self.timers.upcoming(sorted(self.assigned), soon, _PREFETCH_MAX)
+        return await self.processor.prefetch(upcoming) if upcoming else 0
+
+    async def _prefetch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.prefetch_every)
+            try:
+                await self.prefetch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # only a saving lost: the batch that fires them reads them
+                log.debug("prefetching incidents whose timers come due failed: %r", exc)
 
     async def note_read(self, records: Sequence[InputRecord]) -> None:
         """Positions after the records fetched, and which partitions are caught up now."""

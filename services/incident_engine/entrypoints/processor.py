@@ -8,10 +8,10 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -89,6 +89,7 @@ class IncidentCache:
         self.limit = limit
         self.items: dict[str, Incident] = {}
         self.keys: dict[str, bytearray] = {}  # incident -> hashes of its logged events, 8 bytes each
+        self.cleared = 0  # how many times it was emptied (a read begun before then is stale)
 
     def get(self, incident_id: str) -> Incident | None:
         """The cached incident, if any."""
@@ -137,6 +138,7 @@ class IncidentCache:
         if incident_ids is None:
             self.items.clear()
             self.keys.clear()
+            self.cleared += 1
         else:
             for incident_id in incident_ids:
                 self.items.pop(incident_id, None)
@@ -198,6 +200,39 @@ class BatchProcessor:
         # Ownership epoch of each owned input partition (set by the consume loop when it claims
         # them): stamped on every batch, whose transaction is refused once one of them is stale.
         self.epochs: dict[int, int] = {}
+        # A prefetch under way (see `prefetch`): the incidents it reads, and those of them a batch
+        # decided meanwhile (the prefetched state of those is stale).
+        self._prefetching: set[str] | None = None
+        self._spoiled: set[str] = set()
+
+    async def prefetch(self, incident_ids: Sequence[str]) -> int:
+        """Load into the cache those of these incidents it lacks (the ones whose timers come due
+        soon): a due timer of a cached incident fires without waiting for a read of Postgres, even
+        while a batch waits for one (`EngineLoop`). Returns how many were cached.
+
+        A state read while a batch that changes the incident is decided or committing is stale: such
+        incidents are left out, and so is everything when the cache was emptied meanwhile (a failed
+        batch, a rebalance). Were one missed, the batch deciding on it would be refused on its seq
+        (`BatchWrite.decided_from`) and redone, never applied on a stale state."""
+        cache = self.cache
+        wanted = [i for i in incident_ids if cache.get(i) is None and i not in self.uncommitted_incidents]
+        if not wanted or self._prefetching is not None:
+            return 0
+        cleared = cache.cleared
+        self._prefetching, self._spoiled = set(wanted), set()
+        try:
+            loaded = await self.store.load_incidents(wanted)
+        finally:
+            spoiled, self._prefetching, self._spoiled = self._spoiled, None, set()
+        if cache.cleared != cleared:
+            return 0
+        busy = self.uncommitted_incidents
+        fresh = [
+            inc for i, inc in loaded.items() if i not in spoiled and i not in busy and cache.get(i) is None
+        ]
+        for incident in fresh:
+            cache.put(incident)
+        return len(fresh)
 
     async def process(
         self,
@@ -218,6 +253,7 @@ class BatchProcessor:
         now: datetime,
         watermarks: Mapping[int, datetime] | None = None,
         parsed: Sequence[Event | OutputEvent] | None = None,
+        meanwhile: Callable[[asyncio.Future[Any], set[str]], Awaitable[None]] | None = None,
     ) -> BatchResult:
         """Run a batch through the domain without writing it; its incidents go to the cache at once,
         so the next batch can be decided while this one commits (see `commit`, `abandon`).
@@ -225,7 +261,9 @@ class BatchProcessor:
         `now` is the wall clock (the outputs' `time`); the due timers fire under their partition's
         watermark (default `now`): what is due strictly before it, breaches and failover orders only
         once the grace has passed too (see `EngineLoop` for how watermarks advance). `parsed` is
-        what `read` made of `records` at `now`, when the caller has it already."""
+        what `read` made of `records` at `now`, when the caller has it already. While the batch
+        waits for its read of Postgres, `meanwhile(read, incidents)` runs (until the read is done)
+        and may decide other batches, on other incidents than the ones this batch touches."""
         result = BatchResult(BatchWrite(self.group_id))
         if parsed is None:
             parsed = self.read(records, now)
@@ -256,7 +294,15 @@ class BatchProcessor:
         missing = [i for i in wanted if i not in states]
         known: set[EventKey] = set()
         if ids or missing:
-            known, loaded = await self.store.lookup(ids, missing)
+            lookup = asyncio.ensure_future(self.store.lookup(ids, missing))
+            if meanwhile is not None and not lookup.done():
+                try:
+                    await meanwhile(lookup, wanted)
+                except BaseException:
+                    lookup.cancel()
+                    self.abandon()
+                    raise
+            known, loaded = await lookup
             states.update(loaded)
         decided_from = {incident_id: inc.seq for incident_id, inc in states.items()}  # before any change
         known.update(pending)
@@ -299,9 +345,12 @@ class BatchProcessor:
         write = result.write
         write.decided_from = {i: decided_from[i] for i in write.incidents if i in decided_from}
         self._stamp_epochs(write)
+        prefetching = self._prefetching
         for incident_id, (incident, _) in write.incidents.items():
             cache.put(incident)
             self.uncommitted_incidents[incident_id] += 1
+            if prefetching is not None and incident_id in prefetching:
+                self._spoiled.add(incident_id)
         created = write.created
         for entry in write.events:
             key = (entry.source, entry.event_id)

@@ -70,6 +70,25 @@ class TimerHeap:
                     earliest = heap[0][0]
         return earliest
 
+    def upcoming(self, partitions: Iterable[int], before: float, limit: int) -> list[str]:
+        """Up to `limit` incidents of `partitions` whose wake moment is before `before`, without
+        taking them: a walk of each heap's top, never below an entry past `before` (a heap's
+        children come no earlier than their parent), so it costs what it finds, not the heap's size."""
+        found: list[str] = []
+        wakes, owners = self._wake, self._partition
+        for partition in partitions:
+            heap = self._heaps.get(partition)
+            stack = [0] if heap else []
+            while stack and len(found) < limit:
+                i = stack.pop()
+                stamp, incident_id = heap[i]  # type: ignore[index]
+                if stamp >= before:
+                    continue
+                if wakes.get(incident_id) == stamp and owners.get(incident_id) == partition:
+                    found.append(incident_id)
+                stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))  # type: ignore[arg-type]
+        return found
+
     def pop_due(self, watermarks: Mapping[int, float], limit: int = 1000) -> list[tuple[str, int]]:
         """Take up to `limit` incidents whose wake moment is before their partition's watermark,
         as (incident id, partition); partitions without a watermark fire nothing."""

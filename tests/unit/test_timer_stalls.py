@@ -1,0 +1,194 @@
+"""Due timers are not held by a slow Postgres: they fire while a batch waits for its read or for a
+commit, on cached incidents other than the waiting batch's; the incidents whose timers come due soon
+are prefetched into the cache, and a prefetch never puts a stale state there (issue 17)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from incident_engine.adapters.memory import MemoryStore
+from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
+from incident_engine.entrypoints.consumer import EngineLoop
+from incident_engine.entrypoints.processor import BatchProcessor
+from incident_engine.entrypoints.timers import TimerHeap
+from tests.unit.test_processor import Feed, ev
+from tests.unit.test_watermarks import NOW, Clock, ScriptedConsumer
+
+pytestmark = pytest.mark.unit
+M = timedelta(minutes=1)
+
+
+class SlowReads(MemoryStore):
+    """A MemoryStore whose reads answer only once their gate is open: `answer` for a batch's lookup,
+    `prefetched` for a prefetch (`load_incidents`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.answer.set()
+        self.prefetched = asyncio.Event()
+        self.prefetched.set()
+        self.reads = 0
+
+    async def lookup(self, event_keys, incident_ids):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        found = await self.known_event_ids(event_keys), await MemoryStore.load_incidents(self, incident_ids)
+        await self.answer.wait()
+        return found
+
+    async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
+        found = await super().load_incidents(incident_ids)
+        await self.prefetched.wait()
+        return found
+
+
+async def loop_with(store: MemoryStore, consumer: ScriptedConsumer, clock: Clock) -> EngineLoop:
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+    loop = EngineLoop(processor, store, clock=clock, batch_timeout_ms=20)
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop.assigned = {0}
+    await loop._take([0])
+    return loop
+
+
+def sent(store: MemoryStore) -> list[tuple[str, str, str | None]]:
+    """(incident, type, clock) of every output the store holds, in commit order."""
+    out = [orjson.loads(row.payload) for row in store.outbox]
+    return [(o["subject"], o["type"], (o.get("data") or {}).get("clock")) for o in out]
+
+
+async def settle(task: asyncio.Task[object], until: object, tries: int = 200) -> None:
+    for _ in range(tries):
+        if until():  # type: ignore[operator]
+            return
+        assert not task.done()
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_due_timer_fires_while_a_batch_waits_for_its_read_of_postgres() -> None:
+    store = SlowReads()
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
+    clock = Clock(NOW + M)
+    loop = await loop_with(store, consumer, clock)
+    assert await loop.step() is not None
+    await loop.drain()  # X is cached (reported here) and its first warning is due at 7.5 minutes
+    store.answer.clear()  # Postgres is slow from now on
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))  # read: not cached
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    clock.now = NOW + 8 * M
+    warned = ("X", "incident.sla.warning", "ack")
+    await settle(step, lambda: warned in sent(store))  # fired and committed while Y's read waits
+    assert not any(subject == "Y" for subject, _, _ in sent(store))
+    store.answer.set()
+    result = await step
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Y"]
+    await loop.drain()
+    assert sent(store).count(warned) == 1  # once, not again by the batch that waited
+    assert [e["incident_id"] for _, e in sorted(store.log.items(), key=lambda kv: kv[1]["kafka_offset"])] == [
+        "X", "Y"]  # fmt: skip
+
+
+async def test_the_waiting_batchs_incidents_do_not_fire_before_its_events() -> None:
+    """The other direction: X's acknowledgement, stamped before X's warning was due, is in the batch
+    that waits; X's timer comes due meanwhile, but it is the waiting batch's: no warning at all."""
+    store = SlowReads()
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
+    clock = Clock(NOW + M)
+    loop = await loop_with(store, consumer, clock)
+    assert await loop.step() is not None
+    await loop.drain()
+    store.answer.clear()
+    before = sent(store)
+    consumer.publish(
+        0,
+        ev("acknowledged", "X", NOW + 7 * M),  # in time for the 7.5-minute warning
+        ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"),  # makes the batch read
+    )
+    clock.now = NOW + 7 * M + 1000 * timedelta(microseconds=1)
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    clock.now = NOW + 8 * M  # X's warning moment passes while the batch waits
+    for _ in range(10):
+        await asyncio.sleep(0.005)  # the timers had their turns
+    assert sent(store) == before
+    store.answer.set()
+    assert await step is not None
+    clock.now = NOW + 9 * M
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert [s for s in sent(store) if s[1] == "incident.sla.warning" and s[2] == "ack"] == []
+
+
+async def test_prefetch_caches_the_incidents_whose_timers_come_due_soon() -> None:
+    store = MemoryStore()
+    consumer = ScriptedConsumer(per_fetch=10)
+    consumer.publish(0, *[ev("reported", f"P-{i}", NOW + i * M, severity="critical", region="au")
+                          for i in range(6)])  # fmt: skip
+    clock = Clock(NOW + 6 * M)
+    loop = await loop_with(store, consumer, clock)
+    assert await loop.step() is not None
+    await loop.drain()
+    loop.processor.cache.forget()  # as after a restart: timers armed, incidents not cached
+    clock.now = NOW + 7 * M + 45 * timedelta(seconds=1)  # P-0's first warning (7.5 min) due in 15 s
+    loop.prefetch_ahead = timedelta(seconds=20)
+    assert await loop.prefetch() == 1
+    assert list(loop.processor.cache.items) == ["P-0"]
+    loop.prefetch_ahead = 3 * M + timedelta(seconds=20)  # P-0 to P-3 come due within that
+    assert await loop.prefetch() == 3  # P-0 is cached already
+    assert sorted(loop.processor.cache.items) == ["P-0", "P-1", "P-2", "P-3"]
+    assert loop.processor.cache.get("P-1") == Incident.from_json(store.incidents["P-1"])
+
+
+async def test_a_prefetch_never_caches_a_state_a_batch_changed_meanwhile() -> None:
+    store = SlowReads()
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+    feed = Feed()
+    reports = [feed(ev("reported", i, NOW, severity="critical", region="au")) for i in ("X", "Z")]
+    await processor.process(reports, [], NOW + M)
+    processor.cache.forget()
+    store.prefetched.clear()
+    prefetch = asyncio.create_task(processor.prefetch(["X", "Z"]))
+    await asyncio.sleep(0)  # it has read X and Z as they were (seq 1), and waits to answer
+    await processor.process([feed(ev("acknowledged", "X", NOW + 2 * M))], [], NOW + 2 * M)  # reads X itself
+    assert processor.cache.get("X") is not None
+    processor.cache.forget(["X"])  # even once it has left the cache again
+    store.prefetched.set()
+    assert await prefetch == 1  # Z only: X was changed by a batch while it was read
+    assert processor.cache.get("X") is None and processor.cache.get("Z") is not None
+    # and a prefetch that spans an emptied cache (a failed batch, a rebalance) caches nothing
+    processor.cache.forget()
+    store.prefetched.clear()
+    prefetch = asyncio.create_task(processor.prefetch(["X", "Z"]))
+    await asyncio.sleep(0)
+    processor.abandon()
+    store.prefetched.set()
+    assert await prefetch == 0 and processor.cache.items == {}
+
+
+def test_upcoming_walks_only_the_top_of_the_heap() -> None:
+    rng = random.Random(7)
+    heap = TimerHeap()
+    base = datetime(2026, 3, 2, tzinfo=UTC)
+    wakes = {f"I-{n}": base + timedelta(seconds=rng.uniform(0, 1000)) for n in range(5000)}
+    for incident_id, wake in wakes.items():
+        heap.arm(incident_id, int(incident_id[2:]) % 3, wake)
+    for incident_id in list(wakes)[:500]:  # re-armed later: their old entries are stale
+        wakes[incident_id] += timedelta(seconds=2000)
+        heap.arm(incident_id, int(incident_id[2:]) % 3, wakes[incident_id])
+    before = base + timedelta(seconds=100)
+    expected = {i for i, w in wakes.items() if w < before}
+    found = heap.upcoming([0, 1, 2], before.timestamp(), limit=10_000)
+    assert len(found) == len(set(found)) and set(found) == expected
+    assert set(heap.upcoming([1], before.timestamp(), 10_000)) == {i for i in expected if int(i[2:]) % 3 == 1}
+    assert len(heap.upcoming([0, 1, 2], before.timestamp(), limit=20)) == 20
+    assert len(heap) == 5000  # nothing taken
