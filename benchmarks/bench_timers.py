@@ -16,6 +16,9 @@
    may fire (its `due_at` for a warning; `due_at` + INCIDENTS_BREACH_GRACE_MS for a breach or failover
    order, which wait that long for evidence in flight on purpose, so that wait is not counted as
    lateness); `delivered` is the Kafka timestamp (when the relay sent it) - that same moment.
+   The window opens 2 s into streaming, and not before the engine has fired every timer that was
+   already overdue when streaming began (the backlog of seeding, loading and the maximum-rate phase:
+   its catch-up is not the lateness under a steady load); the JSON says when it opened.
    Target: p99 firing lateness <= 50 ms.
 With `--profile FILE.svg`, py-spy samples the engine during the streaming phase (a flame graph).
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
@@ -226,7 +229,7 @@ async def main() -> None:
                  "250", "--duration", str(int(args.duration)), "--output", str(args.profile)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
-        window_from = time.time() + 2.0  # timers due before this were overdue at load or warming up
+        stream_from = time.time()
         sent = await stream(kafka.url, rate, args.duration)
         window_to = time.time()
         deadline = time.monotonic() + 120
@@ -244,6 +247,12 @@ async def main() -> None:
                 print(f"py-spy failed: {errors.decode(errors='replace').strip()[-300:]}", file=sys.stderr)
             else:
                 print(f"flame graph of the streaming phase: {args.profile}", file=sys.stderr)
+        # The window opens 2 s into streaming, and not before the engine has fired every timer that
+        # was overdue when streaming began (due during seeding, loading and the maximum-rate phase:
+        # thousands, fired as a backlog while the input streams). What comes due while that backlog
+        # is worked off measures the catch-up, not the lateness under a steady load.
+        overdue = [f for d, f, _ in samples if d < stream_from]
+        window_from = max(stream_from + 2.0, max(overdue, default=stream_from))
         window = [s for s in samples if window_from <= s[0] <= window_to]
         fired = [(f - d) * 1000 for d, f, _ in window]
         delivered = [(k - d) * 1000 for d, _, k in window]
@@ -259,6 +268,8 @@ async def main() -> None:
             ),
             "input_drain_s_after_stream": round(drained, 2),
             "firings_measured": len(fired),
+            "overdue_at_stream_start": len(overdue),
+            "window_opened_s_into_stream": round(window_from - stream_from, 2),
             "lateness_ms": {
                 q: round(percentile(fired, v), 2) for q, v in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
             },
