@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FETCH_WAIT_MS = 20
 _AHEAD = 4  # batches of due timers that may be decided beyond `commit_depth` while Postgres is slow
 _PREFETCH_MAX = 2000  # incidents read per prefetch
+_TICK = 0.005  # seconds between two looks at the due timers while a batch waits for Postgres
 
 
 class EngineLoop:
@@ -359,16 +360,18 @@ class EngineLoop:
         `prefetch` caches the incidents whose timers come due soon. At most `_AHEAD` batches are
         decided ahead of Postgres this way."""
         while not waiting.done():
+            # Only caught-up partitions: the time of one that is behind moves with the events read,
+            # and none is read meanwhile (its due timers are the step's, up to `batch_max`).
             timeout = self.batch_timeout_ms / 1000
-            next_wake = self.timers.next_wake(self.assigned)
+            next_wake = self.timers.next_wake(self.caught_up)
             if next_wake is not None:
-                timeout = min(timeout, max(next_wake - self.clock().timestamp(), 0.002))
+                timeout = min(timeout, max(next_wake - self.clock().timestamp(), _TICK))
             await asyncio.wait([waiting], timeout=timeout)
             if waiting.done() or len(self._inflight) >= self.commit_depth + _AHEAD:
                 continue
             await self._note_caught_up(set())  # the fetches since the step: watermarks move on
             now = self.clock()
-            watermarks = self.watermarks(now)
+            watermarks = {p: w for p, w in self.watermarks(now).items() if p in self.caught_up}
             due = self.pop_due(watermarks)
             cache = self.processor.cache
             ready = [(i, p) for i, p in due if i not in held and cache.get(i) is not None]
