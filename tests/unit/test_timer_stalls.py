@@ -21,6 +21,7 @@ from tests.unit.test_watermarks import NOW, Clock, ScriptedConsumer
 
 pytestmark = pytest.mark.unit
 M = timedelta(minutes=1)
+S = timedelta(seconds=1)
 
 
 class SlowReads(MemoryStore):
@@ -190,5 +191,93 @@ def test_upcoming_walks_only_the_top_of_the_heap() -> None:
     found = heap.upcoming([0, 1, 2], before.timestamp(), limit=10_000)
     assert len(found) == len(set(found)) and set(found) == expected
     assert set(heap.upcoming([1], before.timestamp(), 10_000)) == {i for i in expected if int(i[2:]) % 3 == 1}
-    assert len(heap.upcoming([0, 1, 2], before.timestamp(), limit=20)) == 20
+    first = heap.upcoming([0, 1, 2], before.timestamp(), limit=20)
+    assert first == sorted(expected, key=wakes.__getitem__)[:20]  # the earliest, in order
+    skipped = set(first[::2])
+    assert (
+        heap.upcoming([0, 1, 2], before.timestamp(), 10, skip=skipped.__contains__)
+        == [i for i in sorted(expected, key=wakes.__getitem__) if i not in skipped][:10]
+    )  # passed over, not counted
     assert len(heap) == 5000  # nothing taken
+
+
+class PermitStore(MemoryStore):
+    """Each commit, once the one before it landed, needs a permit (a Postgres round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permits = asyncio.Semaphore(10_000)
+
+    async def commit(self, batch, after=None):  # type: ignore[no-untyped-def]
+        async def previous_then_permit() -> None:
+            if after is not None:
+                await after
+            await self.permits.acquire()
+
+        await super().commit(batch, after=previous_then_permit())
+
+
+async def test_timers_firing_meanwhile_do_not_starve_a_decided_batch() -> None:
+    """A batch waiting for room among the commits under way counts only those decided before it: the
+    timer batches chained meanwhile (after it) would otherwise keep it waiting, and hold the
+    partition lock a rebalance needs, for as long as timers come due (found in review)."""
+    store = PermitStore()
+    consumer = ScriptedConsumer(per_fetch=100)
+    reports = [ev("reported", f"I{k}", NOW + k * S, severity="critical", region="au") for k in range(40)]
+    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"), *reports)
+    clock = Clock(NOW + 40 * S)
+    processor = BatchProcessor(SlaDomain(PolicyRegistry.load()), store, "g")
+    loop = EngineLoop(processor, store, clock=clock, batch_timeout_ms=20, commit_depth=2)
+    loop.consumer = consumer  # type: ignore[assignment]
+    loop.assigned = {0}
+    await loop._take([0])
+    assert await loop.step() is not None
+    await loop.drain()  # all cached (reported here); I_k's first warning at 7.5 min + k s
+    store.permits = asyncio.Semaphore(0)  # Postgres lands one commit per permit from now on
+    for kind in ("acknowledged", "investigating"):
+        consumer.publish(0, ev(kind, "X", clock.now))
+        assert await loop.step() is not None  # 1, then 2 commits under way
+    consumer.publish(0, ev("restored", "X", clock.now))
+    step = asyncio.create_task(loop.step())  # decided, then waits for room
+    await asyncio.sleep(0.03)
+    assert not step.done()
+    for k in range(30):
+        clock.now = NOW + 7 * M + 30 * S + k * S + S / 1000  # I_k's 50 % warning comes due
+        await asyncio.sleep(0.03)  # a timer batch is chained meanwhile
+        store.permits.release()  # one commit lands
+        await asyncio.sleep(0.005)
+        if step.done():
+            break
+    assert step.done() and k <= 1  # once the acknowledgement's commit landed: not behind the timers
+    result = await step
+    assert result is not None and [e.type for e in result.write.events] == ["incident.restored"]
+    for _ in range(100):
+        store.permits.release()
+    await loop.drain()
+    assert ("X", "incident.state.changed", None) in sent(store)
+    assert sum(1 for e in store.log.values() if e["incident_id"] == "X") == 4
+
+
+async def test_prefetch_goes_on_past_its_limit_earliest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More incidents due soon than one prefetch reads: each reads the earliest not cached yet (the
+    first version walked the heap in no order and counted cached ones: found in review)."""
+    from incident_engine.entrypoints import consumer as consumer_module
+
+    monkeypatch.setattr(consumer_module, "_PREFETCH_MAX", 20)
+    store = MemoryStore()
+    consumer = ScriptedConsumer(per_fetch=100)
+    consumer.publish(0, *[ev("reported", f"I{k:02}", NOW + k * S, severity="critical", region="au")
+                          for k in range(50)])  # fmt: skip
+    clock = Clock(NOW + 50 * S)
+    loop = await loop_with(store, consumer, clock)
+    assert await loop.step() is not None
+    await loop.drain()
+    loop.processor.cache.forget()  # as after a restart
+    clock.now = NOW + 7 * M + 29 * S  # I00's first warning due in 1 s, I49's in 50 s
+    loop.prefetch_ahead = 2 * M
+    assert await loop.prefetch() == 20
+    assert sorted(loop.processor.cache.items) == [f"I{k:02}" for k in range(20)]
+    assert await loop.prefetch() == 20
+    assert await loop.prefetch() == 10
+    assert await loop.prefetch() == 0
+    assert len(loop.processor.cache.items) == 50

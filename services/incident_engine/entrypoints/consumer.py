@@ -327,11 +327,15 @@ class EngineLoop:
                 result = await self.processor.decide(
                     records, due, now, watermarks, parsed, meanwhile=self._fire_meanwhile
                 )
-                # (what this batch changed is not committed yet: timers firing meanwhile leave it alone)
+                # Room for it once fewer than `commit_depth` of the batches decided before it are
+                # under way (those fired meanwhile, after it, do not count: they would starve it).
+                # What it changed is not committed yet: timers firing meanwhile leave it alone.
                 held = set(result.write.incidents) | {incident_id for incident_id, _ in due}
-                while len(self._inflight) >= self.commit_depth:
+                before = len(self._inflight)
+                while before >= self.commit_depth:
                     await self._fire_meanwhile(self._inflight[0], held)
                     await self._finish_oldest()
+                    before -= 1
             except BaseException:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
@@ -357,8 +361,8 @@ class EngineLoop:
 
         A slow read or commit (a checkpoint, a busy host: 40-150 ms) used to hold every timer that
         came due meanwhile (issue 17). Timers of incidents not cached wait for the next step's read;
-        `prefetch` caches the incidents whose timers come due soon. At most `_AHEAD` batches are
-        decided ahead of Postgres this way."""
+        `prefetch` caches the incidents whose timers come due soon. At most `_AHEAD` batches beyond
+        `commit_depth` are decided ahead of Postgres this way."""
         while not waiting.done():
             # Only caught-up partitions: the time of one that is behind moves with the events read,
             # and none is read meanwhile (its due timers are the step's, up to `batch_max`).
@@ -372,13 +376,13 @@ class EngineLoop:
             await self._note_caught_up(set())  # the fetches since the step: watermarks move on
             now = self.clock()
             watermarks = {p: w for p, w in self.watermarks(now).items() if p in self.caught_up}
-            due = self.pop_due(watermarks)
+            due = self.timers.pop_due_at({p: w.timestamp() for p, w in watermarks.items()}, self.batch_max)
             cache = self.processor.cache
-            ready = [(i, p) for i, p in due if i not in held and cache.get(i) is not None]
+            ready = [(i, p) for i, p, _ in due if i not in held and cache.get(i) is not None]
             if len(ready) < len(due):
-                for incident_id, partition in due:  # to the next step, which reads what it lacks
+                for incident_id, partition, wake in due:  # as they were: the next step reads them
                     if incident_id in held or cache.get(incident_id) is None:
-                        self.timers.arm(incident_id, partition, now)
+                        self.timers.arm_at(incident_id, partition, wake)
             if not ready:
                 continue
             started = time.perf_counter()
@@ -393,8 +397,15 @@ class EngineLoop:
     async def prefetch(self) -> int:
         """Cache the incidents whose timers come due within `prefetch_ahead` (see `_fire_meanwhile`)."""
         soon = self.clock().timestamp() + self.prefetch_ahead.total_seconds()
-        upcoming = self.timers.upcoming(sorted(self.assigned), soon, _PREFETCH_MAX)
-        return await self.processor.prefetch(upcoming) if upcoming else 0
+        processor = self.processor
+        cache, busy = processor.cache, processor.uncommitted_incidents
+
+        def known(incident_id: str) -> bool:
+            return cache.get(incident_id) is not None or incident_id in busy
+
+        # Caught-up partitions only: those are the ones whose timers fire meanwhile.
+        upcoming = self.timers.upcoming(sorted(self.caught_up), soon, _PREFETCH_MAX, skip=known)
+        return await processor.prefetch(upcoming) if upcoming else 0
 
     async def _prefetch_forever(self) -> None:
         while True:

@@ -210,10 +210,10 @@ class BatchProcessor:
         soon): a due timer of a cached incident fires without waiting for a read of Postgres, even
         while a batch waits for one (`EngineLoop`). Returns how many were cached.
 
-        A state read while a batch that changes the incident is decided or committing is stale: such
-        incidents are left out, and so is everything when the cache was emptied meanwhile (a failed
-        batch, a rebalance). Were one missed, the batch deciding on it would be refused on its seq
-        (`BatchWrite.decided_from`) and redone, never applied on a stale state."""
+        A state read while a batch that changes the incident is decided or committing may be stale:
+        those incidents are left out (the ones uncommitted when it starts, and those decided while it
+        reads), and so is everything when the cache was emptied meanwhile (a failed batch, a
+        rebalance, whose reset may leave the log behind what was read)."""
         cache = self.cache
         wanted = [i for i in incident_ids if cache.get(i) is None and i not in self.uncommitted_incidents]
         if not wanted or self._prefetching is not None:
@@ -299,6 +299,8 @@ class BatchProcessor:
                 try:
                     await meanwhile(lookup, wanted)
                 except BaseException:
+                    if lookup.done() and not lookup.cancelled():
+                        lookup.exception()  # seen: the failure raised here is the one that counts
                     lookup.cancel()
                     self.abandon()
                     raise

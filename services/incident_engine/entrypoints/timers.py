@@ -7,7 +7,7 @@ One heap per partition, because each partition has its own SLA time (its waterma
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from incident_engine.gc_pause import gc_paused
@@ -40,7 +40,10 @@ class TimerHeap:
             self._wake.pop(incident_id, None)
             self._partition.pop(incident_id, None)
             return
-        wake = wake_at.timestamp()
+        self.arm_at(incident_id, partition, wake_at.timestamp())
+
+    def arm_at(self, incident_id: str, partition: int, wake: float) -> None:
+        """Set the next wake moment of an incident (a timestamp)."""
         if self._wake.get(incident_id) == wake and self._partition.get(incident_id) == partition:
             return
         self._wake[incident_id] = wake
@@ -70,29 +73,41 @@ class TimerHeap:
                     earliest = heap[0][0]
         return earliest
 
-    def upcoming(self, partitions: Iterable[int], before: float, limit: int) -> list[str]:
-        """Up to `limit` incidents of `partitions` whose wake moment is before `before`, without
-        taking them: a walk of each heap's top, never below an entry past `before` (a heap's
-        children come no earlier than their parent), so it costs what it finds, not the heap's size."""
+    def upcoming(
+        self, partitions: Iterable[int], before: float, limit: int, skip: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        """Up to `limit` incidents of `partitions` whose wake moment is before `before`, earliest
+        first, without taking them; those `skip` says are passed over (not counted). A best-first
+        walk of each heap's top (a heap's children come no earlier than their parent): it costs
+        what it finds, not the heap's size."""
         found: list[str] = []
         wakes, owners = self._wake, self._partition
+        frontier: list[tuple[float, int, int]] = []  # (wake, partition, index in its heap)
         for partition in partitions:
             heap = self._heaps.get(partition)
-            stack = [0] if heap else []
-            while stack and len(found) < limit:
-                i = stack.pop()
-                stamp, incident_id = heap[i]  # type: ignore[index]
-                if stamp >= before:
-                    continue
-                if wakes.get(incident_id) == stamp and owners.get(incident_id) == partition:
-                    found.append(incident_id)
-                stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))  # type: ignore[arg-type]
+            if heap and heap[0][0] < before:
+                frontier.append((heap[0][0], partition, 0))
+        heapq.heapify(frontier)
+        while frontier and len(found) < limit:
+            _, partition, i = heapq.heappop(frontier)
+            heap = self._heaps[partition]
+            stamp, incident_id = heap[i]
+            current = wakes.get(incident_id) == stamp and owners.get(incident_id) == partition
+            if current and (skip is None or not skip(incident_id)):
+                found.append(incident_id)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap) and heap[child][0] < before:
+                    heapq.heappush(frontier, (heap[child][0], partition, child))
         return found
 
     def pop_due(self, watermarks: Mapping[int, float], limit: int = 1000) -> list[tuple[str, int]]:
         """Take up to `limit` incidents whose wake moment is before their partition's watermark,
         as (incident id, partition); partitions without a watermark fire nothing."""
-        due: list[tuple[str, int]] = []
+        return [(incident_id, partition) for incident_id, partition, _ in self.pop_due_at(watermarks, limit)]
+
+    def pop_due_at(self, watermarks: Mapping[int, float], limit: int = 1000) -> list[tuple[str, int, float]]:
+        """`pop_due`, with each wake moment (to put one back as it was: `arm_at`)."""
+        due: list[tuple[str, int, float]] = []
         wakes, owners = self._wake, self._partition
         for partition, watermark in watermarks.items():
             heap = self._heaps.get(partition)
@@ -100,7 +115,7 @@ class TimerHeap:
                 stamp, incident_id = heapq.heappop(heap)
                 if wakes.get(incident_id) == stamp and owners.get(incident_id) == partition:
                     del wakes[incident_id], owners[incident_id]
-                    due.append((incident_id, partition))
+                    due.append((incident_id, partition, stamp))
         return due
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
