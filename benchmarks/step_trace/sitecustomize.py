@@ -3,7 +3,10 @@
 Opt-in and for benchmarks only: with this folder on PYTHONPATH and STEP_TRACE=FILE in the environment,
 every Python process started (e.g. the engine `bench_timers.py` spawns) appends one line per loop step
 to FILE: wall time, step, fetch wait, decide, the lookup round trip inside it (and how many incidents
-it asked for), the wait for an older commit, events, firings and their worst lateness (ms).
+it asked for), the wait for an older commit, events, firings and their worst lateness (ms); the
+partitions behind; the event loop's worst lag since the last line (a 1 ms sleeper's); the timers fired
+meanwhile (while the step waited for Postgres) and their worst lateness; the longest garbage
+collection and the prefetch time that ended during the step.
 
     STEP_TRACE=/tmp/steps.log PYTHONPATH=benchmarks/step_trace \\
         .venv/bin/python benchmarks/bench_timers.py --timers 1000000 --duration 40
@@ -41,6 +44,38 @@ if os.environ.get("STEP_TRACE"):
     _consumer.EngineLoop._finish_oldest = _timed("finish", _consumer.EngineLoop._finish_oldest)  # type: ignore[method-assign]
     _store.PostgresStore.lookup = _timed("lookup", _store.PostgresStore.lookup)  # type: ignore[method-assign]
     _step = _consumer.EngineLoop.step
+    _meanwhile = _consumer.EngineLoop._fire_meanwhile
+    _chain = _consumer.EngineLoop._chain
+    _ticking = [False]
+
+    async def _traced_meanwhile(self: Any, waiting: Any, held: Any) -> Any:
+        _ticking[0] = True
+        try:
+            return await _meanwhile(self, waiting, held)
+        finally:
+            _ticking[0] = False
+
+    async def _traced_chain(self: Any, result: Any, started: float) -> Any:
+        if _ticking[0] and result.fired_lateness:  # a batch of timers fired while one waited
+            _now["ticked"] = _now.get("ticked", 0.0) + len(result.fired_lateness)
+            _now["tick_late"] = max(_now.get("tick_late", 0.0), max(result.fired_lateness))
+        return await _chain(self, result, started)
+
+    import gc as _gc
+
+    _gc_started = [0.0]
+
+    def _gc_timed(phase: str, info: dict[str, int]) -> None:  # the longest collection since the last line
+        if phase == "start":
+            _gc_started[0] = time.perf_counter()
+        else:
+            pause = time.perf_counter() - _gc_started[0]
+            _now["gc"] = max(_now.get("gc", 0.0), pause)
+
+    _gc.callbacks.append(_gc_timed)
+    _consumer.EngineLoop.prefetch = _timed("prefetch", _consumer.EngineLoop.prefetch)  # type: ignore[method-assign]
+    _consumer.EngineLoop._fire_meanwhile = _traced_meanwhile  # type: ignore[method-assign]
+    _consumer.EngineLoop._chain = _traced_chain  # type: ignore[method-assign]
 
     _lag = [0.0]  # the event loop's longest lateness since the last step line (a 1 ms sleeper's)
 
@@ -60,7 +95,7 @@ if os.environ.get("STEP_TRACE"):
         _now.clear()
         started = time.perf_counter()
         result = await _step(self)
-        ms = {k: 1000 * v for k, v in _now.items() if k != "asked"}
+        ms = {k: 1000 * v for k, v in _now.items() if k not in ("asked", "ticked")}
         late = max(result.fired_lateness) * 1000 if result is not None and result.fired_lateness else -1.0
         step_ms = 1000 * (time.perf_counter() - started)
         _out.write(
@@ -69,7 +104,9 @@ if os.environ.get("STEP_TRACE"):
             f" asked={_now.get('asked', 0):.0f}"
             f" finish={ms.get('finish', 0):.1f} events={len(result.write.events) if result else 0}"
             f" fired={len(result.fired_lateness) if result else 0} late={late:.1f}"
-            f" behind={len(self.assigned - self.caught_up)} lag={1000 * _lag[0]:.1f}\n"
+            f" behind={len(self.assigned - self.caught_up)} lag={1000 * _lag[0]:.1f}"
+            f" ticked={_now.get('ticked', 0):.0f} tick_late={ms.get('tick_late', -1.0):.1f}"
+            f" gc={ms.get('gc', 0):.1f} prefetch={ms.get('prefetch', 0):.1f}\n"
         )
         _lag[0] = 0.0
         return result
