@@ -231,3 +231,29 @@ async def test_a_due_timer_is_not_held_behind_a_slow_commit_when_there_is_nothin
     store.gate.set()
     await loop.drain()
     assert store.applied == [[1], [2], []]  # and committed after it, in order (a firing moves no offset)
+
+
+async def test_the_fetch_waits_briefly_while_a_commit_is_under_way() -> None:
+    """A commit landing arms its batch's timers, some of which may be due already: while one is under
+    way, a fetch waits 10 ms at most (not the batch timeout) before the loop looks at the timers."""
+
+    class Recording(ScriptedConsumer):
+        def __init__(self) -> None:
+            super().__init__(per_fetch=10)
+            self.waits: list[int] = []
+
+        async def getmany(self, timeout_ms: int = 0, max_records: int = 500):  # type: ignore[no-untyped-def]
+            self.waits.append(timeout_ms)
+            return await super().getmany(timeout_ms, max_records)
+
+    store = GatedStore()
+    consumer = Recording()
+    consumer.publish(0, ev("reported", "W", NOW, severity="low", region="au"))
+    loop = await loop_on(store, consumer)
+    assert await loop.step() is not None  # its commit waits for the gate
+    assert await loop.step() is None
+    store.gate.set()
+    await loop.drain()
+    assert await loop.step() is None  # nothing under way: the whole batch timeout
+    assert consumer.waits[0] == loop.batch_timeout_ms and consumer.waits[1] <= 10
+    assert consumer.waits[2] == loop.batch_timeout_ms

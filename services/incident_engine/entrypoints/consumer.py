@@ -27,6 +27,7 @@ FETCH_WAIT_MS = 20
 _AHEAD = 4  # batches of due timers that may be decided beyond `commit_depth` while Postgres is slow
 _PREFETCH_MAX = 2000  # incidents read per prefetch
 _TICK = 0.005  # seconds between two looks at the due timers while a batch waits for Postgres
+_COMMIT_LOOK_MS = 10  # the longest fetch wait while commits are under way (see `step`)
 
 
 class EngineLoop:
@@ -305,6 +306,8 @@ class EngineLoop:
             # past the wall clock but not yet the watermark: the next fetch response (within the
             # long poll) moves it; look again soon rather than spin
             wait_ms = min(wait_ms, max(until_wake, 2))
+        if self._inflight:  # a commit landing meanwhile arms its batch's timers: some may be due
+            wait_ms = min(wait_ms, _COMMIT_LOOK_MS)
         self._reap()
         fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
         records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
