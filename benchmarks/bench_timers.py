@@ -17,8 +17,9 @@
    order, which wait that long for evidence in flight on purpose, so that wait is not counted as
    lateness); `delivered` is the Kafka timestamp (when the relay sent it) - that same moment.
    The window opens 2 s into streaming, and not before the engine has fired every timer that was
-   already overdue when streaming began (the backlog of seeding, loading and the maximum-rate phase:
-   its catch-up is not the lateness under a steady load); the JSON says when it opened.
+   already overdue when streaming began (the backlog of seeding, loading and the maximum-rate phase)
+   and then committed all the input produced 100 ms before (the input that queued while it fired
+   them): that catch-up is not the lateness under a steady load. The JSON says when each happened.
    Target: p99 firing lateness <= 50 ms.
 With `--profile FILE.svg`, py-spy samples the engine during the streaming phase (a flame graph).
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL if set, else started locally (devstack).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -107,8 +109,9 @@ async def saturate(bootstrap: str, dsn: str, count: int) -> tuple[float, float]:
     return count / seconds, seconds
 
 
-async def stream(bootstrap: str, rate: int, duration: float) -> int:
-    """Send `rate` events/s for `duration` seconds, paced every 10 ms; return how many were sent."""
+async def stream(bootstrap: str, rate: int, duration: float, progress: list[int] | None = None) -> int:
+    """Send `rate` events/s for `duration` seconds, paced every 10 ms; return how many were sent
+    (`progress[0]` counts them as they go)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     run, rng, sent = uuid.uuid4().hex[:6], random.Random(3), 0
@@ -120,6 +123,8 @@ async def stream(bootstrap: str, rate: int, duration: float) -> int:
                 for key, value in stream_batch(run, sent, want, rng):
                     await producer.send(TOPIC_EVENTS, value, key=key)
                     sent += 1
+                if progress is not None:
+                    progress[0] = sent
             await asyncio.sleep(0.01)
         await producer.flush()
     finally:
@@ -143,6 +148,30 @@ async def collect(
                     due += GRACE  # held for evidence in flight on purpose: not late
                 fired = datetime.fromisoformat(out["time"]).timestamp()
                 into.append((due, fired, r.timestamp / 1000))
+
+
+async def follow(
+    dsn: str, base: int, progress: list[int], into: list[tuple[float, int, int]], stop: asyncio.Event
+) -> None:
+    """Every 100 ms: (epoch seconds, input messages produced, input messages the engine committed)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not stop.is_set():
+            produced = base + progress[0]
+            done = int(await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets"))
+            into.append((time.time(), produced, done))
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+def caught_up_after(track: list[tuple[float, int, int]], moment: float) -> float | None:
+    """The first moment from `moment` on when the engine had committed all the input produced 100 ms
+    before (it keeps up with its input), None if never."""
+    for (_, produced_before, _), (at, _, done) in itertools.pairwise(track):
+        if at >= moment and done >= produced_before:
+            return at
+    return None
 
 
 async def start_at(dsn: str, group: str, offsets: dict[int, int]) -> None:
@@ -229,9 +258,15 @@ async def main() -> None:
                  "250", "--duration", str(int(args.duration)), "--output", str(args.profile)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
+        progress, track, tracked = [0], [], asyncio.Event()
+        follower = asyncio.create_task(
+            follow(dsn, sum((await end_offsets(kafka.url)).values()), progress, track, tracked)
+        )
         stream_from = time.time()
-        sent = await stream(kafka.url, rate, args.duration)
+        sent = await stream(kafka.url, rate, args.duration, progress)
         window_to = time.time()
+        tracked.set()
+        await follower
         deadline = time.monotonic() + 120
         target = sum((await end_offsets(kafka.url)).values())
         while await committed(dsn) < target and time.monotonic() < deadline:
@@ -249,10 +284,13 @@ async def main() -> None:
                 print(f"flame graph of the streaming phase: {args.profile}", file=sys.stderr)
         # The window opens 2 s into streaming, and not before the engine has fired every timer that
         # was overdue when streaming began (due during seeding, loading and the maximum-rate phase:
-        # thousands, fired as a backlog while the input streams). What comes due while that backlog
-        # is worked off measures the catch-up, not the lateness under a steady load.
+        # thousands, fired as a backlog while the input streams) and then caught up with the input
+        # that queued meanwhile. What comes due during that catch-up measures the catch-up (its
+        # watermark follows the input read), not the lateness under a steady load.
         overdue = [f for d, f, _ in samples if d < stream_from]
-        window_from = max(stream_from + 2.0, max(overdue, default=stream_from))
+        backlog_fired = max(overdue, default=stream_from)
+        caught_up = caught_up_after(track, backlog_fired)
+        window_from = max(stream_from + 2.0, caught_up if caught_up is not None else window_to)
         window = [s for s in samples if window_from <= s[0] <= window_to]
         fired = [(f - d) * 1000 for d, f, _ in window]
         delivered = [(k - d) * 1000 for d, _, k in window]
@@ -269,6 +307,8 @@ async def main() -> None:
             "input_drain_s_after_stream": round(drained, 2),
             "firings_measured": len(fired),
             "overdue_at_stream_start": len(overdue),
+            "overdue_fired_s_into_stream": round(backlog_fired - stream_from, 2),
+            "input_caught_up_s_into_stream": round(caught_up - stream_from, 2) if caught_up else None,
             "window_opened_s_into_stream": round(window_from - stream_from, 2),
             "lateness_ms": {
                 q: round(percentile(fired, v), 2) for q, v in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
