@@ -130,24 +130,34 @@ async def test_the_waiting_batchs_incidents_do_not_fire_before_its_events() -> N
     assert [s for s in sent(store) if s[1] == "incident.sla.warning" and s[2] == "ack"] == []
 
 
-async def test_prefetch_caches_the_incidents_whose_timers_come_due_soon() -> None:
+async def reported_then_forgotten(
+    prefix: str, count: int, apart: timedelta
+) -> tuple[MemoryStore, EngineLoop, Clock]:
+    """`count` critical incidents reported `apart` from NOW on (ids `prefix` + two digits), their
+    timers armed, and the cache then emptied (as after a restart)."""
     store = MemoryStore()
-    consumer = ScriptedConsumer(per_fetch=10)
-    consumer.publish(0, *[ev("reported", f"P-{i}", NOW + i * M, severity="critical", region="au")
-                          for i in range(6)])  # fmt: skip
-    clock = Clock(NOW + 6 * M)
+    consumer = ScriptedConsumer(per_fetch=100)
+    reports = [ev("reported", f"{prefix}{k:02}", NOW + k * apart, severity="critical", region="au")
+               for k in range(count)]  # fmt: skip
+    consumer.publish(0, *reports)
+    clock = Clock(NOW + count * apart)
     loop = await loop_with(store, consumer, clock)
     assert await loop.step() is not None
     await loop.drain()
-    loop.processor.cache.forget()  # as after a restart: timers armed, incidents not cached
-    clock.now = NOW + 7 * M + 45 * timedelta(seconds=1)  # P-0's first warning (7.5 min) due in 15 s
+    loop.processor.cache.forget()
+    return store, loop, clock
+
+
+async def test_prefetch_caches_the_incidents_whose_timers_come_due_soon() -> None:
+    store, loop, clock = await reported_then_forgotten("P-", 6, M)
+    clock.now = NOW + 7 * M + 45 * S  # P-00's first warning (7.5 min) due in 15 s
     loop.prefetch_ahead = timedelta(seconds=20)
     assert await loop.prefetch() == 1
-    assert list(loop.processor.cache.items) == ["P-0"]
-    loop.prefetch_ahead = 3 * M + timedelta(seconds=20)  # P-0 to P-3 come due within that
-    assert await loop.prefetch() == 3  # P-0 is cached already
-    assert sorted(loop.processor.cache.items) == ["P-0", "P-1", "P-2", "P-3"]
-    assert loop.processor.cache.get("P-1") == Incident.from_json(store.incidents["P-1"])
+    assert list(loop.processor.cache.items) == ["P-00"]
+    loop.prefetch_ahead = 3 * M + timedelta(seconds=20)  # P-00 to P-03 come due within that
+    assert await loop.prefetch() == 3  # P-00 is cached already
+    assert sorted(loop.processor.cache.items) == ["P-00", "P-01", "P-02", "P-03"]
+    assert loop.processor.cache.get("P-01") == Incident.from_json(store.incidents["P-01"])
 
 
 async def test_a_prefetch_never_caches_a_state_a_batch_changed_meanwhile() -> None:
@@ -264,19 +274,11 @@ async def test_prefetch_goes_on_past_its_limit_earliest_first(monkeypatch: pytes
     from incident_engine.entrypoints import consumer as consumer_module
 
     monkeypatch.setattr(consumer_module, "_PREFETCH_MAX", 20)
-    store = MemoryStore()
-    consumer = ScriptedConsumer(per_fetch=100)
-    consumer.publish(0, *[ev("reported", f"I{k:02}", NOW + k * S, severity="critical", region="au")
-                          for k in range(50)])  # fmt: skip
-    clock = Clock(NOW + 50 * S)
-    loop = await loop_with(store, consumer, clock)
-    assert await loop.step() is not None
-    await loop.drain()
-    loop.processor.cache.forget()  # as after a restart
+    _, loop, clock = await reported_then_forgotten("I", 50, S)
     clock.now = NOW + 7 * M + 29 * S  # I00's first warning due in 1 s, I49's in 50 s
     loop.prefetch_ahead = 2 * M
     assert await loop.prefetch() == 20
-    assert sorted(loop.processor.cache.items) == [f"I{k:02}" for k in range(20)]
+    assert sorted(loop.processor.cache.items) == [f"I{k:02}" for k in range(20)]  # the 20 due first
     assert await loop.prefetch() == 20
     assert await loop.prefetch() == 10
     assert await loop.prefetch() == 0
