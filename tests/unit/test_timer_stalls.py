@@ -72,15 +72,22 @@ async def settle(task: asyncio.Task[object], until: object, tries: int = 200) ->
     raise AssertionError("condition not reached")
 
 
-async def test_a_due_timer_fires_while_a_batch_waits_for_its_read_of_postgres() -> None:
+async def x_reported_then_slow_reads() -> tuple[SlowReads, ScriptedConsumer, EngineLoop, Clock]:
+    """X reported (critical, au; cached, as reported here; its first warning due at 7.5 min), then
+    every read of Postgres waits for `answer`."""
     store = SlowReads()
     consumer = ScriptedConsumer(per_fetch=10)
     consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
     clock = Clock(NOW + M)
     loop = await loop_with(store, consumer, clock)
     assert await loop.step() is not None
-    await loop.drain()  # X is cached (reported here) and its first warning is due at 7.5 minutes
-    store.answer.clear()  # Postgres is slow from now on
+    await loop.drain()
+    store.answer.clear()
+    return store, consumer, loop, clock
+
+
+async def test_a_due_timer_fires_while_a_batch_waits_for_its_read_of_postgres() -> None:
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
     consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))  # read: not cached
     step = asyncio.create_task(loop.step())
     await settle(step, lambda: store.reads == 2)
@@ -100,14 +107,7 @@ async def test_a_due_timer_fires_while_a_batch_waits_for_its_read_of_postgres() 
 async def test_the_waiting_batchs_incidents_do_not_fire_before_its_events() -> None:
     """The other direction: X's acknowledgement, stamped before X's warning was due, is in the batch
     that waits; X's timer comes due meanwhile, but it is the waiting batch's: no warning at all."""
-    store = SlowReads()
-    consumer = ScriptedConsumer(per_fetch=10)
-    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
-    clock = Clock(NOW + M)
-    loop = await loop_with(store, consumer, clock)
-    assert await loop.step() is not None
-    await loop.drain()
-    store.answer.clear()
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
     before = sent(store)
     consumer.publish(
         0,
