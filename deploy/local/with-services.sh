@@ -97,6 +97,10 @@ if [ -z "$started_here" ] && [ -z "${kept:-}" ] && [ -z "${intake_pid:-}" ]; the
   exec "$@"  # services given by the environment: nothing to stop afterwards
 fi
 trap stop_started_services EXIT
+if [ -n "${interrupted:-}" ]; then  # Ctrl-C during the set-up (the trap only noted it): no command
+  say "interrupted before the command started"
+  exit 130
+fi
 # Not exec: the EXIT trap stops the services. Ctrl-C reaches the command (same process group),
 # which shuts down gracefully; this shell waits for it, then stops what it started.
 status=0
