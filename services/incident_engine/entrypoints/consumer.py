@@ -369,11 +369,7 @@ class EngineLoop:
         while not waiting.done():
             # Only caught-up partitions: the time of one that is behind moves with the events read,
             # and none is read meanwhile (its due timers are the step's, up to `batch_max`).
-            timeout = self.batch_timeout_ms / 1000
-            next_wake = self.timers.next_wake(self.caught_up)
-            if next_wake is not None:
-                timeout = min(timeout, max(next_wake - self.clock().timestamp(), _TICK))
-            await asyncio.wait([waiting], timeout=timeout)
+            await asyncio.wait([waiting], timeout=self._until_next_wake(_TICK))
             if waiting.done() or len(self._inflight) >= self.commit_depth + _AHEAD:
                 continue
             await self._note_caught_up(set())  # the fetches since the step: watermarks move on
@@ -522,11 +518,16 @@ class EngineLoop:
         A failure is raised by the next step (`_reap`)."""
         if not self._inflight:
             return
+        await asyncio.wait([self._inflight[0]], timeout=self._until_next_wake(0.002))
+
+    def _until_next_wake(self, floor: float) -> float:
+        """Seconds until the next timer of a caught-up partition may be due (at least `floor`, at
+        most the batch timeout)."""
         timeout = self.batch_timeout_ms / 1000
         next_wake = self.timers.next_wake(self.caught_up)
         if next_wake is not None:
-            timeout = min(timeout, max(next_wake - self.clock().timestamp(), 0.002))
-        await asyncio.wait([self._inflight[0]], timeout=timeout)
+            timeout = min(timeout, max(next_wake - self.clock().timestamp(), floor))
+        return timeout
 
     async def _finish_oldest(self) -> None:
         task = self._inflight.popleft()
