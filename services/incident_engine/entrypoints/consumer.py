@@ -343,7 +343,7 @@ class EngineLoop:
                 for incident_id, partition in due:  # they stay due: re-armed from Postgres on reset
                     self.timers.arm(incident_id, partition, now)
                 raise
-            self.note_event_times(result)
+            # (its event times were noted before its timers were popped: `times_read`, a superset)
             await self._chain(result, started)
             return result
 
