@@ -108,7 +108,10 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             payload["stack"] = self.formatStack(record.stack_info)
         # Redact the whole line too: extras may be dicts or objects whose str() holds a DSN.
-        return redact(orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
+        line = orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        # JSON may hold U+0085, U+2028 and U+2029 raw, but readers that split on Unicode line breaks
+        # (Python's str.splitlines) would cut the line there: escaped, one record stays one line.
+        return redact(line.translate(_LINE_BREAKS))
 
 
 def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) -> logging.Handler:
@@ -134,3 +137,6 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
         framework.handlers.clear()
         framework.propagate = True
     return handler
+
+
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}

@@ -48,3 +48,18 @@ def test_framework_loggers_lose_their_own_handlers() -> None:
             assert logging.getLogger(name).handlers == [] and logging.getLogger(name).propagate
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_a_unicode_line_break_in_a_message_stays_inside_its_line() -> None:
+    """U+0085, U+2028 and U+2029 are legal raw in JSON, but str.splitlines breaks lines there: a
+    fuzzed incident id in a dead letter's log line split the engine log (found by CI)."""
+    import logging
+
+    import orjson
+
+    from incident_platform.logging_json import JsonFormatter
+
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "id a\x85b\u2028c\u2029d", None, None)
+    line = JsonFormatter().format(record)
+    assert line.splitlines() == [line]
+    assert orjson.loads(line)["message"] == "id a\x85b\u2028c\u2029d"
