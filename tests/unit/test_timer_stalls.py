@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
+from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.memory import MemoryStore
 from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import EngineLoop
@@ -25,8 +27,8 @@ S = timedelta(seconds=1)
 
 
 class SlowReads(MemoryStore):
-    """A MemoryStore whose reads answer only once their gate is open: `answer` for a batch's lookup,
-    `prefetched` for a prefetch (`load_incidents`)."""
+    """A MemoryStore whose reads answer only once their gate is open: `answer` for a batch's lookup
+    (then raising `fail` if set), `prefetched` for a prefetch (`load_incidents`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,11 +37,14 @@ class SlowReads(MemoryStore):
         self.prefetched = asyncio.Event()
         self.prefetched.set()
         self.reads = 0
+        self.fail: Exception | None = None  # what a lookup raises once answered, if set
 
     async def lookup(self, event_keys, incident_ids):  # type: ignore[no-untyped-def]
         self.reads += 1
         found = await self.known_event_ids(event_keys), await MemoryStore.load_incidents(self, incident_ids)
         await self.answer.wait()
+        if self.fail is not None:
+            raise self.fail
         return found
 
     async def load_incidents(self, incident_ids: list[str]) -> dict[str, Incident]:
@@ -128,6 +133,116 @@ async def test_the_waiting_batchs_incidents_do_not_fire_before_its_events() -> N
         pass
     await loop.drain()
     assert [s for s in sent(store) if s[1] == "incident.sla.warning" and s[2] == "ack"] == []
+
+
+def logged(store: MemoryStore) -> list[tuple[str, str]]:
+    """(incident, event type) of every logged event, in offset order."""
+    return [
+        (e["incident_id"], e["type"]) for e in sorted(store.log.values(), key=lambda e: e["kafka_offset"])
+    ]
+
+
+async def test_input_arriving_while_a_batch_waits_is_read_ahead_and_timers_fire() -> None:
+    """Input that arrives while a batch waits for its read left the partition behind, and a partition
+    that is behind fires nothing: under I/O pressure every read took 60-70 ms while input kept coming,
+    and timers were 70-120 ms late. It is read meanwhile (not decided): the partition is caught up,
+    X's warning fires, and the next step decides what was read, once and in order."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))  # read: not cached
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(0, ev("reported", "Z", NOW + 2 * M, severity="high", region="us"))  # comes meanwhile
+    clock.now = NOW + 8 * M
+    warned = ("X", "incident.sla.warning", "ack")
+    await settle(step, lambda: warned in sent(store))  # with Z read ahead, partition 0 is caught up
+    assert [r.key for r in loop._ahead] == [b"Z"]
+    store.answer.set()
+    result = await step
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Y"]
+    result = await loop.step()  # Z, read ahead: decided now
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Z"]
+    assert loop._ahead == [] and await loop.step() is None
+    await loop.drain()
+    assert logged(store) == [
+        ("X", "incident.reported"),
+        ("Y", "incident.reported"),
+        ("Z", "incident.reported"),
+    ]
+    assert sent(store).count(warned) == 1
+    assert store.offsets[("g", "incidents.events", 0)] == 3
+
+
+async def test_an_incident_read_ahead_does_not_fire_before_its_event() -> None:
+    """The other direction: what is read ahead is not decided yet. X's acknowledgement, stamped in time
+    for its warning, arrives while a batch of Y waits; it is read ahead, X's warning moment passes:
+    X must wait for its acknowledgement, not fire a warning that `simulate` would not."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    before = sent(store)
+    consumer.publish(0, ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"))
+    clock.now = NOW + 7 * M + S
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(0, ev("acknowledged", "X", NOW + 7 * M))  # in time for the 7.5-minute warning
+    clock.now = NOW + 8 * M
+    await settle(step, lambda: [r.key for r in loop._ahead] == [b"X"])
+    for _ in range(10):
+        await asyncio.sleep(0.005)  # the timers had their turns
+    assert sent(store) == before
+    store.answer.set()
+    assert await step is not None
+    clock.now = NOW + 9 * M
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert [s for s in sent(store) if s[1] == "incident.sla.warning" and s[2] == "ack"] == []
+    assert logged(store)[-1] == ("X", "incident.acknowledged")
+
+
+async def test_what_was_read_ahead_is_read_again_after_a_failed_batch() -> None:
+    """A batch that fails drops what was read ahead with it: the partitions are read again from the
+    offsets in Postgres, and every event is logged once."""
+    store, consumer, loop, _ = await x_reported_then_slow_reads()
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(0, ev("acknowledged", "X", NOW + 2 * M), ev("reported", "Z", NOW + 2 * M, severity="low",
+                                                                 region="uk"))  # fmt: skip
+    await settle(step, lambda: len(loop._ahead) == 2)
+
+    store.fail = ConnectionError("Postgres went away")
+    store.answer.set()
+    with pytest.raises(ConnectionError):
+        await step  # the read it waited for failed
+    store.fail = None
+    await loop._reset()
+    assert loop._ahead == []
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert logged(store) == [("X", "incident.reported"), ("Y", "incident.reported"),
+                             ("X", "incident.acknowledged"), ("Z", "incident.reported")]  # fmt: skip
+
+
+async def test_what_was_read_ahead_of_a_revoked_partition_is_dropped() -> None:
+    """A rebalance that takes a partition drops what was read ahead of it (its new owner reads it from
+    the stored offsets); what was read of the partitions kept stays for the next step."""
+    store, consumer, loop, _ = await x_reported_then_slow_reads()
+    loop.assigned = {0, 1}
+    await loop._take([1])
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(0, ev("reported", "Z", NOW + 2 * M, severity="low", region="uk"))
+    consumer.publish(1, ev("reported", "W", NOW + 2 * M, severity="low", region="uk"))
+    await settle(step, lambda: len(loop._ahead) == 2)
+    store.answer.set()
+    assert await step is not None
+    await loop.on_partitions_revoked({TopicPartition(TOPIC_EVENTS, 1)})
+    assert [r.key for r in loop._ahead] == [b"Z"] and loop._ahead_subjects == {"Z"}
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert ("W", "incident.reported") not in logged(store) and ("Z", "incident.reported") in logged(store)
 
 
 async def reported_then_forgotten(
