@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import types
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.consumer.subscription_state import SubscriptionState
 
 from incident_contracts import TOPIC_EVENTS
 from incident_engine.adapters.memory import MemoryStore
@@ -18,7 +22,7 @@ from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
 from incident_engine.entrypoints.consumer import EngineLoop
 from incident_engine.entrypoints.processor import BatchProcessor
 from incident_engine.entrypoints.timers import TimerHeap
-from tests.unit.test_processor import Feed, ev
+from tests.unit.test_processor import Feed, Record, ev
 from tests.unit.test_watermarks import NOW, Clock, ScriptedConsumer
 
 pytestmark = pytest.mark.unit
@@ -243,6 +247,105 @@ async def test_what_was_read_ahead_of_a_revoked_partition_is_dropped() -> None:
         pass
     await loop.drain()
     assert ("W", "incident.reported") not in logged(store) and ("Z", "incident.reported") in logged(store)
+
+
+class RebalancingConsumer(ScriptedConsumer):
+    """A ScriptedConsumer whose getmany first goes through aiokafka's own `Fetcher.fetched_records`
+    (with nothing buffered): during a reassignment it waits for the new assignment, as aiokafka does."""
+
+    def __init__(self, subscription: SubscriptionState) -> None:
+        super().__init__(per_fetch=10)
+        self.fetcher = types.SimpleNamespace(_subscriptions=subscription, _records={})
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int = 500
+    ) -> dict[TopicPartition, list[Record]]:
+        await Fetcher.fetched_records(self.fetcher, (), 0, max_records)  # type: ignore[arg-type]
+        return await super().getmany(timeout_ms, max_records)
+
+
+async def test_a_rebalance_while_a_batch_waits_does_not_deadlock_the_read_ahead() -> None:
+    """aiokafka's coordinator revokes the partitions (its `_on_join_prepare`, whose callback waits for
+    the batch lock) while a batch waits for its read and holds that lock: a getmany, even without a
+    timeout, then waits for the new assignment, which waits for the revocation. Reading ahead must
+    not wait for it (found in review: the first version hung the replica and the group's rebalance)."""
+    subscription = SubscriptionState()
+    store = SlowReads()
+    consumer = RebalancingConsumer(subscription)
+    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
+    loop = await loop_with(store, consumer, Clock(NOW + M))
+
+    class Listener(ConsumerRebalanceListener):  # as FastStream hands the EngineLoop's on
+        async def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
+            await loop.on_partitions_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
+            await loop.on_partitions_assigned(assigned)
+
+    partition = TopicPartition(TOPIC_EVENTS, 0)
+    subscription.subscribe({TOPIC_EVENTS}, listener=Listener())
+    subscription.assign_from_subscribed({partition})
+    assert await loop.step() is not None
+    await loop.drain()
+    store.answer.clear()
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    coordinator = types.SimpleNamespace(
+        _subscription=subscription, group_id="g", _group_subscription=None,
+        _maybe_do_last_autocommit=lambda _: asyncio.sleep(0),
+    )  # fmt: skip
+    revoking = asyncio.create_task(
+        GroupCoordinator._on_join_prepare(coordinator, types.SimpleNamespace(tps={partition}))  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.05)
+    store.answer.set()
+    done, _ = await asyncio.wait([step, revoking], timeout=3)
+    for task in (step, revoking):
+        task.cancel()
+    assert step in done and revoking in done
+    assert loop.assigned == set()
+
+
+async def test_what_was_read_ahead_is_not_kept_across_a_rebalance_its_fetch_waited_for() -> None:
+    """The step that decides what was read ahead tops it up with a fetch first, which may wait out a
+    whole rebalance: the records are taken only after it, so the revocation drops them (they are
+    read again from the stored offsets), and nothing is decided twice (found in review)."""
+    subscription = SubscriptionState()
+    store = SlowReads()
+    consumer = RebalancingConsumer(subscription)
+    consumer.publish(0, ev("reported", "X", NOW, severity="critical", region="au"))
+    loop = await loop_with(store, consumer, Clock(NOW + M))
+    partition = TopicPartition(TOPIC_EVENTS, 0)
+    subscription.subscribe({TOPIC_EVENTS})  # the listener is called by hand below
+    subscription.assign_from_subscribed({partition})
+    assert await loop.step() is not None
+    await loop.drain()
+    store.answer.clear()
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))  # offset 1
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.log[0].append(Record(2, b"not json", b"Q", 0))  # a dead letter
+    consumer.publish(0, ev("acknowledged", "Q", NOW + M))  # an unknown incident's: rejected
+    await settle(step, lambda: len(loop._ahead) == 2)
+    store.answer.set()
+    assert await step is not None
+    await loop.drain()
+    consumer.per_fetch = 1
+    subscription.begin_reassignment()  # a rebalance starts; the next step's fetch waits for it
+    step = asyncio.create_task(loop.step())
+    await asyncio.sleep(0.01)
+    await loop.on_partitions_revoked({partition})
+    subscription.assign_from_subscribed({partition})
+    await loop.on_partitions_assigned({partition})  # the same partition again: from offset 2
+    await step
+    consumer.per_fetch = 10
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert store.offsets[("g", TOPIC_EVENTS, 0)] == 4
+    rejections = [orjson.loads(row.payload)["type"] for row in store.outbox]
+    assert rejections.count("incident.rejected") == 2  # the dead letter and the refusal, once each
 
 
 async def reported_then_forgotten(

@@ -87,6 +87,7 @@ class EngineLoop:
         # (see `_read_ahead`), and the incidents they name (no timer of theirs fires before them).
         self._ahead: list[InputRecord] = []
         self._ahead_subjects: set[str] = set()
+        self._rebalancing = False  # a read ahead found a rebalance under way: none until the next step
         self.batches = 0
         self._take_failed = False  # an assignment whose offsets or timers did not load: not ready
         self.isolation = Isolation(self, on_timer_dropped)  # after a batch failed on its input
@@ -95,7 +96,8 @@ class EngineLoop:
         self.prefetch_ahead = prefetch_ahead
         self.prefetch_every = prefetch_every
 
-    # -- rebalance listener (aiokafka calls these between getmany calls of this task) --------------
+    # -- rebalance listener (aiokafka's coordinator task calls these; a getmany under way then waits
+    # for the new assignment, so none may be awaited while `_batch_lock` is held: see `_read_ahead`)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Give up partitions: forget their timers and cached incidents."""
@@ -315,12 +317,14 @@ class EngineLoop:
         if self._inflight:  # a commit landing meanwhile arms its batch's timers: some may be due
             wait_ms = min(wait_ms, _COMMIT_LOOK_MS)
         self._reap()
+        self._rebalancing = False
         if self._ahead:  # read while the last batch waited: decided now, topped up with what is there
-            records = self._take_ahead()
-            if len(records) < self.batch_max:
-                fetched = await self.consumer.getmany(timeout_ms=0, max_records=self.batch_max - len(records))
-                records += [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
-                records.sort(key=lambda r: r.partition)  # stable: each partition's in offset order
+            room = self.batch_max - len(self._ahead)
+            fetched = await self.consumer.getmany(timeout_ms=0, max_records=room) if room > 0 else {}
+            # Taken after the fetch, not before: a rebalance the fetch waited for has dropped what
+            # was read ahead of the partitions it took (`_drop_ahead`).
+            records = self._take_ahead() + [r for tp in fetched for r in fetched[tp]]
+            records.sort(key=lambda r: r.partition)  # stable: each partition's in offset order
         else:
             fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
             records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
@@ -423,8 +427,16 @@ class EngineLoop:
         assert self.consumer is not None
         room = self.batch_max - len(self._ahead)
         records: list[InputRecord] = []
-        if room > 0:
-            fetched = await self.consumer.getmany(timeout_ms=0, max_records=room)
+        if room > 0 and not self._rebalancing:
+            # During a rebalance, aiokafka's getmany waits for the new assignment, even with no
+            # timeout; the revocation that has to come first waits for `_batch_lock`, which the
+            # waiting step holds: a deadlock (found in review). So the fetch is given one tick; if
+            # it has not answered by then, nothing is read ahead until the step is over.
+            try:
+                fetched = await asyncio.wait_for(self.consumer.getmany(timeout_ms=0, max_records=room), _TICK)
+            except TimeoutError:
+                self._rebalancing = True
+                fetched = {}
             records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]
                        if r.partition in self.assigned]  # fmt: skip
         if records:
