@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
@@ -255,13 +255,15 @@ class RebalancingConsumer(ScriptedConsumer):
 
     def __init__(self, subscription: SubscriptionState) -> None:
         super().__init__(per_fetch=10)
+        self._subscription = subscription  # as AIOKafkaConsumer names it
         self.fetcher = types.SimpleNamespace(_subscriptions=subscription, _records={})
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int = 500
     ) -> dict[TopicPartition, list[Record]]:
-        await Fetcher.fetched_records(self.fetcher, (), 0, max_records)  # type: ignore[arg-type]
-        return await super().getmany(timeout_ms, max_records)
+        with self._subscription.fetch_context():  # as AIOKafkaConsumer.getmany
+            await Fetcher.fetched_records(self.fetcher, (), 0, max_records)  # type: ignore[arg-type]
+            return await super().getmany(timeout_ms, max_records)
 
 
 async def test_a_rebalance_while_a_batch_waits_does_not_deadlock_the_read_ahead() -> None:
@@ -305,6 +307,24 @@ async def test_a_rebalance_while_a_batch_waits_does_not_deadlock_the_read_ahead(
         task.cancel()
     assert step in done and revoking in done
     assert loop.assigned == set()
+    # and no fetch was cancelled midway: aiokafka counts the fetches under way, and a count left
+    # above zero switches off its max-poll-interval check for good (found in review)
+    assert subscription._fetch_count == 0
+
+
+async def test_the_consumer_still_tells_a_rebalance_under_way() -> None:
+    """`EngineLoop._reassigning` reads aiokafka's own state (not public API): a real consumer has it."""
+    consumer = AIOKafkaConsumer(TOPIC_EVENTS, bootstrap_servers="127.0.0.1:9")  # never started
+    try:
+        loop = EngineLoop(BatchProcessor(SlaDomain(PolicyRegistry.load()), MemoryStore(), "g"), MemoryStore())
+        loop.consumer = consumer
+        assert loop._reassigning() is True  # subscribed, nothing assigned yet
+        consumer._subscription.assign_from_subscribed({TopicPartition(TOPIC_EVENTS, 0)})
+        assert loop._reassigning() is False
+        consumer._subscription.begin_reassignment()  # as the group coordinator does on a rebalance
+        assert loop._reassigning() is True
+    finally:
+        await consumer.stop()
 
 
 async def test_what_was_read_ahead_is_not_kept_across_a_rebalance_its_fetch_waited_for() -> None:

@@ -427,11 +427,13 @@ class EngineLoop:
         assert self.consumer is not None
         room = self.batch_max - len(self._ahead)
         records: list[InputRecord] = []
-        if room > 0 and not self._rebalancing:
+        if room > 0 and not self._rebalancing and not self._reassigning():
             # During a rebalance, aiokafka's getmany waits for the new assignment, even with no
             # timeout; the revocation that has to come first waits for `_batch_lock`, which the
-            # waiting step holds: a deadlock (found in review). So the fetch is given one tick; if
-            # it has not answered by then, nothing is read ahead until the step is over.
+            # waiting step holds: a deadlock (found in review). Without one under way, getmany
+            # with no timeout never suspends. Should that change, the fetch is still given one
+            # tick only, and nothing more is read ahead until the step is over (cancelled, it
+            # would leave aiokafka's count of fetches under way one too high: see `_reassigning`).
             try:
                 fetched = await asyncio.wait_for(self.consumer.getmany(timeout_ms=0, max_records=room), _TICK)
             except TimeoutError:
@@ -445,6 +447,15 @@ class EngineLoop:
             await self.note_read(records)
         else:
             await self._note_caught_up(set())  # the fetches since the step: watermarks move on
+
+    def _reassigning(self) -> bool:
+        """Whether the consumer has a rebalance under way (aiokafka's own state, not public API; a
+        unit test checks that a real AIOKafkaConsumer still has it). A getmany cancelled while it
+        waits for the assignment never counts itself out of the consumer's fetches under way, and
+        aiokafka's max-poll-interval check, which lets a stuck replica leave the group, is off for
+        good (found in review): so the read ahead looks first rather than cancel."""
+        subscription = getattr(self.consumer, "_subscription", None)
+        return bool(getattr(subscription, "reassignment_in_progress", False))
 
     def _take_ahead(self) -> list[InputRecord]:
         """The records read ahead, each partition's in offset order; none are left."""
