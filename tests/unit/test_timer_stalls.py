@@ -146,6 +146,50 @@ def logged(store: MemoryStore) -> list[tuple[str, str]]:
     ]
 
 
+async def test_a_batchs_own_due_timer_of_another_incident_fires_while_it_waits() -> None:
+    """X's warning is already due when the step begins, so the batch of Y's report takes it, to fire
+    after Y; but Y is not cached and its read waits: X's warning, which needs no read and is not Y's,
+    is taken out of the batch and fires meanwhile (it waited 60-70 ms for Y's read under I/O
+    pressure). X is fired once."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    consumer.publish(0, ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"))
+    clock.now = NOW + 8 * M  # X's 7.5-minute warning is due before the step
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    warned = ("X", "incident.sla.warning", "ack")
+    await settle(step, lambda: warned in sent(store))
+    assert not any(subject == "Y" for subject, _, _ in sent(store))
+    store.answer.set()
+    result = await step
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Y"]
+    assert "X" not in result.write.incidents  # not fired again by the batch
+    await loop.drain()
+    assert sent(store).count(warned) == 1
+
+
+async def test_a_batchs_due_timer_of_an_incident_it_names_waits_for_its_events() -> None:
+    """The other direction: X's acknowledgement, stamped in time for the warning, is in the batch
+    with X's due warning and Y's uncached report; while Y's read waits, X's warning must stay with
+    the batch, which applies the acknowledgement first: no warning."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    before = sent(store)
+    consumer.publish(
+        0,
+        ev("acknowledged", "X", NOW + 7 * M),
+        ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"),
+    )
+    clock.now = NOW + 8 * M
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    for _ in range(10):
+        await asyncio.sleep(0.005)  # the timers had their turns
+    assert sent(store) == before
+    store.answer.set()
+    assert await step is not None
+    await loop.drain()
+    assert [s for s in sent(store) if s[1] == "incident.sla.warning" and s[2] == "ack"] == []
+
+
 async def test_input_arriving_while_a_batch_waits_is_read_ahead_and_timers_fire() -> None:
     """Input that arrives while a batch waits for its read left the partition behind, and a partition
     that is behind fires nothing: under I/O pressure every read took 60-70 ms while input kept coming,

@@ -344,8 +344,17 @@ class EngineLoop:
                 return None
             started = time.perf_counter()
             try:
+                # What the batch fires after its events, once its read of Postgres is done: while it
+                # waits, the timers of cached incidents its records do not name are taken out of it
+                # and fire meanwhile (they used to wait 60-70 ms for other incidents' read).
+                lent = list(due)
+                named = {r.key.decode(errors="replace") for r in records if r.key is not None}
+
+                async def meanwhile(waiting: asyncio.Future[Any], held: set[str]) -> None:
+                    await self._fire_meanwhile(waiting, held, lent, named)
+
                 result = await self.processor.decide(
-                    records, due, now, watermarks, parsed, meanwhile=self._fire_meanwhile
+                    records, lent, now, watermarks, parsed, meanwhile=meanwhile
                 )
                 # Room for it once fewer than `commit_depth` of the batches decided before it are
                 # under way (those fired meanwhile, after it, do not count: they would starve it).
@@ -374,7 +383,13 @@ class EngineLoop:
         # before its first await, and the next batch changes those incidents in place.
         await asyncio.sleep(0)
 
-    async def _fire_meanwhile(self, waiting: asyncio.Future[Any], held: set[str]) -> None:
+    async def _fire_meanwhile(
+        self,
+        waiting: asyncio.Future[Any],
+        held: set[str],
+        lent: list[tuple[str, int]] | None = None,
+        named: set[str] | None = None,
+    ) -> None:
         """Until `waiting` (a batch's read of Postgres, or the commit it waits for) is done, fire
         the timers that come due, of cached incidents other than `held` (the waiting batch's), each
         time in a batch of their own, chained ahead of the waiting one.
@@ -387,7 +402,11 @@ class EngineLoop:
         The input that arrives meanwhile is read (`_read_ahead`), not decided: it is the next step's
         batch. Unread, it left its partitions behind, and a partition that is behind fires nothing
         (under I/O pressure every read took 60-70 ms while input kept coming: timers 70-120 ms late).
-        Read, its partitions catch up, and only the incidents it names wait for it."""
+        Read, its partitions catch up, and only the incidents it names wait for it.
+
+        `lent` is the waiting batch's own due timers (it fires what is left of them after its read):
+        those of cached incidents that its records (`named`) do not name are taken out of it and
+        fire here, in caught-up partitions."""
         while not waiting.done():
             # Only caught-up partitions: the time of one that is behind moves with the events
             # decided (its due timers are the step's, up to `batch_max`).
@@ -407,6 +426,22 @@ class EngineLoop:
                 for incident_id, partition, wake in due:  # as they were: the next step reads them
                     if incident_id in held or incident_id in ahead or cache.get(incident_id) is None:
                         self.timers.arm_at(incident_id, partition, wake)
+            if lent:
+                taken = {incident_id for incident_id, _ in ready}
+                kept = []
+                for incident_id, partition in lent:
+                    if (
+                        partition in watermarks
+                        and incident_id not in taken
+                        and incident_id not in ahead
+                        and (named is None or incident_id not in named)
+                        and cache.get(incident_id) is not None
+                    ):
+                        ready.append((incident_id, partition))
+                        taken.add(incident_id)
+                    else:
+                        kept.append((incident_id, partition))
+                lent[:] = kept  # the batch fires only these, after its read
             if not ready:
                 continue
             started = time.perf_counter()

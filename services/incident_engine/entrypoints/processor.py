@@ -263,7 +263,8 @@ class BatchProcessor:
         once the grace has passed too (see `EngineLoop` for how watermarks advance). `parsed` is
         what `read` made of `records` at `now`, when the caller has it already. While the batch
         waits for its read of Postgres, `meanwhile(read, incidents)` runs (until the read is done)
-        and may decide other batches, on other incidents than the ones this batch touches."""
+        and may decide other batches, on other incidents than the ones this batch touches; it may
+        also take timers out of `due` (a list) meanwhile: those it fires itself, not this batch."""
         result = BatchResult(BatchWrite(self.group_id))
         if parsed is None:
             parsed = self.read(records, now)
