@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import UnknownTopicOrPartitionError
 
 from devstack.engine import spawn_engine
 from incident_contracts import TOPIC_BREACHES, TOPIC_REJECTED, TOPIC_STATE
@@ -59,21 +58,11 @@ class TopicReader:
         raise NotImplementedError
 
     async def __aenter__(self) -> Any:
-        for attempt in range(50):
-            self._consumer = AIOKafkaConsumer(
-                *self.topics, bootstrap_servers=self.bootstrap, group_id=None, metadata_max_age_ms=1000,
-                auto_offset_reset="latest" if self.from_now else "earliest",
-            )  # fmt: skip
-            try:
-                await self._consumer.start()
-                break
-            except UnknownTopicOrPartitionError:
-                # Topics just created in a cluster: the broker that answered the metadata request
-                # may not know them yet (seen in CI with a fresh three-broker cluster).
-                await self._consumer.stop()
-                if attempt == 49:
-                    raise
-                await asyncio.sleep(0.1)
+        self._consumer = AIOKafkaConsumer(
+            *self.topics, bootstrap_servers=self.bootstrap, group_id=None, metadata_max_age_ms=1000,
+            auto_offset_reset="latest" if self.from_now else "earliest",
+        )  # fmt: skip
+        await self._consumer.start()
         if self.from_now:
             for _ in range(100):  # without a group the consumer takes every partition once it knows them
                 if self._consumer.assignment():
