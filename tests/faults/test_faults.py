@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
@@ -89,17 +91,41 @@ async def test_repeated_sigkill_during_a_stream(kafka: Service, postgres: Servic
     await _check_script(dsn, out, prefix, incidents, events)
 
 
-async def _replicated_topics(bootstrap: str, replicas: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _replicated_topics(cluster: KafkaCluster, replicas: int) -> None:
+    """Create the contract's topics replicated, and wait until every broker's metadata has them.
+
+    A broker learns of new topics from the controller a moment later: a client that asked it meanwhile
+    was told the topic does not exist (the output reader failed to start, now and then, on
+    incidents.rejected)."""
+    topics = (TOPIC_EVENTS, TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED)
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
     await admin.start()
     try:
-        for topic in (TOPIC_EVENTS, TOPIC_STATE, TOPIC_BREACHES, TOPIC_REJECTED):
+        for topic in topics:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(topic, 6, replicas, topic_configs={"min.insync.replicas": "2"})]
                 )
     finally:
         await admin.close()
+    client = AIOKafkaClient(bootstrap_servers=cluster.bootstrap_servers)
+    await client.bootstrap()
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        for node in cluster.nodes:
+            while True:  # asked directly, each node answers from its own metadata
+                answer = await client.send(node.node_id, MetadataRequest(list(topics), False))
+                listed = {
+                    t[1]: [p[2] for p in t[-1] if p[0] == 0] for t in answer.topics if t[0] == 0
+                }  # topic -> leaders of the partitions it knows (error codes 0)
+                if all(len(listed.get(topic, ())) == 6 and -1 not in listed[topic] for topic in topics):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"node {node.node_id} never listed {topics}"
+                )
+                await asyncio.sleep(0.2)
+    finally:
+        await client.close()
 
 
 async def test_broker_stop_start_in_a_three_broker_cluster(postgres: Service, tmp_path: Path) -> None:
@@ -109,7 +135,7 @@ async def test_broker_stop_start_in_a_three_broker_cluster(postgres: Service, tm
     await asyncio.to_thread(cluster.start)
     try:
         bootstrap = cluster.bootstrap_servers
-        await _replicated_topics(bootstrap, 3)  # before the engine, which would create them unreplicated
+        await _replicated_topics(cluster, 3)  # before the engine, which would create them unreplicated
         dsn = await fresh_database(postgres.url)
         # The engine gets one bootstrap address (node 3, never stopped): FastStream's KafkaBroker takes
         # a comma-separated string as one host name. Metadata then gives it the whole cluster.
