@@ -85,15 +85,18 @@ async def test_offered_rows_are_sent_from_memory_in_commit_order_and_deleted() -
     assert store.sweeps == 1
     relay.offer(await commit(store, (0, "a1"), (1, "b1"), (0, "a2")))
     relay.offer(await commit(store, (0, "a3")))
+    assert relay.acknowledged() == []  # committed, not sent yet
     assert await relay.relay_once() == 3  # three outbox rows: two partitions, then one
     assert payloads(producer) == ["a1", "a2", "b1", "a3"]  # per outbox row, rows in commit order
     assert store.sweeps == 1  # nothing was read back from the table
     assert await store.outbox_backlog() == 4  # sent: deleted by the next batch's transaction
+    assert sorted(relay.acknowledged()) == [1, 2, 3]  # in Kafka, their rows not yet deleted
     taken = relay.take_sent()
     assert sorted(taken) == [1, 2, 3] and relay.take_sent() == []
+    assert sorted(relay.acknowledged()) == [1, 2, 3]  # handed to a batch: still there until it commits
     await store.commit(BatchWrite("g", sent_outbox=taken))
     relay.deleted(taken)
-    assert await store.outbox_backlog() == 0
+    assert await store.outbox_backlog() == 0 and relay.acknowledged() == []
 
 
 async def test_sent_rows_no_batch_takes_are_deleted_by_the_relay_and_never_resent() -> None:

@@ -110,6 +110,11 @@ class OutboxRelay:
         self._sent.clear()
         return ids
 
+    def acknowledged(self) -> list[int]:
+        """Ids of the outbox rows Kafka has acknowledged that are not deleted yet (a batch transaction
+        deletes them, or the relay itself once input is idle for `idle_seconds`)."""
+        return [*self._sent, *self._deleting]
+
     def deleted(self, ids: list[int]) -> None:
         """The batch transaction that took these ids committed."""
         for row_id in ids:
