@@ -6,7 +6,9 @@ to FILE: wall time, step, fetch wait, decide, the lookup round trip inside it (a
 it asked for), the wait for an older commit, events, firings and their worst lateness (ms); the
 partitions behind; the event loop's worst lag since the last line (a 1 ms sleeper's); the timers fired
 meanwhile (while the step waited for Postgres) and their worst lateness; the longest garbage
-collection and the prefetch time that ended during the step.
+collection and the prefetch time that ended during the step; and the time spent noting what was
+read (positions, caught-up partitions). A step's time not in its fetch, decide or wait for an older
+commit is mostly its wait for room among the commits under way (`_fire_meanwhile` runs then).
 
     STEP_TRACE=/tmp/steps.log PYTHONPATH=benchmarks/step_trace \\
         .venv/bin/python benchmarks/bench_timers.py --timers 1000000 --duration 40
@@ -48,10 +50,10 @@ if os.environ.get("STEP_TRACE"):
     _chain = _consumer.EngineLoop._chain
     _ticking = [False]
 
-    async def _traced_meanwhile(self: Any, waiting: Any, held: Any) -> Any:
+    async def _traced_meanwhile(self: Any, *args: Any, **kwargs: Any) -> Any:
         _ticking[0] = True
         try:
-            return await _meanwhile(self, waiting, held)
+            return await _meanwhile(self, *args, **kwargs)
         finally:
             _ticking[0] = False
 
@@ -74,6 +76,7 @@ if os.environ.get("STEP_TRACE"):
 
     _gc.callbacks.append(_gc_timed)
     _consumer.EngineLoop.prefetch = _timed("prefetch", _consumer.EngineLoop.prefetch)  # type: ignore[method-assign]
+    _consumer.EngineLoop.note_read = _timed("note", _consumer.EngineLoop.note_read)  # type: ignore[method-assign]
     _consumer.EngineLoop._fire_meanwhile = _traced_meanwhile  # type: ignore[method-assign]
     _consumer.EngineLoop._chain = _traced_chain  # type: ignore[method-assign]
 
@@ -106,7 +109,7 @@ if os.environ.get("STEP_TRACE"):
             f" fired={len(result.fired_lateness) if result else 0} late={late:.1f}"
             f" behind={len(self.assigned - self.caught_up)} lag={1000 * _lag[0]:.1f}"
             f" ticked={_now.get('ticked', 0):.0f} tick_late={ms.get('tick_late', -1.0):.1f}"
-            f" gc={ms.get('gc', 0):.1f} prefetch={ms.get('prefetch', 0):.1f}\n"
+            f" gc={ms.get('gc', 0):.1f} prefetch={ms.get('prefetch', 0):.1f} note={ms.get('note', 0):.1f}\n"
         )
         _lag[0] = 0.0
         return result
