@@ -247,6 +247,135 @@ async def test_an_incident_read_ahead_does_not_fire_before_its_event() -> None:
     assert logged(store)[-1] == ("X", "incident.acknowledged")
 
 
+async def test_more_than_a_batch_is_read_ahead_and_decided_a_batch_at_a_time() -> None:
+    """Input that keeps arriving through a long wait is read ahead beyond one batch (with one, the
+    partitions fell behind again and nothing of theirs fired: traced in `make bench`, issue 17);
+    the next steps decide it a batch each, oldest first, every event once and in order."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    loop.batch_max = 2
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))  # read: not cached
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    names = [f"Z{n}" for n in range(1, 6)]
+    consumer.publish(0, *(ev("reported", z, NOW + 2 * M, severity="low", region="uk") for z in names))
+    await settle(step, lambda: len(loop._ahead) == 5)  # two and a half batches
+    assert loop.caught_up == {0}
+    clock.now = NOW + 8 * M
+    warned = ("X", "incident.sla.warning", "ack")
+    await settle(step, lambda: warned in sent(store))
+    store.answer.set()
+    result = await step
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Y"]
+    decided = []
+    while (result := await loop.step()) is not None:
+        decided.append([e.incident_id for e in result.write.events])
+        assert loop.caught_up == {0}  # what is left read ahead was read: the partition is not behind
+    assert decided == [["Z1", "Z2"], ["Z3", "Z4"], ["Z5"]]
+    await loop.drain()
+    assert logged(store) == [("X", "incident.reported"), ("Y", "incident.reported")] + [
+        (z, "incident.reported") for z in names
+    ]
+    assert sent(store).count(warned) == 1
+    assert store.offsets[("g", "incidents.events", 0)] == 7
+
+
+async def test_an_incident_left_read_ahead_does_not_fire_in_the_batch_before_its_event() -> None:
+    """The other direction: X's acknowledgement, stamped in time for its warning, is read ahead behind
+    a batch's worth of other input. The step that decides that batch finds X's warning due, but X's
+    acknowledgement is still read ahead, for the next step: X must wait for it, not fire a warning
+    that `simulate` would not."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    loop.batch_max = 2
+    before = sent(store)
+    consumer.publish(0, ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"))
+    clock.now = NOW + 7 * M + S
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(
+        0,
+        ev("reported", "Z1", NOW + 7 * M, severity="low", region="uk"),
+        ev("reported", "Z2", NOW + 7 * M, severity="low", region="uk"),
+        ev("acknowledged", "X", NOW + 7 * M),  # in time for the 7.5-minute warning
+    )
+    await settle(step, lambda: [r.key for r in loop._ahead] == [b"Z1", b"Z2", b"X"])
+    store.answer.set()
+    assert await step is not None
+    clock.now = NOW + 8 * M  # X's warning moment has passed when the next step begins
+    result = await loop.step()
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Z1", "Z2"]
+    assert "X" not in result.write.incidents  # its warning waits for its acknowledgement
+    result = await loop.step()
+    assert result is not None and [e.incident_id for e in result.write.events] == ["X"]
+    clock.now = NOW + 9 * M
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert [s for s in sent(store)[len(before) :] if s[1] == "incident.sla.warning" and s[2] == "ack"] == []
+    assert logged(store)[-1] == ("X", "incident.acknowledged")
+
+
+async def test_a_timer_held_for_a_refused_event_read_ahead_keeps_its_moment_and_fires() -> None:
+    """A timer held back for an event still read ahead goes back into the heap as it was: when that
+    event is refused (a second report of X: it re-arms nothing), X's warning still fires, in the
+    batch that refuses it (found in review: put back at the wall clock instead, a partition behind
+    a backlog never reached it)."""
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    loop.batch_max = 2
+    wake = loop.timers._wake["X"]
+    consumer.publish(0, ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"))
+    clock.now = NOW + 7 * M + S
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(
+        0,
+        ev("reported", "Z1", NOW + 7 * M, severity="low", region="uk"),
+        ev("reported", "Z2", NOW + 7 * M, severity="low", region="uk"),
+        ev("reported", "X", NOW + 7 * M, severity="low", region="uk"),  # refused: X is open already
+    )
+    await settle(step, lambda: [r.key for r in loop._ahead] == [b"Z1", b"Z2", b"X"])
+    store.answer.set()
+    assert await step is not None
+    clock.now = NOW + 8 * M
+    result = await loop.step()
+    assert result is not None and [e.incident_id for e in result.write.events] == ["Z1", "Z2"]
+    assert "X" not in result.write.incidents and loop.timers._wake["X"] == wake  # held, as it was
+    result = await loop.step()
+    assert result is not None and result.write.events == []  # the second report is refused ...
+    assert "X" in result.write.incidents  # ... and X's warning fires after it
+    await loop.drain()
+    assert sent(store).count(("X", "incident.sla.warning", "ack")) == 1
+
+
+async def test_input_is_read_ahead_even_when_no_more_batches_may_be_decided_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With as many batches under way as may be (`commit_depth` + `_AHEAD`), a waiting batch fires
+    nothing more meanwhile, but it still reads the input that arrives: its partitions stay caught up,
+    and the timers fire as soon as there is room."""
+    from incident_engine.entrypoints import consumer as consumer_module
+
+    store, consumer, loop, clock = await x_reported_then_slow_reads()
+    monkeypatch.setattr(consumer_module, "_AHEAD", -loop.commit_depth)  # no room at all meanwhile
+    consumer.publish(0, ev("reported", "Y", NOW + M, severity="critical", region="au"))
+    step = asyncio.create_task(loop.step())
+    await settle(step, lambda: store.reads == 2)
+    consumer.publish(0, ev("reported", "Z", NOW + 2 * M, severity="low", region="uk"))
+    clock.now = NOW + 8 * M
+    await settle(step, lambda: [r.key for r in loop._ahead] == [b"Z"])
+    assert loop.caught_up == {0}
+    warned = ("X", "incident.sla.warning", "ack")
+    for _ in range(10):
+        await asyncio.sleep(0.005)  # the timers had their turns
+    assert warned not in sent(store)  # no room: nothing fired meanwhile
+    store.answer.set()
+    assert await step is not None
+    while await loop.step() is not None:
+        pass
+    await loop.drain()
+    assert sent(store).count(warned) == 1
+    assert [i for i, _ in logged(store)] == ["X", "Y", "Z"]
+
+
 async def test_what_was_read_ahead_is_read_again_after_a_failed_batch() -> None:
     """A batch that fails drops what was read ahead with it: the partitions are read again from the
     offsets in Postgres, and every event is logged once."""

@@ -24,7 +24,13 @@ from incident_engine.entrypoints.timers import TimerHeap
 log = logging.getLogger(__name__)
 # The consumer's fetch long poll: how stale a caught-up partition's watermark can be when it is idle.
 FETCH_WAIT_MS = 20
-_AHEAD = 4  # batches of due timers that may be decided beyond `commit_depth` while Postgres is slow
+# Batches of due timers that may be decided beyond `commit_depth` while Postgres is slow. A look every
+# `_TICK` makes one whenever a timer is due: with 4, a checkpoint's 100-170 ms stall used them up in
+# its first 20 ms and every timer due in the rest of it waited for it (traced, issue 17).
+_AHEAD = 16
+# Batches of input that may be read ahead (not decided) while the loop waits for Postgres: with one,
+# input arriving through a longer stall left its partitions behind again, and nothing of theirs fired.
+_READ_AHEAD_BATCHES = 4
 _PREFETCH_MAX = 2000  # incidents read per prefetch
 _TICK = 0.005  # seconds between two looks at the due timers while a batch waits for Postgres
 _COMMIT_LOOK_MS = 10  # the longest fetch wait while commits are under way (see `step`)
@@ -318,9 +324,15 @@ class EngineLoop:
             wait_ms = min(wait_ms, _COMMIT_LOOK_MS)
         self._reap()
         self._rebalancing = False
-        if self._ahead:  # read while the last batch waited: decided now, topped up with what is there
+        # A batch or more read ahead: its oldest batch, taken under the lock (a revocation waiting
+        # for it drops its partitions' records first); nothing is fetched (what is fetched follows
+        # what is left of it in its partitions).
+        partial = len(self._ahead) >= self.batch_max
+        if partial:
+            records = []
+        elif self._ahead:  # read while the last batch waited: decided now, topped up with what is there
             room = self.batch_max - len(self._ahead)
-            fetched = await self.consumer.getmany(timeout_ms=0, max_records=room) if room > 0 else {}
+            fetched = await self.consumer.getmany(timeout_ms=0, max_records=room)
             # Taken after the fetch, not before: a rebalance the fetch waited for has dropped what
             # was read ahead of the partitions it took (`_drop_ahead`).
             records = self._take_ahead() + [r for tp in fetched for r in fetched[tp]]
@@ -329,8 +341,13 @@ class EngineLoop:
             fetched = await self.consumer.getmany(timeout_ms=max(wait_ms, 0), max_records=self.batch_max)
             records = [r for tp in sorted(fetched, key=lambda t: t.partition) for r in fetched[tp]]
         async with self._batch_lock:
-            records = [r for r in records if r.partition in self.assigned]
-            await self.note_read(records)
+            if partial:
+                records = [r for r in self._take_ahead(self.batch_max) if r.partition in self.assigned]
+                # noted when read: their partitions' positions are past what is left read ahead
+                await self._note_caught_up({record.partition for record in records})
+            else:
+                records = [r for r in records if r.partition in self.assigned]
+                await self.note_read(records)
             now = self.clock()
             # The records just read count for the watermarks at once, not a step later: a due timer
             # of their partitions fires in this batch, after them (issue 17: a backlog's steps each
@@ -338,7 +355,7 @@ class EngineLoop:
             parsed = self.processor.read(records, now)
             self.note_times(self.processor.times_read(records, parsed))
             watermarks = self.watermarks(now)
-            due = self.pop_due(watermarks)
+            due = self._pop_due_not_ahead(watermarks)
             if not records and not due:
                 await self._await_oldest_commit()
                 return None
@@ -397,12 +414,13 @@ class EngineLoop:
         A slow read or commit (a checkpoint, a busy host: 40-150 ms) used to hold every timer that
         came due meanwhile (issue 17). Timers of incidents not cached wait for the next step's read;
         `prefetch` caches the incidents whose timers come due soon. At most `_AHEAD` batches beyond
-        `commit_depth` are decided ahead of Postgres this way.
+        `commit_depth` are decided ahead of Postgres this way (input is still read ahead beyond that).
 
-        The input that arrives meanwhile is read (`_read_ahead`), not decided: it is the next step's
-        batch. Unread, it left its partitions behind, and a partition that is behind fires nothing
-        (under I/O pressure every read took 60-70 ms while input kept coming: timers 70-120 ms late).
-        Read, its partitions catch up, and only the incidents it names wait for it.
+        The input that arrives meanwhile is read (`_read_ahead`), not decided: it is the next steps'
+        batches, up to `_READ_AHEAD_BATCHES` of them. Unread, it left its partitions behind, and a
+        partition that is behind fires nothing (under I/O pressure every read took 60-70 ms while
+        input kept coming: timers 70-120 ms late). Read, its partitions catch up, and only the
+        incidents it names wait for it.
 
         `lent` is the waiting batch's own due timers (it fires what is left of them after its read):
         those of cached incidents that its records (`named`) do not name are taken out of it and
@@ -420,9 +438,11 @@ class EngineLoop:
                 timeout = self._until_next_wake(_TICK)
             first = False
             await asyncio.wait([waiting], timeout=timeout)
-            if waiting.done() or len(self._inflight) >= self.commit_depth + _AHEAD:
+            if waiting.done():
                 continue
             await self._read_ahead()  # the input that came meanwhile: its partitions catch up
+            if len(self._inflight) >= self.commit_depth + _AHEAD:
+                continue
             now = self.clock()
             watermarks = {p: w for p, w in self.watermarks(now).items() if p in self.caught_up}
             due = self.timers.pop_due_at({p: w.timestamp() for p, w in watermarks.items()}, self.batch_max)
@@ -462,13 +482,14 @@ class EngineLoop:
             await self._chain(result, started)
 
     async def _read_ahead(self) -> None:
-        """Read (not decide) what the consumer holds, up to a batch: the next step decides it first.
+        """Read (not decide) what the consumer holds, a batch at most, up to `_READ_AHEAD_BATCHES` read
+        ahead in all: the next steps decide it first, a batch each, before they fetch again.
 
         Its positions and high-water marks count at once: with it read, its partitions are caught
         up, and their timers may fire, except those of the incidents it names (by Kafka key: a
         record whose key is not its subject is refused, and changes no incident)."""
         assert self.consumer is not None
-        room = self.batch_max - len(self._ahead)
+        room = min(self.batch_max, self.batch_max * _READ_AHEAD_BATCHES - len(self._ahead))
         records: list[InputRecord] = []
         if room > 0 and not self._rebalancing and not self._reassigning():
             # During a rebalance, aiokafka's getmany waits for the new assignment, even with no
@@ -500,12 +521,16 @@ class EngineLoop:
         subscription = getattr(self.consumer, "_subscription", None)
         return bool(getattr(subscription, "reassignment_in_progress", False))
 
-    def _take_ahead(self) -> list[InputRecord]:
-        """The records read ahead, each partition's in offset order; none are left."""
-        records = sorted(self._ahead, key=lambda r: r.partition)  # stable
-        self._ahead = []
-        self._ahead_subjects = set()
-        return records
+    def _take_ahead(self, limit: int | None = None) -> list[InputRecord]:
+        """The records read ahead (the first `limit` read, if given), each partition's in offset order.
+
+        The first ones read hold each partition's first ones: what is left follows them."""
+        if limit is not None and len(self._ahead) > limit:
+            records, self._ahead = self._ahead[:limit], self._ahead[limit:]
+            self._ahead_subjects = {r.key.decode(errors="replace") for r in self._ahead if r.key is not None}
+        else:
+            records, self._ahead, self._ahead_subjects = self._ahead, [], set()
+        return sorted(records, key=lambda r: r.partition)  # stable
 
     def _drop_ahead(self, partitions: set[int]) -> None:
         """Forget what was read ahead of these partitions (they are read again from the stored offsets)."""
@@ -552,6 +577,21 @@ class EngineLoop:
             seen = self.event_time.get(partition)
             if seen is None or moment > seen:
                 self.event_time[partition] = moment
+
+    def _pop_due_not_ahead(self, watermarks: dict[int, datetime]) -> list[tuple[str, int]]:
+        """`pop_due`, except the incidents that records still read ahead name: their events come in
+        a later batch, and so do they (put back as they were: a refused event re-arms nothing)."""
+        ahead = self._ahead_subjects
+        if not ahead:
+            return self.pop_due(watermarks)
+        due: list[tuple[str, int]] = []
+        marks = {p: w.timestamp() for p, w in watermarks.items()}
+        for incident_id, partition, wake in self.timers.pop_due_at(marks, self.batch_max):
+            if incident_id in ahead:
+                self.timers.arm_at(incident_id, partition, wake)
+            else:
+                due.append((incident_id, partition))
+        return due
 
     def pop_due(self, watermarks: dict[int, datetime]) -> list[tuple[str, int]]:
         """The incidents whose next timer may fire under their partition's watermark."""
