@@ -279,11 +279,12 @@ async def test_more_than_a_batch_is_read_ahead_and_decided_a_batch_at_a_time() -
     assert store.offsets[("g", "incidents.events", 0)] == 7
 
 
-async def test_an_incident_left_read_ahead_does_not_fire_in_the_batch_before_its_event() -> None:
-    """The other direction: X's acknowledgement, stamped in time for its warning, is read ahead behind
-    a batch's worth of other input. The step that decides that batch finds X's warning due, but X's
-    acknowledgement is still read ahead, for the next step: X must wait for it, not fire a warning
-    that `simulate` would not."""
+async def x_event_read_ahead_behind_a_batch(
+    x_event: dict[str, object],
+) -> tuple[SlowReads, EngineLoop, Clock, list[tuple[str, str, str | None]]]:
+    """X reported (warning due at 7.5 min); a batch of Y waits for its read while Z1, Z2 (a batch's
+    worth, `batch_max` 2) and then `x_event` arrive and are read ahead; then the read answers, the
+    batch of Y is decided, and the clock passes X's warning moment. Returns what was sent before."""
     store, consumer, loop, clock = await x_reported_then_slow_reads()
     loop.batch_max = 2
     before = sent(store)
@@ -295,12 +296,22 @@ async def test_an_incident_left_read_ahead_does_not_fire_in_the_batch_before_its
         0,
         ev("reported", "Z1", NOW + 7 * M, severity="low", region="uk"),
         ev("reported", "Z2", NOW + 7 * M, severity="low", region="uk"),
-        ev("acknowledged", "X", NOW + 7 * M),  # in time for the 7.5-minute warning
+        x_event,
     )
     await settle(step, lambda: [r.key for r in loop._ahead] == [b"Z1", b"Z2", b"X"])
     store.answer.set()
     assert await step is not None
     clock.now = NOW + 8 * M  # X's warning moment has passed when the next step begins
+    return store, loop, clock, before
+
+
+async def test_an_incident_left_read_ahead_does_not_fire_in_the_batch_before_its_event() -> None:
+    """The other direction: X's acknowledgement, stamped in time for its warning, is read ahead behind
+    a batch's worth of other input. The step that decides that batch finds X's warning due, but X's
+    acknowledgement is still read ahead, for the next step: X must wait for it, not fire a warning
+    that `simulate` would not."""
+    # in time for the 7.5-minute warning:
+    store, loop, clock, before = await x_event_read_ahead_behind_a_batch(ev("acknowledged", "X", NOW + 7 * M))
     result = await loop.step()
     assert result is not None and [e.incident_id for e in result.write.events] == ["Z1", "Z2"]
     assert "X" not in result.write.incidents  # its warning waits for its acknowledgement
@@ -319,23 +330,11 @@ async def test_a_timer_held_for_a_refused_event_read_ahead_keeps_its_moment_and_
     event is refused (a second report of X: it re-arms nothing), X's warning still fires, in the
     batch that refuses it (found in review: put back at the wall clock instead, a partition behind
     a backlog never reached it)."""
-    store, consumer, loop, clock = await x_reported_then_slow_reads()
-    loop.batch_max = 2
-    wake = loop.timers._wake["X"]
-    consumer.publish(0, ev("reported", "Y", NOW + 7 * M, severity="critical", region="au"))
-    clock.now = NOW + 7 * M + S
-    step = asyncio.create_task(loop.step())
-    await settle(step, lambda: store.reads == 2)
-    consumer.publish(
-        0,
-        ev("reported", "Z1", NOW + 7 * M, severity="low", region="uk"),
-        ev("reported", "Z2", NOW + 7 * M, severity="low", region="uk"),
-        ev("reported", "X", NOW + 7 * M, severity="low", region="uk"),  # refused: X is open already
+    # refused: X is open already
+    store, loop, _, _ = await x_event_read_ahead_behind_a_batch(
+        ev("reported", "X", NOW + 7 * M, severity="low", region="uk")
     )
-    await settle(step, lambda: [r.key for r in loop._ahead] == [b"Z1", b"Z2", b"X"])
-    store.answer.set()
-    assert await step is not None
-    clock.now = NOW + 8 * M
+    wake = (NOW + 7 * M + 30 * S).timestamp()  # X's warning moment, as X's report armed it
     result = await loop.step()
     assert result is not None and [e.incident_id for e in result.write.events] == ["Z1", "Z2"]
     assert "X" not in result.write.incidents and loop.timers._wake["X"] == wake  # held, as it was
