@@ -36,6 +36,12 @@ _TICK = 0.005  # seconds between two looks at the due timers while a batch waits
 _COMMIT_LOOK_MS = 10  # the longest fetch wait while commits are under way (see `step`)
 
 
+def _subjects(records: Iterable[InputRecord]) -> set[str]:
+    """The incidents these records name, by Kafka key (a record whose key is not its subject is
+    refused, and changes no incident)."""
+    return {r.key.decode(errors="replace") for r in records if r.key is not None}
+
+
 class EngineLoop:
     """Owns the assigned partitions: seeks them to the stored offsets, holds their timers, runs batches.
 
@@ -365,7 +371,7 @@ class EngineLoop:
                 # waits, the timers of cached incidents its records do not name are taken out of it
                 # and fire meanwhile (they used to wait 60-70 ms for other incidents' read).
                 lent = list(due)
-                named = {r.key.decode(errors="replace") for r in records if r.key is not None}
+                named = _subjects(records)
 
                 async def meanwhile(waiting: asyncio.Future[Any], held: set[str]) -> None:
                     await self._fire_meanwhile(waiting, held, lent, named)
@@ -507,7 +513,7 @@ class EngineLoop:
                        if r.partition in self.assigned]  # fmt: skip
         if records:
             self._ahead += records
-            self._ahead_subjects.update(r.key.decode(errors="replace") for r in records if r.key is not None)
+            self._ahead_subjects |= _subjects(records)
             await self.note_read(records)
         else:
             await self._note_caught_up(set())  # the fetches since the step: watermarks move on
@@ -527,7 +533,7 @@ class EngineLoop:
         The first ones read hold each partition's first ones: what is left follows them."""
         if limit is not None and len(self._ahead) > limit:
             records, self._ahead = self._ahead[:limit], self._ahead[limit:]
-            self._ahead_subjects = {r.key.decode(errors="replace") for r in self._ahead if r.key is not None}
+            self._ahead_subjects = _subjects(self._ahead)
         else:
             records, self._ahead, self._ahead_subjects = self._ahead, [], set()
         return sorted(records, key=lambda r: r.partition)  # stable
@@ -536,7 +542,7 @@ class EngineLoop:
         """Forget what was read ahead of these partitions (they are read again from the stored offsets)."""
         if self._ahead:
             self._ahead = [r for r in self._ahead if r.partition not in partitions]
-            self._ahead_subjects = {r.key.decode(errors="replace") for r in self._ahead if r.key is not None}
+            self._ahead_subjects = _subjects(self._ahead)
 
     async def prefetch(self) -> int:
         """Cache the incidents whose timers come due within `prefetch_ahead` (see `_fire_meanwhile`)."""
