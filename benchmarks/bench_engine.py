@@ -17,7 +17,12 @@ Workload `mixed` (the default):
    asyncpg `executemany` writes one row per message (its partition and offset as primary key, the
    incident id, the message as jsonb), 500 a batch, and the consumer commits its offsets to Kafka
    after each batch.
-5. Engine: the real EngineService (same process, on uvloop as `incidents serve`) from a fresh database
+5. Baseline "I/O floor" (informational): the same-rows pipe, and besides each batch's rows the
+   engine's relay (`OutboxRelay`, with the engine's producer) sends the batch's precomputed outputs
+   to Kafka from memory, as the engine does, and the next batch deletes the rows sent. Everything
+   the engine writes to Postgres and to Kafka, and nothing it decides: no parsing, no domain, no
+   timers. Timed until every message is committed and every output acknowledged by the broker.
+6. Engine: the real EngineService (same process, on uvloop as `incidents serve`) from a fresh database
    and consumer group, timed until every message is committed in Postgres AND every output is
    relayed to Kafka (acknowledged by the broker; the outbox row's deletion, which follows, is not
    waited for).
@@ -28,6 +33,10 @@ topic; once it has committed them (the engine: and relayed their outputs), anoth
 their acknowledgements while it runs, and the clock runs from the first acknowledgement sent to
 the last one committed (the engine: and its output relayed). The engine keeps its cache warm
 between the phases, as a running engine does.
+
+Each pipe of `mixed` also reports its CPU per event: the whole machine's (every process: the pipe,
+PostgreSQL, Kafka; from /proc/stat) and the benchmark process's own. With the machine nearly busy,
+the ratio of two pipes' rates is about the inverse ratio of their machine-wide CPU per event.
 
 Runs alternate the baselines and the engine `--runs` times, after `--warmup` rounds that are not counted
 (the first round of a fresh broker runs cold: its JIT has not compiled the produce and fetch paths
@@ -43,10 +52,12 @@ import gc
 import logging
 import os
 import random
+import resource
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,7 +76,8 @@ from incident_engine.adapters.store import BatchWrite, LoggedEvent, OutboxRow, T
 from incident_engine.adapters.telemetry import Telemetry
 from incident_engine.config import Settings
 from incident_engine.domain import Incident, PolicyRegistry, SlaDomain
-from incident_engine.entrypoints.app import EngineService
+from incident_engine.entrypoints.app import EngineService, relay_producer
+from incident_engine.entrypoints.relay import OutboxRelay
 
 
 def generate(count: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -265,15 +277,26 @@ async def precompute_rows(bootstrap: str, ends: dict[int, int]) -> dict[tuple[in
 
 
 async def same_rows(
-    bootstrap: str, dsn: str, ends: dict[int, int], rows: dict[tuple[int, int], MessageRows], batch: int = 500
-) -> float:
-    """Baseline: consume every message and write the engine's rows for it, a transaction per batch."""
+    bootstrap: str, dsn: str, ends: dict[int, int], rows: dict[tuple[int, int], MessageRows],
+    batch: int = 500, relay: bool = False,
+) -> float:  # fmt: skip
+    """Baseline: consume every message and write the engine's rows for it, a transaction per batch.
+    With `relay` (the I/O floor), the engine's relay also sends each batch's outputs to Kafka once
+    committed, and the run ends when the broker has acknowledged them all."""
     await migrate(dsn)
     pool = await create_pool(dsn)
     store = PostgresStore(pool)
     group = f"rows-{uuid.uuid4().hex[:6]}"
     consumer = group_consumer(bootstrap, group)
     await consumer.start()
+    sender: OutboxRelay | None = None
+    tasks: list[asyncio.Task[None]] = []
+    if relay:
+        settings = Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn)
+        producer = relay_producer(settings)
+        await producer.start()
+        sender = OutboxRelay(store, producer, lambda: list(range(PARTITIONS)))
+        tasks.append(asyncio.create_task(sender.run()))
     total, seen = sum(ends.values()), 0
     started = time.perf_counter()
     try:
@@ -291,25 +314,43 @@ async def same_rows(
                             write.created.add(snapshot.id)
                         due = snapshot.next_due
                         write.timers[snapshot.id] = TimerRow(snapshot.id, r.partition, due) if due else None
-                    write.outbox.extend(outputs)
+                    if sender is None:
+                        write.outbox.extend(outputs)
+                    else:  # fresh rows each run: the relay tells them apart by the ids the store gives
+                        write.outbox.extend(OutboxRow(o.partition, o.topic, o.key, o.event_id, o.payload)
+                                            for o in outputs)  # fmt: skip
                 seen += len(records)
-            if not write.empty():
-                await store.commit(write)
+            if write.empty():
+                continue
+            if sender is not None:
+                write.sent_outbox = sender.take_sent()
+            await store.commit(write)
+            if sender is not None:
+                sender.deleted(write.sent_outbox)
+                sender.offer(write.outbox)
+        while sender is not None and not await relayed(pool, sender):
+            await asyncio.sleep(0.02)
         return time.perf_counter() - started
     finally:
         await consumer.stop()
+        if sender is not None:
+            sender.stop()
+            await sender.drain()
+            await sender.producer.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
 
 
-async def relayed(service: EngineService) -> bool:
-    """Whether every output the engine committed is in Kafka: no outbox row is left that Kafka has not
+async def relayed(pool: asyncpg.Pool, relay: OutboxRelay) -> bool:
+    """Whether every output committed is in Kafka: no outbox row is left that Kafka has not
     acknowledged. Rows acknowledged but not yet deleted do not count: their deletion rides on the next
     batch, or waits for idle input (`OutboxRelay.idle_seconds`, 0.2 s), after the outputs are out. An
     empty outbox, the end these benchmarks waited for before, timed that wait too at the end of each
     run (0.2 s of a 3 s run)."""
-    assert service.pool is not None and service.relay is not None
-    unsent = await service.pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE id <> ALL($1::bigint[])", service.relay.acknowledged()
+    unsent = await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE id <> ALL($1::bigint[])", relay.acknowledged()
     )
     return bool(unsent == 0)
 
@@ -335,7 +376,7 @@ async def engine_run(
                 "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1",
                 settings.incidents_consumer_group,
             )
-            if consumed >= total and await relayed(service):
+            if consumed >= total and await relayed(service.pool, service.relay):
                 return time.perf_counter() - started, service.relay.sent_total
             await asyncio.sleep(0.02)
     finally:
@@ -379,8 +420,35 @@ async def main() -> None:
         postgres.stop()
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has been busy so far, every core and process (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal, *_ = map(int, stat.readline().split()[1:])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds() -> float:
+    """CPU time of this process so far, every thread (the in-process engine's, the baselines')."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured(pipe: Awaitable[float]) -> tuple[float, float, float]:
+    """A pipe's seconds, and the machine's and this process's CPU seconds while it ran."""
+    machine, process = machine_cpu_seconds(), process_cpu_seconds()
+    seconds = await pipe
+    return seconds, machine_cpu_seconds() - machine, process_cpu_seconds() - process
+
+
+async def engine_seconds(bootstrap: str, dsn: str, ends: dict[int, int], outputs: list[int]) -> float:
+    """`engine_run`'s seconds; the count of outputs it relayed is appended to `outputs`."""
+    seconds, relayed_outputs = await engine_run(bootstrap, dsn, ends)
+    outputs.append(relayed_outputs)
+    return seconds
+
+
 async def mixed(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str, object]:
-    """Reported/acknowledged/updated/restored of every severity: engine against three baselines."""
+    """Reported/acknowledged/updated/restored of every severity: engine against four baselines."""
     messages = generate(args.events)
     ends = await produce(kafka, messages)
     total = sum(ends.values())
@@ -390,43 +458,62 @@ async def mixed(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str
     # generations, so that no pipe (the engine collects when it takes its partitions) scans them.
     gc.collect()
     gc.freeze()
-    base: list[float] = []
-    raw: list[float] = []
-    naive: list[float] = []
-    eng: list[float] = []
+    pipes = ("same_rows", "raw_pipe", "naive_pipe", "io_floor", "engine")
+    rate: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}  # µs per event: (machine, this process)
     outputs = 0
+    engine_outputs: list[int] = []
     for run in range(-args.warmup, args.runs):
-        seconds = await same_rows(kafka, await fresh_database(postgres), ends, rows)
-        base.append(total / seconds)
-        seconds = await raw_pipe(kafka, await fresh_database(postgres), ends)
-        raw.append(total / seconds)
-        seconds = await naive_pipe(kafka, await fresh_database(postgres), ends)
-        naive.append(total / seconds)
-        seconds, outputs = await engine_run(kafka, await fresh_database(postgres), ends)
-        eng.append(total / seconds)
+        if run == 0:
+            rate.clear()
+            cpu.clear()
+        for pipe in pipes:
+            dsn = await fresh_database(postgres)
+            if pipe == "same_rows":
+                work = same_rows(kafka, dsn, ends, rows)
+            elif pipe == "raw_pipe":
+                work = raw_pipe(kafka, dsn, ends)
+            elif pipe == "naive_pipe":
+                work = naive_pipe(kafka, dsn, ends)
+            elif pipe == "io_floor":
+                work = same_rows(kafka, dsn, ends, rows, relay=True)
+            else:
+                work = engine_seconds(kafka, dsn, ends, engine_outputs)
+            seconds, machine, process = await measured(work)
+            rate.setdefault(pipe, []).append(total / seconds)
+            cpu.setdefault(pipe, []).append((1e6 * machine / total, 1e6 * process / total))
+        outputs = engine_outputs[-1]
         label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
-        print(f"{label}: same rows {base[-1]:,.0f} ev/s, raw pipe {raw[-1]:,.0f} ev/s, naive pipe "
-              f"{naive[-1]:,.0f} ev/s, engine {eng[-1]:,.0f} ev/s ({outputs} outputs relayed),"
-              f" load {os.getloadavg()[0]:.1f}", file=sys.stderr)  # fmt: skip
-        if run < 0:
-            base, raw, naive, eng = [], [], [], []
+        print(f"{label}: " + ", ".join(f"{pipe.replace('_', ' ')} {rate[pipe][-1]:,.0f} ev/s"
+                                       f" ({cpu[pipe][-1][0]:.0f} µs CPU/ev machine-wide)" for pipe in pipes)
+              + f"; {outputs} outputs relayed by the engine, load {os.getloadavg()[0]:.1f}",
+              file=sys.stderr)  # fmt: skip
     median = statistics.median
+    rates = {pipe: median(rate[pipe]) for pipe in pipes}
+    eng = rates["engine"]
     return {
         "figure": "engine end-to-end throughput",
         "workload": "mixed",
         "events": total,
+        "outputs": outputs,
         "runs": args.runs,
         "warmup_rounds": args.warmup,
         "baseline": "same rows: aiokafka reads the messages, the engine's store writes their rows",
-        "baseline_events_per_s": round(median(base)),
-        "engine_events_per_s": round(median(eng)),
-        "ratio": round(median(eng) / median(base), 3),
-        "raw_pipe_events_per_s": round(median(raw)),
-        "ratio_to_raw_pipe": round(median(eng) / median(raw), 3),
-        "naive_pipe_events_per_s": round(median(naive)),
-        "ratio_to_naive_pipe": round(median(eng) / median(naive), 3),
-        "per_run": {"same_rows": [round(x) for x in base], "raw_pipe": [round(x) for x in raw],
-                    "naive_pipe": [round(x) for x in naive], "engine": [round(x) for x in eng]},
+        "baseline_events_per_s": round(rates["same_rows"]),
+        "engine_events_per_s": round(eng),
+        "ratio": round(eng / rates["same_rows"], 3),
+        "raw_pipe_events_per_s": round(rates["raw_pipe"]),
+        "ratio_to_raw_pipe": round(eng / rates["raw_pipe"], 3),
+        "naive_pipe_events_per_s": round(rates["naive_pipe"]),
+        "ratio_to_naive_pipe": round(eng / rates["naive_pipe"], 3),
+        "io_floor_events_per_s": round(rates["io_floor"]),
+        "ratio_to_io_floor": round(eng / rates["io_floor"], 3),
+        "cpu_us_per_event": {
+            pipe: {"machine": round(median(m for m, _ in cpu[pipe]), 1),
+                   "process": round(median(p for _, p in cpu[pipe]), 1)}
+            for pipe in pipes
+        },
+        "per_run": {pipe: [round(x) for x in rate[pipe]] for pipe in pipes},
         "targets": {"engine_events_per_s": 20_000, "ratio": 0.8},
     }  # fmt: skip
 
@@ -587,7 +674,7 @@ async def engine_acks(
                 "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE group_id = $1", group
             )
             position = {r["kafka_partition"]: r["next_offset"] for r in rows}
-            done = await relayed(service)
+            done = await relayed(service.pool, service.relay)
             if producer is None:
                 if done and all(position.get(p, 0) >= o for p, o in reported.items()):
                     reports_seconds = time.perf_counter() - started

@@ -96,7 +96,20 @@ def _engine(r: dict[str, Any]) -> list[Row]:
                 r["ratio_to_naive_pipe"], "ratio", "(info)", None,
                 f"{r['naive_pipe_events_per_s']} events/s (naive pipe)", r["ratio_to_naive_pipe"])]
           if "ratio_to_naive_pipe" in r else []),
+        *([_row("  end-to-end / I/O floor (the same rows, and the same outputs sent to Kafka by the engine's "
+                "relay; no parsing, no logic)", r["ratio_to_io_floor"], "ratio", "(info)", None,
+                f"{r['io_floor_events_per_s']} events/s (I/O floor; "
+                f"{r['io_floor_events_per_s'] / r['baseline_events_per_s']:.3f} of same rows)",
+                r["ratio_to_io_floor"])]
+          if "ratio_to_io_floor" in r else []),
+        *([_row("  CPU per event, whole machine (pipe + PostgreSQL + Kafka): engine / I/O floor / same rows",
+                _cpu(r, "machine"), "µs", "(info)", None, f"this process: {_cpu(r, 'process')} µs")]
+          if "cpu_us_per_event" in r else []),
     ]  # fmt: skip
+
+
+def _cpu(r: dict[str, Any], where: str) -> str:
+    return " / ".join(str(r["cpu_us_per_event"][pipe][where]) for pipe in ("engine", "io_floor", "same_rows"))
 
 
 def _acks(r: dict[str, Any]) -> list[Row]:

@@ -209,6 +209,19 @@ async def check_startup(settings: Settings, timeout: float = 60.0) -> None:
     await wait_for_kafka(settings, timeout)
 
 
+def relay_producer(s: Settings) -> AIOKafkaProducer:
+    """The outbox relay's producer (not started): idempotent, `acks=all`, batches of up to 256 KiB."""
+    return AIOKafkaProducer(
+        bootstrap_servers=s.kafka_bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=max(1_048_576, s.incidents_max_message_bytes * 2),
+        **kafka_security(s),
+    )
+
+
 @dataclass
 class EngineService:
     """One engine replica: start, serve until stopped, stop gracefully."""
@@ -293,16 +306,7 @@ class EngineService:
             self.telemetry.metrics.timer_dropped()
 
     def _new_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            max_request_size=max(1_048_576, s.incidents_max_message_bytes * 2),
-            **kafka_security(s),
-        )
+        return relay_producer(self.settings)
 
     async def _renew_producer(self) -> AIOKafkaProducer:
         """A started producer in place of the relay's (whose idempotent sequence a refusal broke)."""
