@@ -131,6 +131,12 @@ def test_stale_scratch_folders_are_swept_unless_a_process_uses_them(tmp_path: Pa
         os.utime(folder, (long_ago, long_ago))
     user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(busy / "data")])
     try:
+        # Popen returns once the exec has begun, but the kernel fills in the new command line a moment
+        # later: on a loaded machine /proc/<pid>/cmdline can still be empty when the sweep reads it.
+        cmdline = Path(f"/proc/{user.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while str(busy).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert sweep_stale([old, busy, fresh]) == [old]
     finally:
         user.kill()
