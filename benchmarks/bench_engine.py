@@ -34,9 +34,10 @@ their acknowledgements while it runs, and the clock runs from the first acknowle
 the last one committed (the engine: and its output relayed). The engine keeps its cache warm
 between the phases, as a running engine does.
 
-Each pipe of `mixed` also reports its CPU per event: the whole machine's (every process: the pipe,
-PostgreSQL, Kafka; from /proc/stat) and the benchmark process's own. With the machine nearly busy,
-the ratio of two pipes' rates is about the inverse ratio of their machine-wide CPU per event.
+Each pipe of `mixed` also reports its CPU per event over its timed window: the whole machine's (every
+process on the host, from /proc/stat: the pipe, PostgreSQL and Kafka, and anything else running) and
+the benchmark process's own. A pipe that needs more CPU per event than the machine's cores can give
+at a rate cannot reach that rate, however it is split into processes.
 
 Runs alternate the baselines and the engine `--runs` times, after `--warmup` rounds that are not counted
 (the first round of a fresh broker runs cold: its JIT has not compiled the produce and fetch paths
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -57,7 +59,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,43 @@ def group_consumer(bootstrap: str, group: str, **options: Any) -> AIOKafkaConsum
     )  # fmt: skip
 
 
-async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500) -> float:
+def machine_cpu_seconds() -> float:
+    """CPU time the machine has spent working so far, every core and every process on it (/proc/stat:
+    user, nice, system, irq, softirq; not idle, I/O wait, or steal, which is another guest's)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, *_ = map(int, stat.readline().split()[1:])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds() -> float:
+    """CPU time of this process so far, every thread (the in-process engine's, the baselines')."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Window:
+    """A pipe's timed window: its seconds, and the CPU seconds the machine and this process spent
+    meanwhile (sampled at the same two moments as the clock, so set-up and tear-down are outside)."""
+
+    def __init__(self) -> None:
+        self.seconds = self.machine = self.process = 0.0
+        self._opened = (0.0, 0.0, 0.0)
+
+    def open(self) -> None:
+        self._opened = (time.perf_counter(), machine_cpu_seconds(), process_cpu_seconds())
+
+    def close(self) -> float:
+        """End the window; return its seconds."""
+        clock, machine, process = self._opened
+        self.seconds = time.perf_counter() - clock
+        self.machine = machine_cpu_seconds() - machine
+        self.process = process_cpu_seconds() - process
+        return self.seconds
+
+
+async def raw_pipe(
+    bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500, window: Window | None = None
+) -> float:
     """Baseline: consume every message and write it as a row with its offset; return seconds taken."""
     conn = await asyncpg.connect(dsn)
     await conn.execute(
@@ -170,7 +207,8 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
     await consumer.start()
     total = sum(ends.values())
     seen = 0
-    started = time.perf_counter()
+    window = window or Window()
+    window.open()
     try:
         while seen < total:
             fetched = await consumer.getmany(timeout_ms=100, max_records=batch)
@@ -190,7 +228,7 @@ async def raw_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 
                     list(last.items()),
                 )
             seen += len(records)
-        return time.perf_counter() - started
+        return window.close()
     finally:
         await consumer.stop()
         await conn.close()
@@ -210,7 +248,9 @@ async def naive_batch(consumer: Any, conn: Any, batch: int, wait_ms: int) -> lis
     return records
 
 
-async def naive_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500) -> float:
+async def naive_pipe(
+    bootstrap: str, dsn: str, ends: dict[int, int], batch: int = 500, window: Window | None = None
+) -> float:
     """Baseline of the outside benchmark: executemany of one row per message into a table with a
     primary key, 500 a batch, offsets committed to Kafka per batch; seconds taken."""
     conn = await asyncpg.connect(dsn)
@@ -221,11 +261,12 @@ async def naive_pipe(bootstrap: str, dsn: str, ends: dict[int, int], batch: int 
     consumer = group_consumer(bootstrap, f"naive-{uuid.uuid4().hex[:6]}", max_poll_records=batch)
     await consumer.start()
     total, seen = sum(ends.values()), 0
-    started = time.perf_counter()
+    window = window or Window()
+    window.open()
     try:
         while seen < total:
             seen += len(await naive_batch(consumer, conn, batch, wait_ms=100))
-        return time.perf_counter() - started
+        return window.close()
     finally:
         await consumer.stop()
         await conn.close()
@@ -278,28 +319,38 @@ async def precompute_rows(bootstrap: str, ends: dict[int, int]) -> dict[tuple[in
 
 async def same_rows(
     bootstrap: str, dsn: str, ends: dict[int, int], rows: dict[tuple[int, int], MessageRows],
-    batch: int = 500, relay: bool = False,
+    batch: int = 500, relay: bool = False, window: Window | None = None,
 ) -> float:  # fmt: skip
     """Baseline: consume every message and write the engine's rows for it, a transaction per batch.
-    With `relay` (the I/O floor), the engine's relay also sends each batch's outputs to Kafka once
-    committed, and the run ends when the broker has acknowledged them all."""
+
+    With `relay` (the I/O floor), the engine's relay (`OutboxRelay`, the engine's producer) also
+    sends each batch's outputs to Kafka once committed, and the next batch deletes the rows sent, as
+    in the engine; the run ends when the broker has acknowledged every output. Unlike the engine,
+    which overlaps up to two commits with deciding the next batches, each commit is awaited before
+    the next batch is read: the floor is what the I/O costs done plainly, not a bound."""
     await migrate(dsn)
-    pool = await create_pool(dsn)
-    store = PostgresStore(pool)
-    group = f"rows-{uuid.uuid4().hex[:6]}"
-    consumer = group_consumer(bootstrap, group)
-    await consumer.start()
-    sender: OutboxRelay | None = None
-    tasks: list[asyncio.Task[None]] = []
-    if relay:
-        settings = Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn)
-        producer = relay_producer(settings)
-        await producer.start()
-        sender = OutboxRelay(store, producer, lambda: list(range(PARTITIONS)))
-        tasks.append(asyncio.create_task(sender.run()))
-    total, seen = sum(ends.values()), 0
-    started = time.perf_counter()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(dsn, min_size=2)  # as the engine's: the relay's connection is open
+        stack.push_async_callback(pool.close)
+        store = PostgresStore(pool)
+        group = f"rows-{uuid.uuid4().hex[:6]}"
+        consumer = group_consumer(bootstrap, group)
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        sender: OutboxRelay | None = None
+        if relay:
+            producer = relay_producer(Settings(kafka_bootstrap_servers=bootstrap, database_url=dsn))
+            await producer.start()
+            stack.push_async_callback(producer.stop)  # last of the relay's: as EngineService.stop
+            sender = OutboxRelay(store, producer, lambda: list(range(PARTITIONS)))
+            task = asyncio.create_task(sender.run(), name="outbox-relay")
+            stack.push_async_callback(asyncio.gather, task, return_exceptions=True)
+            stack.callback(task.cancel)
+            stack.push_async_callback(sender.drain)
+            stack.callback(sender.stop)
+        total, seen = sum(ends.values()), 0
+        window = window or Window()
+        window.open()
         while seen < total:
             fetched = await consumer.getmany(timeout_ms=100, max_records=batch)
             write = BatchWrite(group)
@@ -314,11 +365,7 @@ async def same_rows(
                             write.created.add(snapshot.id)
                         due = snapshot.next_due
                         write.timers[snapshot.id] = TimerRow(snapshot.id, r.partition, due) if due else None
-                    if sender is None:
-                        write.outbox.extend(outputs)
-                    else:  # fresh rows each run: the relay tells them apart by the ids the store gives
-                        write.outbox.extend(OutboxRow(o.partition, o.topic, o.key, o.event_id, o.payload)
-                                            for o in outputs)  # fmt: skip
+                    write.outbox.extend(outputs)  # (the store gives each its id as it commits them)
                 seen += len(records)
             if write.empty():
                 continue
@@ -328,19 +375,18 @@ async def same_rows(
             if sender is not None:
                 sender.deleted(write.sent_outbox)
                 sender.offer(write.outbox)
-        while sender is not None and not await relayed(pool, sender):
-            await asyncio.sleep(0.02)
-        return time.perf_counter() - started
-    finally:
-        await consumer.stop()
         if sender is not None:
-            sender.stop()
-            await sender.drain()
-            await sender.producer.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await pool.close()
+            await until_relayed(pool, sender)
+        return window.close()
+
+
+async def until_relayed(pool: asyncpg.Pool, relay: OutboxRelay, timeout: float = 120.0) -> None:
+    """Wait until `relayed`; a relay that makes no progress for `timeout` seconds fails the run."""
+    deadline = time.monotonic() + timeout
+    while not await relayed(pool, relay):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"outputs not all relayed to Kafka within {timeout:.0f} s")
+        await asyncio.sleep(0.02)
 
 
 async def relayed(pool: asyncpg.Pool, relay: OutboxRelay) -> bool:
@@ -356,8 +402,9 @@ async def relayed(pool: asyncpg.Pool, relay: OutboxRelay) -> bool:
 
 
 async def engine_run(
-    bootstrap: str, dsn: str, ends: dict[int, int], telemetry: Telemetry | None = None
-) -> tuple[float, int]:
+    bootstrap: str, dsn: str, ends: dict[int, int], telemetry: Telemetry | None = None,
+    window: Window | None = None,
+) -> tuple[float, int]:  # fmt: skip
     """The real engine from scratch; seconds until everything is committed and relayed, and outputs."""
     settings = Settings(
         kafka_bootstrap_servers=bootstrap,
@@ -369,7 +416,8 @@ async def engine_run(
     await service.start()
     assert service.pool is not None and service.relay is not None
     total = sum(ends.values())
-    started = time.perf_counter()
+    window = window or Window()
+    window.open()
     try:
         while True:
             consumed = await service.pool.fetchval(
@@ -377,7 +425,7 @@ async def engine_run(
                 settings.incidents_consumer_group,
             )
             if consumed >= total and await relayed(service.pool, service.relay):
-                return time.perf_counter() - started, service.relay.sent_total
+                return window.close(), service.relay.sent_total
             await asyncio.sleep(0.02)
     finally:
         await service.stop()
@@ -400,6 +448,8 @@ async def main() -> None:
         args.events = 60_000 if args.workload == "mixed" else 100_000
     if args.events < 2:
         parser.error(f"--events {args.events}: at least 2 are needed")
+    if args.runs < 1 or args.warmup < 0:
+        parser.error(f"--runs {args.runs} --warmup {args.warmup}: at least one run, and no negative warm-up")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
     kafka, _ = start_kafka()
@@ -420,29 +470,11 @@ async def main() -> None:
         postgres.stop()
 
 
-def machine_cpu_seconds() -> float:
-    """CPU time the whole machine has been busy so far, every core and process (/proc/stat)."""
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, irq, softirq, steal, *_ = map(int, stat.readline().split()[1:])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds() -> float:
-    """CPU time of this process so far, every thread (the in-process engine's, the baselines')."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-async def measured(pipe: Awaitable[float]) -> tuple[float, float, float]:
-    """A pipe's seconds, and the machine's and this process's CPU seconds while it ran."""
-    machine, process = machine_cpu_seconds(), process_cpu_seconds()
-    seconds = await pipe
-    return seconds, machine_cpu_seconds() - machine, process_cpu_seconds() - process
-
-
-async def engine_seconds(bootstrap: str, dsn: str, ends: dict[int, int], outputs: list[int]) -> float:
+async def engine_seconds(
+    bootstrap: str, dsn: str, ends: dict[int, int], outputs: list[int], window: Window
+) -> float:
     """`engine_run`'s seconds; the count of outputs it relayed is appended to `outputs`."""
-    seconds, relayed_outputs = await engine_run(bootstrap, dsn, ends)
+    seconds, relayed_outputs = await engine_run(bootstrap, dsn, ends, window=window)
     outputs.append(relayed_outputs)
     return seconds
 
@@ -469,19 +501,19 @@ async def mixed(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str
             cpu.clear()
         for pipe in pipes:
             dsn = await fresh_database(postgres)
+            window = Window()
             if pipe == "same_rows":
-                work = same_rows(kafka, dsn, ends, rows)
+                await same_rows(kafka, dsn, ends, rows, window=window)
             elif pipe == "raw_pipe":
-                work = raw_pipe(kafka, dsn, ends)
+                await raw_pipe(kafka, dsn, ends, window=window)
             elif pipe == "naive_pipe":
-                work = naive_pipe(kafka, dsn, ends)
+                await naive_pipe(kafka, dsn, ends, window=window)
             elif pipe == "io_floor":
-                work = same_rows(kafka, dsn, ends, rows, relay=True)
+                await same_rows(kafka, dsn, ends, rows, relay=True, window=window)
             else:
-                work = engine_seconds(kafka, dsn, ends, engine_outputs)
-            seconds, machine, process = await measured(work)
-            rate.setdefault(pipe, []).append(total / seconds)
-            cpu.setdefault(pipe, []).append((1e6 * machine / total, 1e6 * process / total))
+                await engine_seconds(kafka, dsn, ends, engine_outputs, window)
+            rate.setdefault(pipe, []).append(total / window.seconds)
+            cpu.setdefault(pipe, []).append((1e6 * window.machine / total, 1e6 * window.process / total))
         outputs = engine_outputs[-1]
         label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
         print(f"{label}: " + ", ".join(f"{pipe.replace('_', ' ')} {rate[pipe][-1]:,.0f} ev/s"

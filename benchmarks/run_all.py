@@ -102,7 +102,8 @@ def _engine(r: dict[str, Any]) -> list[Row]:
                 f"{r['io_floor_events_per_s'] / r['baseline_events_per_s']:.3f} of same rows)",
                 r["ratio_to_io_floor"])]
           if "ratio_to_io_floor" in r else []),
-        *([_row("  CPU per event, whole machine (pipe + PostgreSQL + Kafka): engine / I/O floor / same rows",
+        *([_row("  CPU per event, whole machine (every process: the pipe, PostgreSQL, Kafka): "
+                "engine / I/O floor / same rows",
                 _cpu(r, "machine"), "µs", "(info)", None, f"this process: {_cpu(r, 'process')} µs")]
           if "cpu_us_per_event" in r else []),
     ]  # fmt: skip
