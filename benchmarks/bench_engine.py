@@ -418,8 +418,11 @@ async def engine_run(
     total = sum(ends.values())
     window = window or Window()
     window.open()
+    deadline = time.monotonic() + 600
     try:
         while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the engine did not commit and relay every message within 600 s")
             consumed = await service.pool.fetchval(
                 "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1",
                 settings.incidents_consumer_group,
