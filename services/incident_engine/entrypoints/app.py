@@ -274,7 +274,7 @@ class EngineService:
             before_commit=self._before_commit,
             on_timer_dropped=self._timer_dropped,
         )
-        self.producer = self._new_producer()
+        self.producer = relay_producer(self.settings)
         await self.producer.start()
         loop = self.loop
         self.relay = OutboxRelay(
@@ -305,12 +305,9 @@ class EngineService:
         if self.telemetry is not None:
             self.telemetry.metrics.timer_dropped()
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        return relay_producer(self.settings)
-
     async def _renew_producer(self) -> AIOKafkaProducer:
         """A started producer in place of the relay's (whose idempotent sequence a refusal broke)."""
-        new = self._new_producer()
+        new = relay_producer(self.settings)
         try:
             await new.start()
         except BaseException:  # the relay keeps the old one, and tries again next round
