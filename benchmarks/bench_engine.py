@@ -381,7 +381,7 @@ async def same_rows(
 
 
 async def until_relayed(pool: asyncpg.Pool, relay: OutboxRelay, timeout: float = 120.0) -> None:
-    """Wait until `relayed`; a relay that makes no progress for `timeout` seconds fails the run."""
+    """Wait until `relayed`; not relayed within `timeout` seconds fails the run (a wedged relay)."""
     deadline = time.monotonic() + timeout
     while not await relayed(pool, relay):
         if time.monotonic() > deadline:
@@ -473,15 +473,6 @@ async def main() -> None:
         postgres.stop()
 
 
-async def engine_seconds(
-    bootstrap: str, dsn: str, ends: dict[int, int], outputs: list[int], window: Window
-) -> float:
-    """`engine_run`'s seconds; the count of outputs it relayed is appended to `outputs`."""
-    seconds, relayed_outputs = await engine_run(bootstrap, dsn, ends, window=window)
-    outputs.append(relayed_outputs)
-    return seconds
-
-
 async def mixed(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str, object]:
     """Reported/acknowledged/updated/restored of every severity: engine against four baselines."""
     messages = generate(args.events)
@@ -493,31 +484,28 @@ async def mixed(kafka: str, postgres: str, args: argparse.Namespace) -> dict[str
     # generations, so that no pipe (the engine collects when it takes its partitions) scans them.
     gc.collect()
     gc.freeze()
-    pipes = ("same_rows", "raw_pipe", "naive_pipe", "io_floor", "engine")
     rate: dict[str, list[float]] = {}
     cpu: dict[str, list[tuple[float, float]]] = {}  # µs per event: (machine, this process)
+    runners = {
+        "same_rows": lambda dsn, window: same_rows(kafka, dsn, ends, rows, window=window),
+        "raw_pipe": lambda dsn, window: raw_pipe(kafka, dsn, ends, window=window),
+        "naive_pipe": lambda dsn, window: naive_pipe(kafka, dsn, ends, window=window),
+        "io_floor": lambda dsn, window: same_rows(kafka, dsn, ends, rows, relay=True, window=window),
+        "engine": lambda dsn, window: engine_run(kafka, dsn, ends, window=window),
+    }
+    pipes = tuple(runners)
     outputs = 0
-    engine_outputs: list[int] = []
     for run in range(-args.warmup, args.runs):
         if run == 0:
             rate.clear()
             cpu.clear()
         for pipe in pipes:
-            dsn = await fresh_database(postgres)
             window = Window()
-            if pipe == "same_rows":
-                await same_rows(kafka, dsn, ends, rows, window=window)
-            elif pipe == "raw_pipe":
-                await raw_pipe(kafka, dsn, ends, window=window)
-            elif pipe == "naive_pipe":
-                await naive_pipe(kafka, dsn, ends, window=window)
-            elif pipe == "io_floor":
-                await same_rows(kafka, dsn, ends, rows, relay=True, window=window)
-            else:
-                await engine_seconds(kafka, dsn, ends, engine_outputs, window)
+            done = await runners[pipe](await fresh_database(postgres), window)
+            if pipe == "engine":
+                _, outputs = done  # (seconds, outputs relayed)
             rate.setdefault(pipe, []).append(total / window.seconds)
             cpu.setdefault(pipe, []).append((1e6 * window.machine / total, 1e6 * window.process / total))
-        outputs = engine_outputs[-1]
         label = f"run {run + 1}" if run >= 0 else "warm-up (not counted)"
         print(f"{label}: " + ", ".join(f"{pipe.replace('_', ' ')} {rate[pipe][-1]:,.0f} ev/s"
                                        f" ({cpu[pipe][-1][0]:.0f} µs CPU/ev machine-wide)" for pipe in pipes)
